@@ -1,0 +1,18 @@
+"""Lazy imports of heavy or optional packages with an install hint when one is missing."""
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+
+def require(module: str, *, package: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package '{package}', which is not installed "
+            f"({exc}). Install it into the Python that runs PLIC (for ComfyUI: its embedded "
+            f"Python): pip install {package}"
+        ) from exc

@@ -1,0 +1,32 @@
+"""The exceptions PLIC raises. Every message says which file or setting is at fault and what to do.
+
+Callers (the CLI, the ComfyUI nodes) catch :class:`PlicError` and show its message as one line.
+"""
+
+
+class PlicError(Exception):
+    """Base of every error a user can act on."""
+
+
+class PlicFormatError(PlicError, ValueError):
+    """A ``.plic`` file or stream is malformed, truncated, damaged or exceeds a limit.
+
+    This is the one exception the reader raises for bad data; ``source`` names the file.
+    """
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: not a valid .plic file: {problem}")
+
+
+class PlicInputError(PlicError, ValueError):
+    """An input image, mask or parameter cannot be used (unreadable, empty, wrong size...)."""
+
+
+class MissingDependencyError(PlicError, ImportError):
+    """An optional Python package is not installed; the message gives the pip command."""
+
+
+class ModelNotFoundError(PlicError, FileNotFoundError):
+    """A model file or folder is missing; the message says which file and where we looked."""

@@ -1,0 +1,301 @@
+"""The ``.plic`` container, version 1 (specified in docs/format.md).
+
+A 32-byte header with its own CRC-32, then typed sections, each ``type(4) length(4) payload
+crc32(4)``. All integers are big-endian. Unknown section types are skipped on reading and kept
+in :attr:`PlicFile.extra_sections`, so a newer writer's additions survive a load/save round trip.
+
+:func:`loads` raises :class:`~plic.errors.PlicFormatError` (and nothing else) for bad data; its
+limits bound the memory and time a hostile file can cost before any section is decoded.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PlicFormatError
+
+MAGIC = b"\x89PLIC\r\n\x1a"
+VERSION = 1
+HEADER = struct.Struct(">8sBBHIIII")  # magic, version, flags, section count, 4 sizes
+SECTION_HEAD = struct.Struct(">4sI")  # type, payload length
+CRC = struct.Struct(">I")
+
+# Section types (ASCII). See docs/format.md for each payload.
+PROMPT = b"PRMT"
+EDGES = b"EDGE"
+PALETTE = b"PALT"
+SALIENT_MASK = b"SMSK"
+SALIENT_PIXELS = b"SPIX"
+DECODE_HINTS = b"HINT"
+KNOWN_SECTIONS = (PROMPT, EDGES, PALETTE, SALIENT_MASK, SALIENT_PIXELS, DECODE_HINTS)
+
+# Strict limits (docs/format.md, "Limits").
+MAX_ORIGINAL_SIDE = 65535
+MAX_WORKING_SIDE = 16384
+MAX_SECTIONS = 64
+MAX_SECTION_BYTES = 64 << 20
+MAX_FILE_BYTES = 256 << 20
+MAX_PROMPT_BYTES = 4096
+MAX_HINT_BYTES = 16384
+MAX_REGIONS = 4096
+
+#: Codecs for the stored pixels of a salient region (SPIX ``codec`` byte).
+REGION_CODECS = {1: "png", 2: "webp", 3: "webp-lossless"}
+_REGION_CODEC_IDS = {name: code for code, name in REGION_CODECS.items()}
+_REGION_HEAD = struct.Struct(">HHHHBI")  # x, y, width, height, codec, data length
+
+
+@dataclass(frozen=True)
+class SalientRegion:
+    """One stored box of the working image; ``data`` is an image file in ``codec``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    codec: str
+    data: bytes
+
+
+@dataclass
+class PlicFile:
+    """Everything a ``.plic`` file holds. Sizes are (width, height)."""
+
+    original_size: tuple[int, int]
+    working_size: tuple[int, int]
+    prompt: str = ""
+    edges: bytes | None = None  # JBIG2 embedded stream, working size, 1 = edge
+    palette: bytes | None = None  # WebP
+    salient_mask: bytes | None = None  # JBIG2 embedded stream, working size, 1 = kept
+    salient_regions: list[SalientRegion] = field(default_factory=list)
+    decode_hints: dict = field(default_factory=dict)
+    extra_sections: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def section_sizes(self) -> dict[str, int]:
+        """Payload bytes of each section present, keyed by a readable name."""
+        return {_SECTION_NAMES[kind]: len(payload) for kind, payload in _sections(self)
+                if kind in _SECTION_NAMES}
+
+
+_SECTION_NAMES = {PROMPT: "prompt", EDGES: "edges", PALETTE: "palette",
+                  SALIENT_MASK: "salient_mask", SALIENT_PIXELS: "salient_pixels",
+                  DECODE_HINTS: "decode_hints"}
+
+
+def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
+    out = []
+    if plic.prompt:
+        out.append((PROMPT, plic.prompt.encode("utf-8")))
+    if plic.edges is not None:
+        out.append((EDGES, plic.edges))
+    if plic.palette is not None:
+        out.append((PALETTE, plic.palette))
+    if plic.salient_mask is not None:
+        out.append((SALIENT_MASK, plic.salient_mask))
+    if plic.salient_regions:
+        out.append((SALIENT_PIXELS, _pack_regions(plic.salient_regions)))
+    if plic.decode_hints:
+        out.append((DECODE_HINTS, json.dumps(plic.decode_hints, sort_keys=True,
+                                             separators=(",", ":")).encode("utf-8")))
+    out.extend(plic.extra_sections)
+    return out
+
+
+def _pack_regions(regions: list[SalientRegion]) -> bytes:
+    parts = [struct.pack(">H", len(regions))]
+    for r in regions:
+        parts.append(_REGION_HEAD.pack(r.x, r.y, r.width, r.height,
+                                       _REGION_CODEC_IDS[r.codec], len(r.data)))
+        parts.append(r.data)
+    return b"".join(parts)
+
+
+def dumps(plic: PlicFile) -> bytes:
+    """Serialise ``plic``. Raises ValueError if it breaks a limit (the reader would reject it)."""
+    _check_sizes(plic.original_size, plic.working_size, ValueError)
+    sections = _sections(plic)
+    if len(sections) > MAX_SECTIONS:
+        raise ValueError(f"{len(sections)} sections, at most {MAX_SECTIONS} allowed")
+    header = HEADER.pack(MAGIC, VERSION, 0, len(sections), *plic.original_size, *plic.working_size)
+    parts = [header, CRC.pack(zlib.crc32(header))]
+    for kind, payload in sections:
+        if len(payload) > MAX_SECTION_BYTES:
+            raise ValueError(f"section {kind.decode()} is {len(payload)} bytes, "
+                             f"at most {MAX_SECTION_BYTES} allowed")
+        parts.append(SECTION_HEAD.pack(kind, len(payload)))
+        parts.append(payload)
+        parts.append(CRC.pack(zlib.crc32(payload, zlib.crc32(kind))))
+    data = b"".join(parts)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"the file would be {len(data)} bytes, at most {MAX_FILE_BYTES} allowed")
+    return data
+
+
+def _check_sizes(original, working, error):
+    (ow, oh), (ww, wh) = original, working
+    if not (1 <= ow <= MAX_ORIGINAL_SIDE and 1 <= oh <= MAX_ORIGINAL_SIDE):
+        raise error(f"original size {ow}x{oh} is outside 1..{MAX_ORIGINAL_SIDE}")
+    if not (1 <= ww <= MAX_WORKING_SIDE and 1 <= wh <= MAX_WORKING_SIDE):
+        raise error(f"working size {ww}x{wh} is outside 1..{MAX_WORKING_SIDE}")
+
+
+def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
+    """Parse a ``.plic`` file. Raises :class:`PlicFormatError` naming ``source`` on any problem."""
+
+    def fail(problem: str):
+        raise PlicFormatError(source, problem)
+
+    if len(data) > MAX_FILE_BYTES:
+        fail(f"{len(data)} bytes is more than the {MAX_FILE_BYTES} allowed")
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        fail("it does not start with the PLIC signature")
+    if len(data) < HEADER.size + CRC.size:
+        fail("truncated header")
+    magic, version, _flags, count, ow, oh, ww, wh = HEADER.unpack_from(data)
+    (header_crc,) = CRC.unpack_from(data, HEADER.size)
+    if zlib.crc32(data[:HEADER.size]) != header_crc:
+        fail("header checksum mismatch (the file is damaged)")
+    if version != VERSION:
+        fail(f"format version {version} is not supported (this PLIC reads version {VERSION}); "
+             "update PLIC")
+    if count > MAX_SECTIONS:
+        fail(f"{count} sections, at most {MAX_SECTIONS} allowed")
+    _check_sizes((ow, oh), (ww, wh), lambda problem: PlicFormatError(source, problem))
+
+    plic = PlicFile(original_size=(ow, oh), working_size=(ww, wh))
+    seen = set()
+    pos = HEADER.size + CRC.size
+    for index in range(count):
+        if pos + SECTION_HEAD.size > len(data):
+            fail(f"truncated: section {index + 1} of {count} is missing")
+        kind, length = SECTION_HEAD.unpack_from(data, pos)
+        name = kind.decode("latin-1")
+        if length > MAX_SECTION_BYTES:
+            fail(f"section {name!r} claims {length} bytes, at most {MAX_SECTION_BYTES} allowed")
+        start = pos + SECTION_HEAD.size
+        end = start + length
+        if end + CRC.size > len(data):
+            fail(f"truncated inside section {name!r}")
+        payload = data[start:end]
+        if zlib.crc32(payload, zlib.crc32(kind)) != CRC.unpack_from(data, end)[0]:
+            fail(f"section {name!r} checksum mismatch (the file is damaged)")
+        pos = end + CRC.size
+        if kind in KNOWN_SECTIONS:
+            if kind in seen:
+                fail(f"section {name!r} appears twice")
+            seen.add(kind)
+            try:
+                _read_section(plic, kind, payload)
+            except (ValueError, struct.error, UnicodeDecodeError, RecursionError) as exc:
+                fail(f"section {name!r}: {exc}")
+        else:
+            plic.extra_sections.append((kind, payload))
+    if pos != len(data):
+        fail(f"{len(data) - pos} unexpected bytes after the last section")
+    return plic
+
+
+def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
+    if kind == PROMPT:
+        if len(payload) > MAX_PROMPT_BYTES:
+            raise ValueError(f"prompt of {len(payload)} bytes, at most {MAX_PROMPT_BYTES} allowed")
+        plic.prompt = payload.decode("utf-8")
+    elif kind == EDGES:
+        plic.edges = payload
+    elif kind == PALETTE:
+        plic.palette = payload
+    elif kind == SALIENT_MASK:
+        plic.salient_mask = payload
+    elif kind == SALIENT_PIXELS:
+        plic.salient_regions = _unpack_regions(payload, plic.working_size)
+    elif kind == DECODE_HINTS:
+        if len(payload) > MAX_HINT_BYTES:
+            raise ValueError(f"{len(payload)} bytes, at most {MAX_HINT_BYTES} allowed")
+        hints = json.loads(payload.decode("utf-8"))
+        if not isinstance(hints, dict):
+            raise ValueError("decode hints must be a JSON object")
+        plic.decode_hints = hints
+
+
+def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:
+    (count,) = struct.unpack_from(">H", payload)
+    if count > MAX_REGIONS:
+        raise ValueError(f"{count} regions, at most {MAX_REGIONS} allowed")
+    regions, pos = [], 2
+    width, height = working_size
+    for _ in range(count):
+        x, y, w, h, codec, length = _REGION_HEAD.unpack_from(payload, pos)
+        pos += _REGION_HEAD.size
+        if codec not in REGION_CODECS:
+            raise ValueError(f"unknown region codec {codec}")
+        if w == 0 or h == 0 or x + w > width or y + h > height:
+            raise ValueError(f"region {w}x{h} at ({x}, {y}) lies outside the {width}x{height} image")
+        if pos + length > len(payload):
+            raise ValueError("truncated region data")
+        regions.append(SalientRegion(x, y, w, h, REGION_CODECS[codec], payload[pos:pos + length]))
+        pos += length
+    if pos != len(payload):
+        raise ValueError(f"{len(payload) - pos} unexpected bytes after the regions")
+    return regions
+
+
+def load(path: str | os.PathLike) -> PlicFile:
+    """Read a ``.plic`` file from disk; any problem raises :class:`PlicFormatError`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise PlicFormatError(str(path), f"{size} bytes is more than the {MAX_FILE_BYTES} allowed")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PlicFormatError(str(path), f"cannot be read ({exc.strerror or exc})") from None
+    return loads(data, str(path))
+
+
+def save(plic: PlicFile, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``plic`` atomically (temporary file, then rename). Refuses to replace an existing
+    file unless ``overwrite``; raises FileExistsError then."""
+    return write_atomic(Path(path), dumps(plic), overwrite=overwrite)
+
+
+def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, so a crash or a
+    full disk never leaves a half-written file. Without ``overwrite`` an existing file is kept
+    and FileExistsError raised."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_no_replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _rename_no_replace(tmp: str, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (FileExistsError then)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails instead of replacing
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)

@@ -1,0 +1,80 @@
+"""Image loading and the working size every other step uses.
+
+Images are handled as RGB ``uint8`` numpy arrays of shape (H, W, 3).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import PlicInputError
+
+#: Longest side of the working image in the reference pipeline.
+DEFAULT_MAX_SIDE = 1024
+#: Largest original image we accept (pixels); protects against decompression bombs.
+MAX_INPUT_PIXELS = 256 * 1024 * 1024
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8, applying its EXIF orientation.
+
+    Transparent images are flattened onto white. Raises :class:`PlicInputError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_INPUT_PIXELS:
+                raise PlicInputError(f"{path}: {im.width}x{im.height} is larger than PLIC accepts")
+            im = ImageOps.exif_transpose(im)
+            return pil_to_rgb(im)
+    except FileNotFoundError:
+        raise PlicInputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise PlicInputError(f"{path}: cannot read this image ({exc})") from None
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert any PIL image to an RGB uint8 array; alpha is composited onto white."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return check_rgb(rgb)
+
+
+def check_rgb(rgb: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate an RGB uint8 array (H, W, 3) that is not empty; return it contiguous."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise PlicInputError(f"{what}: expected an RGB uint8 array (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise PlicInputError(f"{what}: the image is empty ({rgb.shape[1]}x{rgb.shape[0]})")
+    return np.ascontiguousarray(rgb)
+
+
+def working_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """Size after scaling the longest side down to ``max_side`` (never up), at least 1x1."""
+    if max_side < 1:
+        raise PlicInputError(f"max_side must be at least 1, got {max_side}")
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int], resample: int = Image.LANCZOS) -> np.ndarray:
+    """Resize an RGB (or single-channel) uint8 array to ``size`` = (width, height)."""
+    if (rgb.shape[1], rgb.shape[0]) == tuple(size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size, resample), dtype=np.uint8)
+
+
+def to_working(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """The working image: longest side scaled down to ``max_side`` with Lanczos."""
+    rgb = check_rgb(rgb)
+    return resize(rgb, working_size(rgb.shape[1], rgb.shape[0], max_side))

@@ -1,0 +1,40 @@
+"""The colour palette: the image shrunk to a tiny square, stored as WebP."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from .errors import PlicInputError
+from .image import check_rgb
+
+#: Reference settings: 32x32 bicubic, WebP quality 80.
+DEFAULT_SIZE = 32
+DEFAULT_QUALITY = 80
+
+
+def encode(rgb: np.ndarray, size: int = DEFAULT_SIZE, quality: int = DEFAULT_QUALITY) -> bytes:
+    """Shrink ``rgb`` to ``size`` x ``size`` (bicubic) and encode it as WebP at ``quality``."""
+    if not 1 <= size <= 256:
+        raise PlicInputError(f"palette size must be between 1 and 256, got {size}")
+    if not 0 <= quality <= 100:
+        raise PlicInputError(f"palette WebP quality must be between 0 and 100, got {quality}")
+    small = Image.fromarray(check_rgb(rgb)).resize((size, size), Image.BICUBIC)
+    buffer = io.BytesIO()
+    small.save(buffer, format="WEBP", quality=quality, method=6)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    """The palette as an RGB uint8 array (size, size, 3)."""
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "WEBP":
+            raise ValueError(f"palette is {im.format}, expected WebP")
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def upscale(palette: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The palette stretched to ``size`` = (width, height) with nearest-neighbour, as the reference."""
+    return np.asarray(Image.fromarray(palette).resize(size, Image.NEAREST), dtype=np.uint8)
