@@ -1,0 +1,90 @@
+"""What every PLIC node shares: ComfyUI's optional modules, tensor <-> numpy conversion, batches,
+progress and the custom socket types. Nothing here imports ComfyUI at module level, so the pack
+imports (and its tests run) without ComfyUI."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+
+from plic.errors import PlicError
+
+CATEGORY = "PLIC"
+
+# Custom socket types passed between PLIC nodes; values are lists with one item per image.
+EDGES = "PLIC_EDGES"
+PALETTE = "PLIC_PALETTE"
+SALIENT = "PLIC_SALIENT"
+PAYLOAD = "PLIC_PAYLOAD"
+PIPELINE = "PLIC_PIPELINE"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def comfy_module(name: str):
+    """``folder_paths``, ``comfy.utils``, ``comfy.model_management``... or None outside ComfyUI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def image_to_rgb_list(image) -> list[np.ndarray]:
+    """ComfyUI IMAGE (float tensor [B,H,W,C] in 0..1) to a list of RGB uint8 arrays."""
+    array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+        raise PlicError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(array.shape)}")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    rgb = np.clip(np.rint(array[..., :3] * 255.0), 0, 255).astype(np.uint8)
+    return [np.ascontiguousarray(item) for item in rgb]
+
+
+def rgb_list_to_image(images: Iterable[np.ndarray]):
+    """List of RGB (H,W,3) or gray (H,W) uint8/float arrays of one size to an IMAGE tensor."""
+    import torch
+
+    batch = []
+    for item in images:
+        item = np.asarray(item)
+        if item.ndim == 2:
+            item = np.repeat(item[..., None], 3, axis=-1)
+        batch.append(item.astype(np.float32) / 255.0 if item.dtype == np.uint8 else item.astype(np.float32))
+    return torch.from_numpy(np.stack(batch))
+
+
+def mask_to_list(mask, count: int) -> list[np.ndarray]:
+    """ComfyUI MASK ([B,H,W] or [H,W], 0..1) to ``count`` bool arrays; a single mask is
+    repeated for every image of the batch."""
+    array = mask.detach().cpu().float().numpy() if hasattr(mask, "detach") else np.asarray(mask, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise PlicError(f"expected a MASK [B,H,W], got shape {tuple(array.shape)}")
+    if array.shape[0] not in (1, count):
+        raise PlicError(f"{array.shape[0]} masks for {count} images; give one mask or one per image")
+    return [array[min(i, array.shape[0] - 1)] > 0.5 for i in range(count)]
+
+
+def masks_to_tensor(masks: Iterable[np.ndarray]):
+    """List of (H,W) bool/0..1 arrays to a MASK tensor [B,H,W] float."""
+    import torch
+
+    return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))
+
+
+def map_batch(items: list[T], fn: Callable[[T], R]) -> list[R]:
+    """Apply ``fn`` to every item with ComfyUI's progress bar when it is present."""
+    utils = comfy_module("comfy.utils")
+    bar = utils.ProgressBar(len(items)) if utils is not None and len(items) > 1 else None
+    out = []
+    for item in items:
+        out.append(fn(item))
+        if bar is not None:
+            bar.update(1)
+    return out
