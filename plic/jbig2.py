@@ -46,16 +46,21 @@ def _identity(func):
 
 
 def _pick_jit():
+    """Return (jit for entry points, jit for per-pixel helpers, numba in use?)."""
     if os.environ.get("PLIC_NO_NUMBA") == "1":
-        return _identity, False
+        return _identity, _identity, False
     try:
         import numba
     except ImportError:
-        return _identity, False
-    return numba.njit(cache=True, nogil=True), True
+        return _identity, _identity, False
+    # Per-pixel helpers are compiled without the numba runtime (_nrt=False):
+    # they allocate nothing, and with it every call would reference-count its
+    # array arguments, which costs more than the arithmetic coding itself.
+    return (numba.njit(cache=True, nogil=True),
+            numba.njit(cache=True, nogil=True, _nrt=False), True)
 
 
-_jit, NUMBA = _pick_jit()
+_jit, _jit_pixel, NUMBA = _pick_jit()
 
 
 # ---------------------------------------------------------------------------
@@ -91,7 +96,7 @@ _SWITCH = np.ascontiguousarray(_QE_TABLE[:, 3])
 _MPS_BIT = 0x80
 
 
-@_jit
+@_jit_pixel
 def _byteout(out, c, bp):
     """E.2.8 BYTEOUT with 0xFF bit stuffing and carry propagation.
 
@@ -116,7 +121,7 @@ def _byteout(out, c, bp):
     return c & 0x7FFFF, 8, bp
 
 
-@_jit
+@_jit_pixel
 def _mq_encode(out, state, cx, d, a, c, ct, bp):
     """E.2.2 ENCODE (CODEMPS E.2.4 / CODELPS E.2.3 / RENORME E.2.6) of bit d."""
     s = np.int64(state[cx])
@@ -175,13 +180,13 @@ def _mq_flush(out, a, c, ct, bp):
     return bp + 1
 
 
-@_jit
+@_jit_pixel
 def _byte_at(data, i):
     """E.3.4: beyond the end of the coded data the decoder reads 0xFF."""
     return np.int64(data[i]) if i < data.shape[0] else 0xFF
 
 
-@_jit
+@_jit_pixel
 def _bytein(data, c, bp):
     """E.3.4 BYTEIN (data[bp] is B).  Returns (C, CT, BP)."""
     if _byte_at(data, bp) == 0xFF:
@@ -200,7 +205,7 @@ def _mq_initdec(data):
     return 0x8000, (c << 7) & 0xFFFFFFFF, ct - 7, bp
 
 
-@_jit
+@_jit_pixel
 def _mq_decode(data, state, cx, a, c, ct, bp):
     """E.3.2 DECODE with MPS_EXCHANGE / LPS_EXCHANGE (E.3.3) and RENORMD.
 
@@ -322,7 +327,7 @@ def _layout(template, at):
     )
 
 
-@_jit
+@_jit_pixel
 def _run_start(img, row, px, lo, hi):
     """Shift register of one run for the first pixel of a row."""
     w = 0
@@ -331,10 +336,13 @@ def _run_start(img, row, px, lo, hi):
     return w
 
 
-@_jit
-def _context(img, py, px, w0, w1, w2, win, keep, at_dx, at_dy, at_bit):
-    """6.2.5.3 / 6.2.5.4: context CX of pixel (px, py) of the padded bitmap."""
-    cx = ((w0 << win[0, 2]) | (w1 << win[1, 2]) | (w2 << win[2, 2])) & keep
+@_jit_pixel
+def _context(img, py, px, w0, w1, w2, base1, base2, keep, at_dx, at_dy, at_bit):
+    """6.2.5.3 / 6.2.5.4: context CX of pixel (px, py) of the padded bitmap.
+
+    Run 0 (row y) always starts at bit 0.
+    """
+    cx = (w0 | (w1 << base1) | (w2 << base2)) & keep
     for k in range(at_dx.shape[0]):
         cx |= np.int64(img[py + at_dy[k], px + at_dx[k]]) << at_bit[k]
     return cx
@@ -359,6 +367,8 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
     m2 = (1 << (win[2, 1] - win[2, 0] + 1)) - 1
     r1 = left + win[1, 1] + 1              # column read into run 1 / 2 at x
     r2 = left + win[2, 1] + 1
+    base1 = win[1, 2]
+    base2 = win[2, 2]
     ltp = 0
     for y in range(height):
         py = top + y
@@ -379,7 +389,7 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
         w2 = _run_start(img, py - 2, left, win[2, 0], win[2, 1]) if m2 else 0
         for x in range(width):
             px = left + x
-            cx = _context(img, py, px, w0, w1, w2, win, keep, at_dx, at_dy, at_bit)
+            cx = _context(img, py, px, w0, w1, w2, base1, base2, keep, at_dx, at_dy, at_bit)
             if decoding:
                 d, a, c, ct, bp = _mq_decode(data, state, cx, a, c, ct, bp)
                 img[py, px] = d
