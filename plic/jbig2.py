@@ -479,9 +479,10 @@ def encode_generic_region(bitmap, template=None, at=None, tpgdon=None) -> Generi
     if template is None and at is not None:
         raise JBIG2Error("AT pixels need an explicit template")
     if template is None or tpgdon is None:
-        template, at, tpgdon = choose_parameters(bitmap, template, at, tpgdon)
-    at = _check_template(template, at)
-    data = _encode_bytes(bitmap, template, at, tpgdon)
+        (template, at, tpgdon), data = _search(bitmap, template, at, tpgdon)
+    else:
+        at = _check_template(template, at)
+        data = _encode_bytes(bitmap, template, at, tpgdon)
     return GenericRegion(bitmap.shape[1], bitmap.shape[0], template, at, bool(tpgdon), data)
 
 
@@ -525,49 +526,74 @@ _AT_ALTERNATIVES = (
     (((3, -1),),),
     (((3, -1),), ((0, -2),)),
 )
-_SAMPLE_PIXELS = 1 << 18     # search on about this many pixels
+_SAMPLE_PIXELS = 1 << 18     # rank candidates on about this many pixels
 _SAMPLE_BAND = 32            # rows per sampled band
 
 
 def _sample_rows(bitmap: np.ndarray) -> np.ndarray:
     """Evenly spaced bands of whole rows, about _SAMPLE_PIXELS in all."""
     height, width = bitmap.shape
-    stride = _SAMPLE_PIXELS // (_SAMPLE_BAND * width)
+    wanted = _SAMPLE_PIXELS // (_SAMPLE_BAND * width)
     n_bands = height // _SAMPLE_BAND
-    if stride < 1 or bitmap.size <= 2 * _SAMPLE_PIXELS or n_bands < 2:
+    if wanted < 1 or n_bands < 2 * wanted:
         return bitmap
-    step = max(1, n_bands // max(1, stride))
+    step = -(-n_bands // wanted)
     bands = [bitmap[k * _SAMPLE_BAND:(k + 1) * _SAMPLE_BAND] for k in range(0, n_bands, step)]
     return np.ascontiguousarray(np.concatenate(bands))
 
 
 def choose_parameters(bitmap, template=None, at=None, tpgdon=None):
-    """Pick (template, at, tpgdon) giving the fewest bytes for ``bitmap``.
+    """Pick (template, at, tpgdon) giving the fewest bytes for ``bitmap``."""
+    return _search(_as_bitmap(bitmap), template, at, tpgdon)[0]
 
-    Greedy and cheap: every candidate is coded in full, but only on a sample
-    of row bands (:func:`_sample_rows`).  First the templates with nominal AT
-    pixels (or the given template/AT), then _AT_ALTERNATIVES for the winner
-    (only when neither template nor AT was given), then TPGDON off vs on
-    (when ``tpgdon`` is None).  None arguments are searched, others kept.
+
+def _search(bitmap, template, at, tpgdon):
+    """Best-of search; returns ((template, at, tpgdon), coded bytes).
+
+    None arguments are searched, the others kept.  Candidates are ranked on
+    a sample of row bands (:func:`_sample_rows`).  A plain sample favours
+    small templates (their few contexts finish learning sooner), so the size
+    is extrapolated to the whole bitmap from the sizes of the first half of
+    the bands and of all of them: bytes grow linearly once learnt.  First
+    the template (nominal AT, TPGDON on unless given), then the best of
+    _AT_ALTERNATIVES (when neither template nor AT was given) or TPGDON
+    flipped (when ``tpgdon`` is None), kept only if its full coding is
+    smaller.
     """
-    bitmap = _as_bitmap(bitmap)
     sample = _sample_rows(bitmap)
+    half = sample[:max(1, (sample.shape[0] // _SAMPLE_BAND + 1) // 2 * _SAMPLE_BAND)]
     tp = True if tpgdon is None else bool(tpgdon)
+    estimates, coded = {}, {}
 
-    def size(candidate):
-        return len(_encode_bytes(sample, *candidate))
+    def estimate(candidate):
+        if candidate not in estimates:
+            if sample is bitmap:
+                estimates[candidate] = full_size(candidate)
+            else:
+                s1, s2 = len(_encode_bytes(half, *candidate)), len(_encode_bytes(sample, *candidate))
+                rows = (bitmap.shape[0] - sample.shape[0]) / (sample.shape[0] - half.shape[0])
+                estimates[candidate] = s2 + (s2 - s1) * rows
+        return estimates[candidate]
+
+    def full_size(candidate):
+        if candidate not in coded:
+            coded[candidate] = _encode_bytes(bitmap, *candidate)
+        return len(coded[candidate])
 
     if template is None:
-        candidates = [(t, NOMINAL_AT[t], tp) for t in range(4)]
+        best = min([(t, NOMINAL_AT[t], tp) for t in range(4)], key=estimate)
     else:
-        candidates = [(template, _check_template(template, at), tp)]
-    best = min(candidates, key=size)
-    if at is None:
-        t = best[0]
-        best = min([best] + [(t, alt, tp) for alt in _AT_ALTERNATIVES[t]], key=size)
+        best = (template, _check_template(template, at), tp)
+    t, best_at, best_tp = best
+    refinements = [(t, alt, best_tp) for alt in _AT_ALTERNATIVES[t]] if at is None else []
     if tpgdon is None:
-        best = min([best, (best[0], best[1], False)], key=size)
-    return best
+        refinements.append((t, best_at, not best_tp))
+    if refinements:
+        alt = min(refinements, key=estimate)
+        if estimate(alt) < estimate(best):
+            best = min([best, alt], key=full_size)
+    full_size(best)
+    return best, coded[best]
 
 
 # ---------------------------------------------------------------------------
