@@ -12,6 +12,8 @@ Everything bit-level about JBIG2 lives in this module:
                header with sequential organisation (D.1).
 
 Bitmaps are 2-D ``np.uint8`` arrays of 0/1 where 1 is black (an edge pixel).
+The encoder is always lossless; by default it searches GBTEMPLATE, AT pixels
+and TPGDON for the fewest bytes (see :func:`_search`).
 
 The pixel loops are compiled with numba when it is importable; the very same
 Python source runs unchanged (slowly) when it is not, or when the environment
@@ -28,6 +30,8 @@ import numpy as np
 __all__ = [
     "JBIG2Error",
     "GenericRegion",
+    "NOMINAL_AT",
+    "choose_parameters",
     "encode_generic_region",
     "decode_generic_region",
     "encode_embedded",
@@ -93,7 +97,6 @@ _SWITCH = np.ascontiguousarray(_QE_TABLE[:, 3])
 
 # Adaptive state per context CX (E.1.2): I(CX) and MPS(CX) packed into one byte,
 # index in bits 0-5 and MPS in bit 7.  All contexts start at I = 0, MPS = 0.
-_MPS_BIT = 0x80
 
 
 @_jit_pixel
