@@ -73,8 +73,8 @@ _SETTINGS = {
     "path": ("local_model", "--caption local:PATH"),
     "device": ("device", "--caption-device"),
 }
-_QUOTED = re.compile(r'"([^"]*\S[^"]*)"|\u201c([^\u201d]*\S[^\u201d]*)\u201d')
-_LABEL = re.compile(r"^\s*(?:\*\*)?(?:stable diffusion )?prompt(?:\*\*)?\s*:\s*", re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"]*[^"\s][^"]*)"|\u201c([^\u201d]*[^\u201d\s][^\u201d]*)\u201d')
+_LABEL = re.compile(r"^[\s*#_]*(?:stable diffusion )?prompt[\s*_]*:[\s*_]*", re.IGNORECASE)
 _REFUSAL = re.compile(r"^\s*(?:i'?m sorry|i am sorry|sorry,|i can(?:'|no)t|i am unable|i'm unable"
                       r"|unable to)", re.IGNORECASE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -100,12 +100,12 @@ def parse_reply(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
     text = text or ""
     match = _QUOTED.search(text)
     if match:
-        found = match.group(1) if match.group(1) is not None else match.group(2)
-    else:
-        lines = [line for line in text.splitlines() if line.strip()]
-        found = _LABEL.sub("", lines[0]) if lines else ""
-        found = found.strip().strip("\"'`\u201c\u201d*").strip()
-    return clean_prompt(found, limit)
+        return clean_prompt(match.group(1) if match.group(1) is not None else match.group(2), limit)
+    for line in text.splitlines():
+        line = _LABEL.sub("", line).strip().strip("\"'`\u201c\u201d*").strip()
+        if line:
+            return clean_prompt(line, limit)
+    return ""
 
 
 def split_prompts(text: str, count: int) -> list[str]:
