@@ -409,7 +409,7 @@ class LocalCaptioner:
         text = processor.batch_decode(ids, skip_special_tokens=True)[0]
         prompt = clean_prompt(text, self.limit)
         if not prompt:
-            raise CaptionError(self.backend, f"the model in {self.path} wrote an empty caption; "
+            raise CaptionError(self.backend, f"the model in {self.path} gave an empty reply (no caption); "
                                f"choose another model in {setting('path')}")
         return prompt
 
