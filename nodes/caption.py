@@ -85,6 +85,9 @@ class PLICCaption:
             "timeout": ("FLOAT", {"default": cap.DEFAULT_TIMEOUT, "min": 1.0, "max": 3600.0,
                                   "step": 1.0, "tooltip":
                                   "Seconds to wait for one API reply before retrying."}),
+            "max_retries": ("INT", {"default": cap.DEFAULT_RETRIES, "min": 0, "max": 10, "tooltip":
+                            "Retries of the API after a rate limit (429), a server error (5xx) or a "
+                            "time-out, waiting 1, 2, 4... s."}),
         }}
 
     RETURN_TYPES = ("STRING", "STRING")
@@ -100,14 +103,15 @@ class PLICCaption:
                    "own text. The key is read from an environment variable, never a widget.")
 
     def caption(self, image, backend, model, base_url, api_key_env, local_model, manual_text,
-                max_chars, timeout):
+                max_chars, timeout, max_retries):
         captioner = self.make(backend, model, base_url, api_key_env, local_model, manual_text,
-                              max_chars, timeout)
+                              max_chars, timeout, max_retries)
         prompts = map_batch(image_to_rgb_list(image), captioner.caption)
         return {"ui": {"text": prompts}, "result": ("\n".join(prompts), prompts)}
 
     @staticmethod
-    def make(backend, model, base_url, api_key_env, local_model, manual_text, max_chars, timeout):
+    def make(backend, model, base_url, api_key_env, local_model, manual_text, max_chars, timeout,
+             max_retries):
         """The captioner the widgets ask for."""
         if backend == "manual":
             return cap.ManualCaptioner(manual_text, limit=max_chars)
@@ -116,7 +120,7 @@ class PLICCaption:
             return cap.LocalCaptioner(name, device=torch_device(), limit=max_chars,
                                       search_dirs=model_dirs())
         return cap.OpenAICaptioner(model, base_url=base_url, api_key_env=api_key_env,
-                                   timeout=timeout, limit=max_chars)
+                                   timeout=timeout, max_retries=max_retries, limit=max_chars)
 
 
 register_model_folder()

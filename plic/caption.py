@@ -249,12 +249,13 @@ class OpenAICaptioner:
 
         where = f"the server at {self.server}"
         status = getattr(exc, "status_code", None)
-        detail = self._redact(getattr(exc, "message", None) or str(exc))[:300]
+        detail = self._redact(getattr(exc, "message", None) or str(exc))[:300].rstrip(". ")
+        tries = f"{tries} {'try' if tries == 1 else 'tries'}"
         if isinstance(exc, openai.APITimeoutError):
-            problem = (f"no reply from {where} within {self.timeout:g} s ({tries} tries); raise "
+            problem = (f"no reply from {where} within {self.timeout:g} s ({tries}); raise "
                        f"{setting('timeout')} or check that the server is not overloaded")
         elif isinstance(exc, openai.APIConnectionError):
-            problem = (f"cannot reach {where} ({tries} tries): {detail}. Start the server or fix "
+            problem = (f"cannot reach {where} ({tries}): {detail}. Start the server or fix "
                        f"{setting('base_url')}")
         elif isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             problem = (f"{where} refused the key in {self.api_key_env} (HTTP {status}): {detail}. "
@@ -268,7 +269,7 @@ class OpenAICaptioner:
             problem = (f"{where} refused the image or the request (HTTP {status}): {detail}. "
                        f"Check that {setting('model')} names a model that accepts images")
         elif isinstance(exc, openai.APIStatusError):
-            problem = (f"{where} answered HTTP {status} ({tries} tries): {detail}. Try again "
+            problem = (f"{where} answered HTTP {status} ({tries}): {detail}. Try again "
                        f"later or raise {setting('max_retries')}")
         else:
             problem = (f"{where} did not send a chat completion ({detail}). Check that "
@@ -276,24 +277,23 @@ class OpenAICaptioner:
         return CaptionError(self.backend, problem)
 
     def _prompt_from(self, response) -> str:
-        choices = getattr(response, "choices", None) or []
-        message = getattr(choices[0], "message", None) if choices else None
-        if message is None:
-            raise CaptionError(self.backend, f"the reply of the server at {self.server} holds no "
-                               f"message; check that {setting('base_url')} points at an "
-                               "OpenAI-compatible chat API")
-        refused = (getattr(message, "refusal", None)
-                   or getattr(choices[0], "finish_reason", None) == "content_filter")
-        content = message.content if isinstance(message.content, str) else ""
+        choice = (getattr(response, "choices", None) or [None])[0]
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        content = content if isinstance(content, str) else ""
         prompt = parse_reply(content, self.limit)
-        if refused or (prompt and not _QUOTED.search(content) and _REFUSAL.match(prompt)):
+        refusal = getattr(message, "refusal", None) or (
+            "content filter" if getattr(choice, "finish_reason", None) == "content_filter" else None)
+        if not refusal and prompt and not _QUOTED.search(content) and _REFUSAL.match(prompt):
+            refusal = prompt
+        if refusal:
             raise CaptionError(self.backend, f"model {self.model!r} refused to describe the image "
-                               f"({self._redact(str(refused if isinstance(refused, str) else content))[:200]!r}). "
-                               f"Write the prompt yourself (manual back end / --prompt) or "
-                               f"choose another {setting('model')}")
+                               f"({self._redact(str(refusal))[:200]!r}). Write the prompt yourself "
+                               f"(manual back end / --prompt) or choose another {setting('model')}")
         if not prompt:
             raise CaptionError(self.backend, f"model {self.model!r} at {self.server} sent an empty "
-                               f"reply; try again, or choose another {setting('model')}")
+                               f"reply (no text in choices[0].message.content). Try again, choose "
+                               f"another {setting('model')}, or check {setting('base_url')}")
         return prompt
 
     def _redact(self, text: str) -> str:

@@ -107,7 +107,7 @@ def test_node_local_backend_outside_comfyui(models_env, image):
     from nodes.caption import PLICCaption
 
     batch = torch.from_numpy(np.stack([image, image[:, ::-1]]).astype(np.float32) / 255.0)
-    out = PLICCaption().caption(batch, "local", "", "", "OPENAI_API_KEY", "tiny-blip", "", 30, 5.0)
+    out = PLICCaption().caption(batch, "local", "", "", "OPENAI_API_KEY", "tiny-blip", "", 30, 5.0, 0)
     joined, prompts = out["result"]
     assert len(prompts) == 2 and all(0 < len(p) <= 30 for p in prompts)
     assert joined.split("\n") == prompts and out["ui"]["text"] == prompts
