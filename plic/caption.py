@@ -200,8 +200,7 @@ class OpenAICaptioner:
 
     def _client_or_new(self):
         if self._client is None:
-            openai = require("openai", package="openai", purpose="Captioning with an OpenAI-"
-                             "compatible API")
+            openai = _openai()
             self._key = os.environ.get(self.api_key_env, "").strip()
             if not self._key:
                 if _is_openai_cloud(self.server):
@@ -216,11 +215,11 @@ class OpenAICaptioner:
 
     def _request(self, messages: list) -> object:
         """The chat completion, with our retries; every failure becomes a CaptionError."""
-        openai = require("openai", package="openai", purpose="Captioning with an OpenAI-"
-                         "compatible API")
+        openai = _openai()
         client = self._client_or_new()
         transient = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return client.chat.completions.create(model=self.model, messages=messages)
             except transient as exc:
@@ -230,9 +229,9 @@ class OpenAICaptioner:
                 log.warning("%s at %s; try %d of %d in %.1f s", type(exc).__name__, self.server,
                             attempt + 2, self.max_retries + 1, delay)
                 time.sleep(delay)
+                attempt += 1
             except (openai.OpenAIError, ValueError) as exc:
                 raise self._error(exc, attempt + 1) from None
-        raise AssertionError("unreachable")
 
     def _delay(self, attempt: int, exc: Exception) -> float:
         delay = self.backoff * 2 ** attempt
@@ -298,6 +297,10 @@ class OpenAICaptioner:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+
+def _openai():
+    return require("openai", package="openai", purpose="Captioning with an OpenAI-compatible API")
 
 
 def _is_openai_cloud(url: str) -> bool:
