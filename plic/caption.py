@@ -332,6 +332,9 @@ def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
 
 def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None = None) -> Path:
     """The model folder ``name`` - a path, or a folder name inside ``search_dirs``."""
+    if not str(name).strip():
+        raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
+                           f"folder in models/captioners and choose it in {setting('path')}")
     dirs = model_search_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
     given = Path(str(name).strip()).expanduser()
     candidates = [given] + ([d / given for d in dirs] if not given.is_absolute() else [])

@@ -92,6 +92,7 @@ def test_empty_generation_is_an_empty_reply_error(models_env, image):
 
 
 @pytest.mark.parametrize("name, match", [
+    ("", r"no model folder is chosen.*'local_model' \(--caption local:PATH\)"),
     ("missing", r"'missing' not found \(looked in missing, .*captioners/missing"),
     ("not-a-model", "holds no config.json"),
     ("broken", "cannot load the image-to-text model in .*broken"),
