@@ -8,6 +8,9 @@ import base64
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,9 +20,10 @@ import pytest
 from PIL import Image
 
 from plic import caption as cap
+from plic import fileformat
 from plic.errors import CaptionError, PlicError, PlicInputError
 
-from conftest import load_shared
+from conftest import REPO, SHARED_IMAGES, load_shared
 
 KEY = "sk-test-7f3a9c1e5b2d4f6a8c0e"
 KEY_ENV = "PLIC_TEST_CAPTION_KEY"
@@ -331,6 +335,25 @@ def test_cli_helpers_caption_through_the_server(server, key, image):
     assert cap.captioner_from_args(args).caption(image) == "a cat lying"
     assert json.loads(server.requests[0]["body"])["model"] == "llava"
     assert cap.captioner_from_args(parser.parse_args([])) is None
+
+
+def test_plic_encode_captions_through_a_local_server(server, tmp_path):
+    """`plic encode --caption openai` as a user runs it, against an OpenAI-compatible server."""
+    server.script(completion('Here you go: "a cup of coffee on a saucer, warm light"'),
+                  completion('"a rocket on its launch pad"'))
+    env = {**os.environ, KEY_ENV: KEY}
+    result = subprocess.run(
+        [sys.executable, "-m", "plic", "encode", SHARED_IMAGES / "coffee.png", SHARED_IMAGES / "rocket.jpg",
+         "-o", tmp_path, "--caption", "openai", "--caption-base-url", server.url,
+         "--caption-model", "llava", "--caption-key-env", KEY_ENV],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert fileformat.load(tmp_path / "coffee.plic").prompt == "a cup of coffee on a saucer, warm light"
+    assert fileformat.load(tmp_path / "rocket.plic").prompt == "a rocket on its launch pad"
+    assert [r["headers"]["authorization"] for r in server.requests] == [f"Bearer {KEY}"] * 2
+    for path in tmp_path.iterdir():
+        assert KEY.encode() not in path.read_bytes()
+    assert KEY not in result.stdout + result.stderr
 
 
 def test_manual_text_is_cleaned_and_cut():
