@@ -125,8 +125,12 @@ def _byteout(out, c, bp):
 
 
 @_jit_pixel
-def _mq_encode(out, state, cx, d, a, c, ct, bp):
-    """E.2.2 ENCODE (CODEMPS E.2.4 / CODELPS E.2.3 / RENORME E.2.6) of bit d."""
+def _mq_interval(state, cx, d, a):
+    """E.2.2 ENCODE of bit d up to renormalisation: CODEMPS (E.2.4) or
+    CODELPS (E.2.3), including the update of I(CX) and MPS(CX).
+
+    Returns (A, what to add to C); A < 0x8000 means RENORME must follow.
+    """
     s = np.int64(state[cx])
     i = s & 0x3F
     mps = s >> 7
@@ -134,26 +138,47 @@ def _mq_encode(out, state, cx, d, a, c, ct, bp):
     a -= qe
     if d == mps:
         if a & 0x8000:
-            return a, c + qe, ct, bp
-        if a < qe:
+            return a, qe
+        add = 0
+        if a < qe:                         # conditional exchange
             a = qe
         else:
-            c += qe
+            add = qe
         state[cx] = _NMPS[i] | (mps << 7)
+        return a, add
+    add = 0
+    if a < qe:                             # conditional exchange
+        add = qe
     else:
-        if a < qe:
-            c += qe
-        else:
-            a = qe
-        state[cx] = _NLPS[i] | ((mps ^ _SWITCH[i]) << 7)
-    while True:                            # RENORME
+        a = qe
+    state[cx] = _NLPS[i] | ((mps ^ _SWITCH[i]) << 7)
+    return a, add
+
+
+@_jit_pixel
+def _mq_encode(out, state, cx, d, a, c, ct, bp):
+    """E.2.2 ENCODE of bit d, with RENORME (E.2.6).  Returns (A, C, CT, BP)."""
+    a, add = _mq_interval(state, cx, d, a)
+    c += add
+    while not a & 0x8000:                  # RENORME
         a <<= 1
         c <<= 1
         ct -= 1
         if ct == 0:
             c, ct, bp = _byteout(out, c, bp)
-        if a & 0x8000:
-            return a, c, ct, bp
+    return a, c, ct, bp
+
+
+@_jit_pixel
+def _mq_count(state, cx, d, a, bits):
+    """ENCODE of bit d without producing output: every RENORME shift moves one
+    bit out of C, so counting the shifts measures the code length exactly
+    (up to FLUSH and bit stuffing).  Returns (A, bits)."""
+    a, _ = _mq_interval(state, cx, d, a)
+    while not a & 0x8000:
+        a <<= 1
+        bits += 1
+    return a, bits
 
 
 @_jit
@@ -351,16 +376,25 @@ def _context(img, py, px, w0, w1, w2, base1, base2, keep, at_dx, at_dy, at_bit):
     return cx
 
 
+# What _code_region does with the region.
+_ENCODE, _DECODE, _COUNT = 0, 1, 2
+
+
 @_jit
-def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
+def _code_region(img, data, out, mode, win, keep, at_dx, at_dy, at_bit,
                  top, left, width, height, tpgdon, sltp_cx, ltp_rows):
     """6.2.5.7 generic region decoding procedure, run as decoder or encoder.
 
     ``img`` is the padded bitmap: read when encoding, written when decoding.
-    Encoding writes MQ bytes to ``out`` (ltp_rows[i] = row i equals row i-1)
-    and returns the coded length; decoding reads ``data`` and returns 0.
+    _ENCODE writes MQ bytes to ``out`` (ltp_rows[i] = row i equals row i-1)
+    and returns the coded length; _DECODE reads ``data`` and returns 0;
+    _COUNT codes like _ENCODE without output and stores in ``out[i]`` (an
+    int64 array) the code length in bits of rows 0..i (E.2.6 shifts).
     """
     state = np.zeros(1 << 16, dtype=np.uint8)
+    decoding = mode == _DECODE
+    counting = mode == _COUNT
+    bits = 0
     if decoding:
         a, c, ct, bp = _mq_initdec(data)
     else:
@@ -382,10 +416,15 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
             else:
                 sltp = ltp ^ ltp_rows[y]
                 ltp = ltp_rows[y]
-                a, c, ct, bp = _mq_encode(out, state, sltp_cx, sltp, a, c, ct, bp)
+                if counting:
+                    a, bits = _mq_count(state, sltp_cx, sltp, a, bits)
+                else:
+                    a, c, ct, bp = _mq_encode(out, state, sltp_cx, sltp, a, c, ct, bp)
             if ltp:
                 if decoding:
                     img[py, :] = img[py - 1, :]
+                elif counting:
+                    out[y] = bits
                 continue
         w0 = 0
         w1 = _run_start(img, py - 1, left, win[1, 0], win[1, 1]) if m1 else 0
@@ -398,11 +437,16 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
                 img[py, px] = d
             else:
                 d = np.int64(img[py, px])
-                a, c, ct, bp = _mq_encode(out, state, cx, d, a, c, ct, bp)
+                if counting:
+                    a, bits = _mq_count(state, cx, d, a, bits)
+                else:
+                    a, c, ct, bp = _mq_encode(out, state, cx, d, a, c, ct, bp)
             w0 = ((w0 << 1) | d) & m0
             w1 = ((w1 << 1) | np.int64(img[py - 1, r1 + x])) & m1
             w2 = ((w2 << 1) | np.int64(img[py - 2, r2 + x])) & m2
-    if decoding:
+        if counting:
+            out[y] = bits
+    if decoding or counting:
         return 0
     return _mq_flush(out, a, c, ct, bp)
 
@@ -448,27 +492,43 @@ def _typical_rows(bitmap) -> np.ndarray:
     return same
 
 
-def _run_coder(img, data, out, decoding, lay, template, width, height, tpgdon, ltp_rows):
-    return _code_region(img, data, out, decoding, lay.windows, lay.keep,
+def _run_coder(img, data, out, mode, lay, template, width, height, tpgdon, ltp_rows):
+    return _code_region(img, data, out, mode, lay.windows, lay.keep,
                         lay.at_dx, lay.at_dy, lay.at_bit, lay.top, lay.left,
                         width, height, bool(tpgdon), _SLTP_CONTEXT[template], ltp_rows)
+
+
+def _coder_input(bitmap, template, at):
+    """(layout, padded bitmap, typical rows) for coding ``bitmap``."""
+    height, width = bitmap.shape
+    lay = _layout(template, at)
+    img = _padded(height, width, lay)
+    img[lay.top:, lay.left:lay.left + width] = bitmap
+    return lay, img, _typical_rows(bitmap)
 
 
 def _encode_bytes(bitmap, template, at, tpgdon) -> bytes:
     """MQ-code a 0/1 bitmap with fixed parameters (already validated)."""
     height, width = bitmap.shape
-    lay = _layout(template, at)
-    img = _padded(height, width, lay)
-    img[lay.top:, lay.left:lay.left + width] = bitmap
-    ltp_rows = _typical_rows(bitmap)
+    lay, img, ltp_rows = _coder_input(bitmap, template, at)
     pixels = height * width + height
     # A decision can emit at most 15 bits, so the second size always fits.
     for capacity in (pixels // 4 + 64, 2 * pixels + 64):
         out = np.zeros(capacity, dtype=np.uint8)
-        end = _run_coder(img, _NO_BYTES, out, False, lay, template, width, height, tpgdon, ltp_rows)
+        end = _run_coder(img, _NO_BYTES, out, _ENCODE, lay, template, width, height,
+                         tpgdon, ltp_rows)
         if end <= capacity:
             return out[1:end].tobytes()
     raise AssertionError("MQ output exceeded its worst-case bound")
+
+
+def _row_bits(bitmap, template, at, tpgdon) -> np.ndarray:
+    """Code length in bits of rows 0..i, for every row i (no bytes made)."""
+    height, width = bitmap.shape
+    lay, img, ltp_rows = _coder_input(bitmap, template, at)
+    bits = np.zeros(height, dtype=np.int64)
+    _run_coder(img, _NO_BYTES, bits, _COUNT, lay, template, width, height, tpgdon, ltp_rows)
+    return bits
 
 
 def encode_generic_region(bitmap, template=None, at=None, tpgdon=None) -> GenericRegion:
@@ -502,7 +562,7 @@ def _decode_rows(data, width, height, template, at, tpgdon, rows, max_pixels):
     img = _padded(rows, width, lay)
     buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
     no_rows = np.zeros(1, dtype=np.int64)
-    _run_coder(img, buf, _NO_BYTES, True, lay, template, width, rows, tpgdon, no_rows)
+    _run_coder(img, buf, _NO_BYTES, _DECODE, lay, template, width, rows, tpgdon, no_rows)
     return img[lay.top:, lay.left:lay.left + width].copy()
 
 
