@@ -1,8 +1,9 @@
 """Benchmark plic.jbig2 on the Canny edge maps of the shared images.
 
 For every image (longest side LANCZOS-scaled to 1024 px, cv2.Canny 100/200):
-our embedded-stream bytes and bpp with the best-of search and with fixed
-parameters, encode / decode speed (best of --runs, after a numba warm-up),
+our embedded-stream bytes and bpp for each effort ("fast", "default", "max")
+and for template 0 + TPGDON, encode speed per effort (parameter choice
+included) and decode speed (best of --runs, after a numba warm-up),
 next to JBIG1 (`pbmtojbg`, timed including process start) and, when a
 `jbig2` (jbig2enc) binary is on PATH, its generic-region coder.
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from plic import jbig2  # noqa: E402
 
-FIXED = dict(template=2, tpgdon=True)          # best single fixed choice on edge maps
+EFFORTS = jbig2.EFFORTS
 JBIG2ENC_LIKE = dict(template=0, tpgdon=True)  # what jbig2enc's generic coder uses
 
 
@@ -79,17 +80,16 @@ def jbig2enc(bitmap, tmp: Path, runs: int):
 def measure(path: Path, tmp: Path, runs: int) -> dict:
     bitmap = edge_map(path)
     mp = bitmap.size / 1e6
-    stream = jbig2.encode_embedded(bitmap)
     region = jbig2.encode_generic_region(bitmap)
-    row = dict(
-        name=path.name, shape=f"{bitmap.shape[1]}x{bitmap.shape[0]}", pixels=bitmap.size,
-        ours=len(stream), template=region.template,
-        fixed=len(jbig2.encode_embedded(bitmap, **FIXED)),
-        t0tp=len(jbig2.encode_embedded(bitmap, **JBIG2ENC_LIKE)),
-        enc_search=mp / best_time(lambda: jbig2.encode_embedded(bitmap), runs),
-        enc_fixed=mp / best_time(lambda: jbig2.encode_embedded(bitmap, **FIXED), runs),
-        dec=mp / best_time(lambda: jbig2.decode(stream), runs),
-    )
+    stream = jbig2.encode_embedded(bitmap)
+    row = dict(name=path.name, shape=f"{bitmap.shape[1]}x{bitmap.shape[0]}",
+               pixels=bitmap.size, template=region.template, tpgdon=region.tpgdon,
+               t0tp=len(jbig2.encode_embedded(bitmap, **JBIG2ENC_LIKE)),
+               dec=mp / best_time(lambda: jbig2.decode(stream), runs))
+    for effort in EFFORTS:
+        row[effort] = len(jbig2.encode_embedded(bitmap, effort=effort))
+        row[effort + "_mps"] = mp / best_time(
+            lambda: jbig2.encode_embedded(bitmap, effort=effort), 1 if effort == "max" else runs)
     assert np.array_equal(jbig2.decode(stream), bitmap)
     row["jbig1"], seconds = jbig1(bitmap, tmp, runs)
     row["jbig1_mps"] = mp / seconds
@@ -101,42 +101,44 @@ def measure(path: Path, tmp: Path, runs: int) -> dict:
 
 def print_table(rows: list) -> None:
     has_enc = "jbig2enc" in rows[0]
-    head = (f"{'image':<20} {'size':>9} {'T':>1} {'ours B':>7} {'bpp':>6} {'fixedT2':>7} "
-            f"{'T0+TP':>6} {'JBIG1 B':>7} {'o/J1':>5} {'enc MP/s':>8} {'fixed':>6} "
-            f"{'dec MP/s':>8} {'J1 MP/s':>7} {'o/J1 spd':>8}")
+    head = (f"{'image':<20} {'size':>9} {'T':>2} {'fast B':>6} {'def B':>6} {'max B':>6} "
+            f"{'bpp':>5} {'T0+TP':>6} {'JBIG1 B':>7} {'d/J1':>5} {'d/T0':>5} "
+            f"{'fast':>5} {'def':>5} {'max':>4} {'dec':>5} {'J1':>5}")
     if has_enc:
-        head += f" {'jbig2 B':>7} {'o/j2':>5} {'j2 MP/s':>7}"
+        head += f" {'jbig2 B':>7} {'d/j2':>5} {'j2 MP/s':>7}"
     print(head)
     for r in rows:
-        line = (f"{r['name']:<20} {r['shape']:>9} {r['template']:>1} {r['ours']:>7} "
-                f"{8 * r['ours'] / r['pixels']:>6.3f} {r['fixed']:>7} {r['t0tp']:>6} "
-                f"{r['jbig1']:>7} {r['ours'] / r['jbig1']:>5.3f} {r['enc_search']:>8.1f} "
-                f"{r['enc_fixed']:>6.1f} {r['dec']:>8.1f} {r['jbig1_mps']:>7.1f} "
-                f"{r['enc_search'] / r['jbig1_mps']:>8.2f}")
+        line = (f"{r['name']:<20} {r['shape']:>9} {r['template']:>1}{'T' if r['tpgdon'] else '-'} "
+                f"{r['fast']:>6} {r['default']:>6} {r['max']:>6} "
+                f"{8 * r['default'] / r['pixels']:>5.3f} {r['t0tp']:>6} {r['jbig1']:>7} "
+                f"{r['default'] / r['jbig1']:>5.3f} {r['default'] / r['t0tp']:>5.3f} "
+                f"{r['fast_mps']:>5.1f} {r['default_mps']:>5.1f} {r['max_mps']:>4.1f} "
+                f"{r['dec']:>5.1f} {r['jbig1_mps']:>5.1f}")
         if has_enc:
-            line += (f" {r['jbig2enc']:>7} {r['ours'] / r['jbig2enc']:>5.3f} "
+            line += (f" {r['jbig2enc']:>7} {r['default'] / r['jbig2enc']:>5.3f} "
                      f"{r['jbig2enc_mps']:>7.1f}")
         print(line)
 
-    def med(key, f=lambda r, k: r[k]):
-        return statistics.median(f(r, key) for r in rows)
+    def med(f):
+        return statistics.median(f(r) for r in rows)
 
     print()
-    print(f"median bpp: ours {med('ours', lambda r, k: 8 * r[k] / r['pixels']):.3f}, "
-          f"fixed T2 {med('fixed', lambda r, k: 8 * r[k] / r['pixels']):.3f}, "
-          f"T0+TPGDON {med('t0tp', lambda r, k: 8 * r[k] / r['pixels']):.3f}, "
-          f"JBIG1 {med('jbig1', lambda r, k: 8 * r[k] / r['pixels']):.3f}")
-    print(f"median ratios: ours/JBIG1 bytes {med('ours', lambda r, k: r[k] / r['jbig1']):.3f}, "
-          f"ours/T0+TPGDON bytes {med('ours', lambda r, k: r[k] / r['t0tp']):.3f}, "
-          f"ours/JBIG1 encode speed {med('x', lambda r, k: r['enc_search'] / r['jbig1_mps']):.2f}")
-    print(f"median MP/s: encode with search {med('enc_search'):.1f}, fixed {med('enc_fixed'):.1f}, "
-          f"decode {med('dec'):.1f}, JBIG1 (pbmtojbg incl. process start) {med('jbig1_mps'):.1f}")
+    print("median bpp: " + ", ".join(
+        f"{k} {med(lambda r: 8 * r[k] / r['pixels']):.3f}"
+        for k in (*EFFORTS, "t0tp", "jbig1")))
+    for effort in EFFORTS:
+        print(f"{effort:>7}: median MP/s {med(lambda r: r[effort + '_mps']):6.1f}, "
+              f"median bytes / JBIG1 {med(lambda r: r[effort] / r['jbig1']):.3f}, "
+              f"/ T0+TPGDON {med(lambda r: r[effort] / r['t0tp']):.3f} "
+              f"(worst {max(r[effort] / r['t0tp'] for r in rows):.3f})")
+    print(f"median MP/s: decode {med(lambda r: r['dec']):.1f}, "
+          f"JBIG1 (pbmtojbg incl. process start) {med(lambda r: r['jbig1_mps']):.1f}")
     if has_enc:
-        print(f"median ours/jbig2enc bytes {med('x', lambda r, k: r['ours'] / r['jbig2enc']):.3f}")
-    totals = {k: sum(r[k] for r in rows) for k in ("ours", "fixed", "t0tp", "jbig1")}
+        print(f"median default/jbig2enc bytes {med(lambda r: r['default'] / r['jbig2enc']):.3f}")
+    totals = {k: sum(r[k] for r in rows) for k in (*EFFORTS, "t0tp", "jbig1")}
     print(f"total bytes: {totals}")
     picks = {t: sum(r["template"] == t for r in rows) for t in range(4)}
-    print(f"templates picked by the search: {picks}")
+    print(f"templates picked by default: {picks}")
 
 
 def main() -> None:
