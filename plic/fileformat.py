@@ -111,6 +111,8 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
 def _pack_regions(regions: list[SalientRegion]) -> bytes:
     parts = [struct.pack(">H", len(regions))]
     for r in regions:
+        if r.codec not in _REGION_CODEC_IDS:
+            raise ValueError(f"salient region codec {r.codec!r} is not one of {sorted(_REGION_CODEC_IDS)}")
         parts.append(_REGION_HEAD.pack(r.x, r.y, r.width, r.height,
                                        _REGION_CODEC_IDS[r.codec], len(r.data)))
         parts.append(r.data)
