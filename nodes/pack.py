@@ -1,6 +1,7 @@
 """PLIC Pack: a prompt, edges, palette and optional salient pixels into one PLIC payload."""
 
 from plic import codec, fileformat
+from plic.caption import split_prompts
 from plic.errors import PlicInputError
 
 from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT
@@ -23,7 +24,8 @@ class PlicPack:
                 "prompt": ("STRING", {"multiline": True, "default": "",
                                       "tooltip": "What the image shows, as a Stable Diffusion prompt. "
                                                  "Whitespace is collapsed and it is cut to 240 characters. "
-                                                 "Type it, or connect a caption node's STRING output."}),
+                                                 "For a batch: one line per image, or one line for all. "
+                                                 "Type it, or connect PLIC Caption's prompt output."}),
                 "edges": (EDGES, {"tooltip": "Packed edges from PLIC Canny Edges."}),
                 "palette": (PALETTE, {"tooltip": "Packed palette from PLIC Palette (same images)."}),
             },
@@ -36,7 +38,7 @@ class PlicPack:
 
     def run(self, prompt, edges, palette, salient=None):
         count = len(edges)
-        prompts = per_image(prompt, count, "prompts")
+        prompts = split_prompts(prompt, count) if isinstance(prompt, str) else per_image(prompt, count, "prompts")
         palettes = per_image(palette, count, "palettes")
         salients = per_image(salient, count, "salient selections")
         payloads = []
@@ -50,9 +52,9 @@ class PlicPack:
 
 
 def per_image(value, count: int, what: str) -> list:
-    """``value`` as one item per image: None and a plain string apply to every image; a list
-    must hold one item per image (or a single item for all)."""
-    if value is None or isinstance(value, str):
+    """``value`` as one item per image: None applies to every image; a list must hold one item
+    per image (or a single item for all)."""
+    if value is None:
         return [value] * count
     items = list(value)
     if len(items) == 1:

@@ -110,7 +110,10 @@ def parse_reply(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
 
 def split_prompts(text: str, count: int) -> list[str]:
     """Prompts for a batch of ``count`` images from one STRING: one line per image, or a single
-    line (or empty text) used for every image. The caption node joins its prompts this way."""
+    line (or empty text) used for every image; one image takes the whole text. The caption node
+    joins its prompts this way."""
+    if count == 1:  # a single image takes the whole text, however many lines it has
+        return [str(text)]
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     if len(lines) <= 1:
         return [lines[0] if lines else ""] * count
