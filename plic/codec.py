@@ -19,7 +19,8 @@ from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
 
 #: Prompts are cut to this many characters before use (reference).
 MAX_PROMPT_CHARS = 240
-#: How the reference decoded; stored in each file so a decoder can reproduce it.
+#: How the reference decoded. These are the format's version-1 defaults (docs/format.md): a file
+#: stores only the hints that differ from them, so the usual file carries no HINT section.
 DEFAULT_DECODE_HINTS = {
     "seed": 786,
     "steps": 60,
@@ -61,8 +62,13 @@ def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings 
         palette=palette.encode(work, settings.palette_size, settings.palette_quality),
         salient_mask=mask_stream,
         salient_regions=regions,
-        decode_hints=dict(DEFAULT_DECODE_HINTS if decode_hints is None else decode_hints),
+        decode_hints=non_default_hints(decode_hints or {}),
     )
+
+
+def non_default_hints(hints: dict) -> dict:
+    """The entries of ``hints`` that differ from :data:`DEFAULT_DECODE_HINTS`."""
+    return {key: value for key, value in hints.items() if DEFAULT_DECODE_HINTS.get(key) != value}
 
 
 @dataclass

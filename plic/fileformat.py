@@ -111,6 +111,8 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
 def _pack_regions(regions: list[SalientRegion]) -> bytes:
     parts = [struct.pack(">H", len(regions))]
     for r in regions:
+        if r.codec not in _REGION_CODEC_IDS:
+            raise ValueError(f"salient region codec {r.codec!r} is not one of {sorted(_REGION_CODEC_IDS)}")
         parts.append(_REGION_HEAD.pack(r.x, r.y, r.width, r.height,
                                        _REGION_CODEC_IDS[r.codec], len(r.data)))
         parts.append(r.data)
@@ -272,6 +274,7 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -299,3 +302,9 @@ def _rename_no_replace(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

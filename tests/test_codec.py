@@ -1,0 +1,161 @@
+"""Encoding pipeline pieces on real images: working size, edges, palette, hints, salient storage."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IMAGE_NAMES, SHARED_IMAGES, load_shared
+from plic import codec, edges, fileformat, hints, palette, salient
+from plic.errors import PlicFormatError, PlicInputError
+from plic.image import load_rgb, to_working, working_size
+
+
+@pytest.mark.parametrize("size, max_side, expected", [
+    ((2560, 1600), 1024, (1024, 640)),
+    ((1600, 2560), 1024, (640, 1024)),
+    ((512, 512), 1024, (512, 512)),  # never up
+    ((3000, 1), 1024, (1024, 1)),  # never to zero
+])
+def test_working_size(size, max_side, expected):
+    assert working_size(*size, max_side) == expected
+
+
+def test_working_image_is_lanczos_downscale():
+    rgb = load_rgb(SHARED_IMAGES / "forest-path.jpg")
+    expected = np.asarray(Image.fromarray(rgb).resize(working_size(rgb.shape[1], rgb.shape[0]), Image.LANCZOS))
+    np.testing.assert_array_equal(to_working(rgb), expected)
+
+
+def test_canny_matches_opencv_reference_call():
+    rgb = load_shared("chelsea.png")
+    np.testing.assert_array_equal(edges.canny(rgb), cv2.Canny(rgb, 100, 200) // 255)
+
+
+def test_edges_round_trip_losslessly_on_every_shared_image():
+    for name in IMAGE_NAMES:
+        bitmap = edges.canny(load_shared(name))
+        np.testing.assert_array_equal(edges.unpack(edges.pack(bitmap)), bitmap, err_msg=name)
+
+
+def test_palette_is_a_small_webp_decoded_to_full_size():
+    rgb = load_shared("coffee.png")
+    data = palette.encode(rgb)
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    small = palette.decode(data)
+    assert small.shape == (32, 32, 3)
+    reference = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BICUBIC), dtype=np.float32)
+    assert np.abs(small.astype(np.float32) - reference).mean() < 8  # WebP q80 stays close
+    full = palette.upscale(small, (rgb.shape[1], rgb.shape[0]))
+    assert full.shape == rgb.shape
+    np.testing.assert_array_equal(full[::20, ::20][0, 0], small[0, 0])
+
+
+def test_palette_parameters_are_checked():
+    rgb = load_shared("coffee.png")
+    assert palette.decode(palette.encode(rgb, size=8, quality=50)).shape == (8, 8, 3)
+    with pytest.raises(PlicInputError, match="quality"):
+        palette.encode(rgb, quality=101)
+
+
+def test_color_canny_hint_paints_edges_white():
+    full = np.full((4, 5, 3), 9, np.uint8)
+    edge_map = np.zeros((4, 5), np.uint8)
+    edge_map[1, 2] = 1
+    hint = hints.color_canny(full, edge_map)
+    assert (hint[1, 2] == 255).all() and (hint[0, 0] == 9).all()
+    with pytest.raises(PlicInputError, match="edges are"):
+        hints.color_canny(full, edge_map[:3])
+
+
+def test_inpaint_hint_marks_pixels_to_regenerate():
+    kept = np.full((2, 3, 3), 255, np.uint8)
+    keep = np.array([[1, 0, 0], [0, 0, 1]], bool)
+    hint = hints.inpaint(kept, keep)
+    assert hint.dtype == np.float32
+    assert (hint[keep] == 1.0).all() and (hint[~keep] == -1.0).all()
+    assert (hints.inpaint(kept, None) == -1.0).all()
+    with pytest.raises(PlicInputError, match="salient mask"):
+        hints.inpaint(kept, keep[:1])
+
+
+def test_encode_and_unpack_a_shared_image():
+    rgb = load_rgb(SHARED_IMAGES / "evening-boats.jpg")
+    plic = codec.encode_image(rgb, prompt="boats at dusk")
+    assert plic.original_size == (rgb.shape[1], rgb.shape[0])
+    assert max(plic.working_size) == 1024
+    assert plic.decode_hints == {}  # defaults are not stored
+    parts = codec.unpack(fileformat.loads(fileformat.dumps(plic)))
+    work = to_working(rgb)
+    np.testing.assert_array_equal(parts.edges, edges.canny(work))
+    assert parts.color_canny_hint.shape == work.shape
+    assert parts.salient_mask is None
+    assert parts.decode_hints["seed"] == 786 and parts.decode_hints["steps"] == 60
+    assert (parts.inpaint_hint() == -1).all()
+
+
+def test_non_default_decode_hints_are_stored():
+    plic = codec.encode_image(load_shared("rocket.jpg"), decode_hints={"seed": 1, "steps": 60})
+    assert plic.decode_hints == {"seed": 1}
+    assert codec.unpack(plic).decode_hints["seed"] == 1
+
+
+def test_salient_pixels_are_kept_exactly():
+    rgb = load_shared("astronaut.png")
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[100:180, 200:260] = True
+    mask[400:410, 20:30] = True
+    plic = fileformat.loads(fileformat.dumps(codec.encode_image(rgb, salient_mask=mask)))
+    assert len(plic.salient_regions) == 2
+    parts = codec.unpack(plic)
+    np.testing.assert_array_equal(parts.salient_mask, mask)
+    np.testing.assert_array_equal(parts.salient_pixels[mask], rgb[mask])
+    assert (parts.salient_pixels[~mask] == 0).all()
+    hint = parts.inpaint_hint()
+    assert (hint[~mask] == -1).all()
+    np.testing.assert_allclose(hint[mask], rgb[mask] / 255.0, atol=1e-6)
+
+
+def test_salient_mask_of_wrong_size_is_refused():
+    rgb = load_shared("astronaut.png")
+    with pytest.raises(PlicInputError, match="working image is 512x512"):
+        codec.encode_image(rgb, salient_mask=np.ones((10, 10), bool))
+
+
+def test_empty_salient_mask_stores_nothing():
+    rgb = load_shared("astronaut.png")
+    plic = codec.encode_image(rgb, salient_mask=np.zeros(rgb.shape[:2], bool))
+    assert plic.salient_mask is None and plic.salient_regions == []
+
+
+def test_region_boxes_merge_overlaps():
+    mask = np.zeros((50, 50), bool)
+    mask[10:12, 10:12] = mask[13:15, 13:15] = mask[40:42, 40:42] = True
+    boxes = salient.region_boxes(mask, pad=2)
+    assert sorted(boxes) == [(8, 8, 9, 9), (38, 38, 6, 6)]
+
+
+def test_damaged_sections_raise_the_format_error():
+    plic = codec.encode_image(load_shared("rocket.jpg"))
+    plic.palette = b"RIFF\x00\x00\x00\x00WEBPgarbage"
+    with pytest.raises(PlicFormatError, match="rocket.plic"):
+        codec.unpack(plic, "rocket.plic")
+    plic = codec.encode_image(load_shared("rocket.jpg"))
+    plic.working_size = (plic.working_size[0] - 1, plic.working_size[1])
+    with pytest.raises(PlicFormatError, match="rocket.plic: .*640x427"):
+        codec.unpack(plic, "rocket.plic")
+
+
+def test_empty_image_is_refused():
+    with pytest.raises(PlicInputError, match="empty"):
+        codec.encode_image(np.zeros((0, 10, 3), np.uint8))
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("  a   red\nboat ", 240, "a red boat"),
+    ("one two three", 8, "one two"),
+    ("abcdefghij", 4, "abcd"),
+    ("", 240, ""),
+])
+def test_clean_prompt(text, limit, expected):
+    assert codec.clean_prompt(text, limit) == expected

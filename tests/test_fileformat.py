@@ -1,0 +1,177 @@
+"""The .plic container: round trips, every kind of damage, limits, and a fuzz test of the reader."""
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from plic import fileformat
+from plic.errors import PlicFormatError
+from plic.fileformat import PlicFile, SalientRegion
+
+
+def sample() -> PlicFile:
+    return PlicFile(
+        original_size=(1200, 800), working_size=(600, 400), prompt="a red boat at dusk, ünïcode",
+        edges=b"\x00\x01edges", palette=b"RIFFpalette",
+        salient_mask=b"mask", salient_regions=[SalientRegion(10, 20, 30, 40, "png", b"png-bytes"),
+                                               SalientRegion(0, 0, 600, 400, "webp", b"")],
+        decode_hints={"seed": 7, "base_model": "epicrealism"},
+    )
+
+
+def test_round_trip_keeps_every_field():
+    plic = sample()
+    assert fileformat.loads(fileformat.dumps(plic)) == plic
+
+
+def test_empty_file_has_header_only():
+    data = fileformat.dumps(PlicFile((1, 1), (1, 1)))
+    assert len(data) == 32
+    assert fileformat.loads(data) == PlicFile((1, 1), (1, 1))
+
+
+def test_unknown_sections_are_skipped_and_preserved():
+    data = bytearray(fileformat.dumps(sample()))
+    extra = b"XTRA" + struct.pack(">I", 3) + b"abc" + struct.pack(">I", zlib.crc32(b"abc", zlib.crc32(b"XTRA")))
+    data += extra
+    struct.pack_into(">H", data, 10, struct.unpack_from(">H", data, 10)[0] + 1)
+    struct.pack_into(">I", data, 28, zlib.crc32(bytes(data[:28])))
+    plic = fileformat.loads(bytes(data))
+    assert plic.extra_sections == [(b"XTRA", b"abc")]
+    assert fileformat.dumps(plic) == bytes(data)
+
+
+@pytest.mark.parametrize("position", [0, 9, 12, 27, 28, 33, 40, -5, -1])
+def test_any_damaged_byte_is_detected(position):
+    data = bytearray(fileformat.dumps(sample()))
+    data[position] ^= 0x40
+    with pytest.raises(PlicFormatError):
+        fileformat.loads(bytes(data))
+
+
+def test_every_single_bit_flip_is_detected():
+    data = fileformat.dumps(sample())
+    for i in range(len(data)):
+        for bit in (0, 3, 7):
+            damaged = bytearray(data)
+            damaged[i] ^= 1 << bit
+            with pytest.raises(PlicFormatError):
+                fileformat.loads(bytes(damaged))
+
+
+def test_every_truncation_is_detected():
+    data = fileformat.dumps(sample())
+    for n in range(len(data)):
+        with pytest.raises(PlicFormatError):
+            fileformat.loads(data[:n], "cut.plic")
+
+
+def test_trailing_bytes_are_rejected():
+    with pytest.raises(PlicFormatError, match="after the last section"):
+        fileformat.loads(fileformat.dumps(sample()) + b"\x00")
+
+
+def test_error_names_the_file_and_the_problem():
+    with pytest.raises(PlicFormatError) as info:
+        fileformat.loads(b"GIF89a not a plic file", "holiday.plic")
+    assert str(info.value).startswith("holiday.plic: not a valid .plic file")
+    assert "signature" in str(info.value)
+
+
+def rebuilt(header_fields=None, sections=()):
+    """A syntactically valid file with the given header fields and raw sections."""
+    fields = {"version": 1, "count": len(sections), "sizes": (10, 10, 10, 10)}
+    fields.update(header_fields or {})
+    header = fileformat.HEADER.pack(fileformat.MAGIC, fields["version"], 0, fields["count"], *fields["sizes"])
+    out = header + struct.pack(">I", zlib.crc32(header))
+    for kind, payload in sections:
+        out += kind + struct.pack(">I", len(payload)) + payload + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind)))
+    return out
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"version": 2}, "version 2"),
+    ({"sizes": (0, 10, 10, 10)}, "original size"),
+    ({"sizes": (10, 10, 20000, 10)}, "working size"),
+    ({"count": 65}, "sections"),
+])
+def test_header_limits(fields, problem):
+    with pytest.raises(PlicFormatError, match=problem):
+        fileformat.loads(rebuilt(fields))
+
+
+@pytest.mark.parametrize("sections, problem", [
+    ([(b"PRMT", b"a"), (b"PRMT", b"b")], "twice"),
+    ([(b"PRMT", b"\xff\xfe")], "PRMT"),
+    ([(b"PRMT", b"x" * 5000)], "prompt of 5000 bytes"),
+    ([(b"HINT", b"[1, 2]")], "JSON object"),
+    ([(b"HINT", b"{not json")], "HINT"),
+    ([(b"SPIX", struct.pack(">HHHHHBI", 1, 5, 5, 10, 10, 1, 0))], "outside"),
+    ([(b"SPIX", struct.pack(">HHHHHBI", 1, 0, 0, 1, 1, 9, 0))], "codec"),
+    ([(b"SPIX", struct.pack(">HHHHHBI", 1, 0, 0, 1, 1, 1, 50))], "truncated"),
+    ([(b"SPIX", struct.pack(">H", 5000))], "5000 regions"),
+])
+def test_section_contents_are_validated(sections, problem):
+    with pytest.raises(PlicFormatError, match=problem):
+        fileformat.loads(rebuilt(sections=sections))
+
+
+def test_huge_declared_section_is_rejected_before_reading():
+    header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 1, 10, 10, 10, 10)
+    data = header + struct.pack(">I", zlib.crc32(header)) + b"EDGE" + struct.pack(">I", 0xFFFFFFFF)
+    with pytest.raises(PlicFormatError, match="claims"):
+        fileformat.loads(data)
+
+
+def test_writer_refuses_what_the_reader_would_reject():
+    with pytest.raises(ValueError):
+        fileformat.dumps(PlicFile((70000, 10), (10, 10)))
+
+
+def test_save_is_atomic_and_never_overwrites_unless_asked(tmp_path):
+    target = tmp_path / "sub" / "a.plic"
+    fileformat.save(sample(), target)
+    first = target.read_bytes()
+    other = sample()
+    other.prompt = "something else"
+    with pytest.raises(FileExistsError):
+        fileformat.save(other, target)
+    assert target.read_bytes() == first
+    fileformat.save(other, target, overwrite=True)
+    assert fileformat.load(target).prompt == "something else"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.plic"]  # no temporary left
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    bad = sample()
+    bad.salient_regions = [SalientRegion(0, 0, 1, 1, "gif", b"")]  # unknown codec: dumps fails
+    with pytest.raises(ValueError, match="codec 'gif'"):
+        fileformat.save(bad, tmp_path / "bad.plic")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_names_a_missing_file(tmp_path):
+    with pytest.raises(PlicFormatError, match="missing.plic: not a valid .plic file: cannot be read"):
+        fileformat.load(tmp_path / "missing.plic")
+
+
+VALID = fileformat.dumps(sample())
+
+
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.binary(max_size=64).map(lambda tail: fileformat.MAGIC + tail),
+    st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255), st.integers(0, len(VALID))).map(
+        lambda t: (VALID[:t[0]] + bytes([t[1]]) + VALID[t[0] + 1:])[:t[2]]),
+))
+def test_reader_only_ever_raises_the_documented_error(data):
+    try:
+        plic = fileformat.loads(data)
+    except PlicFormatError as exc:
+        assert str(exc).startswith("<bytes>: not a valid .plic file: ")
+    else:  # whatever parses must serialise back to the same bytes
+        assert fileformat.dumps(plic) == data
