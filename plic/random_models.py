@@ -60,9 +60,10 @@ def load_tokenizer(folder: Path):
     return transformers.CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
-def build(configs: dict[str, dict], tokenizer, seed: int = 0) -> Components:
+def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu",
+          dtype=None) -> Components:
     """Instantiate every component from ``configs`` (see :mod:`plic.sd15_configs`) with random
-    weights drawn from ``seed``."""
+    weights drawn from ``seed``, on ``device`` in ``dtype`` (default float32)."""
     import torch
 
     diffusers = _diffusers()
@@ -70,11 +71,16 @@ def build(configs: dict[str, dict], tokenizer, seed: int = 0) -> Components:
     torch.manual_seed(seed)
     text_config = {k: v for k, v in configs["text_encoder"].items()
                    if k not in ("architectures", "model_type")}
+
+    def place(model):
+        return model.to(device=device, dtype=dtype or torch.float32).eval()
+
     return Components(
-        unet=diffusers.UNet2DConditionModel.from_config(configs["unet"]),
-        controlnets=[diffusers.ControlNetModel.from_config(configs["controlnet"]) for _ in range(2)],
-        vae=diffusers.AutoencoderKL.from_config(configs["vae"]),
-        text_encoder=transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config)),
+        unet=place(diffusers.UNet2DConditionModel.from_config(configs["unet"])),
+        controlnets=[place(diffusers.ControlNetModel.from_config(configs["controlnet"]))
+                     for _ in range(2)],
+        vae=place(diffusers.AutoencoderKL.from_config(configs["vae"])),
+        text_encoder=place(transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config))),
         tokenizer=tokenizer,
         scheduler=diffusers.UniPCMultistepScheduler.from_config(configs["scheduler"]),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -129,12 +130,15 @@ def load_pipeline(paths: ModelPaths, options: LoadOptions = LoadOptions()):
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, device)
     try:
-        controlnet = diffusers.MultiControlNetModel([
-            _load_controlnet(Path(paths.inpaint_controlnet), dtype),
-            _load_controlnet(Path(paths.color_canny_controlnet), dtype)])
-        pipe = diffusers.StableDiffusionControlNetInpaintPipeline.from_pretrained(
-            str(paths.pipeline), controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        with warnings.catch_warnings():
+            # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works in every version
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            controlnet = diffusers.MultiControlNetModel([
+                _load_controlnet(Path(paths.inpaint_controlnet), dtype),
+                _load_controlnet(Path(paths.color_canny_controlnet), dtype)])
+            pipe = diffusers.StableDiffusionControlNetInpaintPipeline.from_pretrained(
+                str(paths.pipeline), controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
             f"Could not load the decoder models ({paths.pipeline}, {paths.inpaint_controlnet}, "
@@ -222,6 +226,37 @@ def restore_salient(image: np.ndarray, salient_pixels: np.ndarray,
     return out
 
 
+def generate(pipe, unpacked: Unpacked, settings: DecodeSettings = DecodeSettings(),
+             on_step: StepCallback | None = None, count: int = 1) -> list[np.ndarray]:
+    """Run ``pipe`` (a ControlNet inpaint pipeline with the two ControlNets) on ``unpacked``:
+    ``count`` RGB uint8 images of the working size, salient pixels not yet restored."""
+    import torch
+
+    chosen = settings.resolve(unpacked.decode_hints)
+    size = run_size(unpacked.width, unpacked.height)
+
+    def step_end(pipe, step, timestep, tensors):
+        if on_step is not None:
+            on_step(step + 1, chosen.steps)
+        return {}
+
+    result = pipe(
+        prompt=unpacked.prompt, negative_prompt=chosen.negative_prompt,
+        **pipeline_inputs(unpacked, size), width=size[0], height=size[1], strength=1.0,
+        num_inference_steps=chosen.steps, guidance_scale=chosen.guidance_scale,
+        controlnet_conditioning_scale=[chosen.controlnet_scale] * 2, num_images_per_prompt=count,
+        generator=torch.Generator("cpu").manual_seed(chosen.seed),
+        callback_on_step_end=step_end, output_type="np")
+    images = []
+    for image in result.images:
+        rgb = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        if size != (unpacked.width, unpacked.height):
+            rgb = np.asarray(Image.fromarray(rgb).resize((unpacked.width, unpacked.height),
+                                                         Image.LANCZOS))
+        images.append(rgb)
+    return images
+
+
 class Reconstructor:
     """Decode unpacked ``.plic`` files with one cached pipeline."""
 
@@ -236,25 +271,5 @@ class Reconstructor:
     def reconstruct(self, unpacked: Unpacked, settings: DecodeSettings = DecodeSettings(),
                     on_step: StepCallback | None = None) -> np.ndarray:
         """RGB uint8 image of the working size with the salient pixels restored exactly."""
-        import torch
-
-        chosen = settings.resolve(unpacked.decode_hints)
-        size = run_size(unpacked.width, unpacked.height)
-
-        def step_end(pipe, step, timestep, tensors):
-            if on_step is not None:
-                on_step(step + 1, chosen.steps)
-            return {}
-
-        result = self.pipeline(
-            prompt=unpacked.prompt, negative_prompt=chosen.negative_prompt,
-            **pipeline_inputs(unpacked, size), width=size[0], height=size[1], strength=1.0,
-            num_inference_steps=chosen.steps, guidance_scale=chosen.guidance_scale,
-            controlnet_conditioning_scale=[chosen.controlnet_scale] * 2,
-            generator=torch.Generator("cpu").manual_seed(chosen.seed),
-            callback_on_step_end=step_end, output_type="np")
-        rgb = np.clip(np.rint(result.images[0] * 255.0), 0, 255).astype(np.uint8)
-        if size != (unpacked.width, unpacked.height):
-            rgb = np.asarray(Image.fromarray(rgb).resize((unpacked.width, unpacked.height),
-                                                         Image.LANCZOS))
+        (rgb,) = generate(self.pipeline, unpacked, settings, on_step)
         return restore_salient(rgb, unpacked.salient_pixels, unpacked.salient_mask)
