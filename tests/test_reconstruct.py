@@ -3,6 +3,7 @@ the loader node, PLIC Reconstruct, the graph helper nodes, ``plic decode`` and t
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -187,11 +188,9 @@ def test_plic_decode_command_writes_png(tiny_models_dir, plic_file, tmp_path):
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "bench/decode_gpu.py", "--tiny", "--steps", "1",
-                             "--variants", "base", "--sizes", "64x64", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    command = [sys.executable, "bench/decode_gpu.py", "--tiny", "--steps", "1", "--variants", "base",
+               "--sizes", "64x64", "--json", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    import json
-
     rows = json.loads(out.read_text())["results"]
     assert rows and all(row["seconds_per_image"] > 0 and row["steps"] == 1 for row in rows)
