@@ -104,7 +104,9 @@ def measure(pipe, unpacked, steps: int, count: int, device: str) -> dict:
 
 def run(args) -> list[dict]:
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # random weights: no casting or loading chatter
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     tiny = args.tiny or not cuda

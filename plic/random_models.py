@@ -73,7 +73,10 @@ def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu
                    if k not in ("architectures", "model_type")}
 
     def place(model):
-        return model.to(device=device, dtype=dtype or torch.float32).eval()
+        model = model.to(device)
+        if dtype is not None and dtype != torch.float32:
+            model = model.to(dtype)
+        return model.eval()
 
     return Components(
         unet=place(diffusers.UNet2DConditionModel.from_config(configs["unet"])),
