@@ -3,7 +3,7 @@
 import importlib
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_MODULES = ("reconstruct", "decode_graph")
+_MODULES = ("caption", "reconstruct", "decode_graph")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
