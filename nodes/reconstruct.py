@@ -1,0 +1,147 @@
+"""PLIC Diffusers Loader and PLIC Reconstruct: the reference decoder (diffusers' ControlNet inpaint
+pipeline with the inpaint and color+canny ControlNets) inside ComfyUI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plic import codec, models
+from plic import reconstruct as core
+from plic.errors import PlicInputError
+
+from .common import CATEGORY, PAYLOAD, PIPELINE, comfy_module, rgb_list_to_image
+
+
+def model_dirs(kind: str) -> list[Path]:
+    """ComfyUI's folders for ``kind`` ("diffusers" or "controlnet"); outside ComfyUI the
+    ``PLIC_MODELS_DIR`` ones."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is not None:
+        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    return models.search_dirs(kind)
+
+
+def comfy_device() -> str:
+    """The device ComfyUI computes on, or "auto" outside ComfyUI."""
+    management = comfy_module("comfy.model_management")
+    return str(management.get_torch_device()) if management is not None else "auto"
+
+
+class PlicDiffusersLoader:
+    DESCRIPTION = ("Loads an SD1.5 diffusers folder from models/diffusers and the inpaint and "
+                   "color+canny ControlNets from models/controlnet, offline, for PLIC Reconstruct. "
+                   "The loaded pipeline is cached until other models are chosen.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The loaded decoder, for PLIC Reconstruct.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        controlnets = models.list_models(model_dirs("controlnet"), "controlnet")
+        return {"required": {
+            "model": (models.list_models(model_dirs("diffusers"), "diffusers"), {
+                "tooltip": "An SD1.5-family diffusers folder in models/diffusers (model_index.json, "
+                           "unet/, vae/, text_encoder/, tokenizer/, scheduler/)."}),
+            "inpaint_controlnet": (controlnets, {
+                "tooltip": "control_v11p_sd15_inpaint: a diffusers folder or a single file in "
+                           "models/controlnet."}),
+            "color_canny_controlnet": (controlnets, {
+                "tooltip": "The color+canny ControlNet (ghoskno/Color-Canny-Controlnet-model): "
+                           "a diffusers folder or a single file in models/controlnet."}),
+            "precision": (list(core.PRECISIONS), {
+                "default": "auto",
+                "tooltip": "auto: fp16 on a GPU, fp32 on the CPU. Half precision is never used "
+                           "on the CPU."}),
+            "cpu_offload": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Keep each model on the CPU until it is needed (less GPU memory, slower)."}),
+        }}
+
+    def load(self, model, inpaint_controlnet, color_canny_controlnet, precision, cpu_offload):
+        net_dirs = model_dirs("controlnet")
+        paths = core.ModelPaths(
+            pipeline=models.find_pipeline(model, model_dirs("diffusers")),
+            inpaint_controlnet=models.find_controlnet(inpaint_controlnet, net_dirs, "inpaint ControlNet"),
+            color_canny_controlnet=models.find_controlnet(color_canny_controlnet, net_dirs,
+                                                          "color+canny ControlNet"))
+        options = core.LoadOptions(device=comfy_device(), precision=precision,
+                                   cpu_offload=bool(cpu_offload))
+        _free_comfy_memory(options.device)
+        reconstructor = core.Reconstructor(paths, options)
+        reconstructor.pipeline  # load now so that missing files are reported by this node
+        return (reconstructor,)
+
+
+def _free_comfy_memory(device: str) -> None:
+    """Ask ComfyUI to unload its own models from ``device`` before ours run there."""
+    management = comfy_module("comfy.model_management")
+    if management is None or not device.startswith("cuda"):
+        return
+    management.unload_all_models()
+    management.soft_empty_cache()
+
+
+class _Progress:
+    """ComfyUI's progress bar over all steps of a batch, and its cancel button."""
+
+    def __init__(self, total: int):
+        utils = comfy_module("comfy.utils")
+        self.management = comfy_module("comfy.model_management")
+        self.bar = utils.ProgressBar(total) if utils is not None else None
+
+    def step(self, done: int, total: int) -> None:
+        if self.management is not None:
+            self.management.throw_exception_if_processing_interrupted()
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+class PlicReconstruct:
+    DESCRIPTION = ("Reconstructs images from PLIC payloads as the paper did: SD1.5 with the inpaint "
+                   "and color+canny ControlNets and UniPC, then puts the stored salient pixels back "
+                   "exactly. Steps and seed come from each file unless set here.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The reconstructed images at the working size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": (PIPELINE, {"tooltip": "The decoder from PLIC Diffusers Loader."}),
+            "plic": (PAYLOAD, {"tooltip": "Payloads from PLIC Load (or PLIC Pack); all of one size."}),
+            "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+                              "tooltip": "Denoising steps; 0 takes the file's (the reference used 60)."}),
+            "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
+                             "tooltip": "Random seed; -1 takes the file's (the reference used 786)."}),
+            "guidance_scale": ("FLOAT", {"default": core.DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0,
+                                         "step": 0.1,
+                                         "tooltip": "Classifier-free guidance (the reference: 7.5)."}),
+        }}
+
+    def run(self, pipeline, plic, steps, seed, guidance_scale):
+        parts = [codec.unpack(item) for item in plic]
+        sizes = {(p.width, p.height) for p in parts}
+        if len(sizes) > 1:
+            raise PlicInputError("PLIC Reconstruct: the batch mixes sizes "
+                                 f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
+                                 "decode such files one at a time")
+        settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
+                                       guidance_scale=guidance_scale)
+        _free_comfy_memory(str(pipeline.options.device))
+        progress = _Progress(sum(settings.resolve(p.decode_hints).steps for p in parts))
+        images = [pipeline.reconstruct(p, settings, on_step=progress.step) for p in parts]
+        management = comfy_module("comfy.model_management")
+        if management is not None:
+            management.soft_empty_cache()
+        return (rgb_list_to_image(images),)
+
+
+NODE_CLASS_MAPPINGS = {"PlicDiffusersLoader": PlicDiffusersLoader, "PlicReconstruct": PlicReconstruct}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PlicDiffusersLoader": "PLIC Diffusers Loader (SD1.5 + inpaint and color/canny ControlNets)",
+    "PlicReconstruct": "PLIC Reconstruct (decode .plic with SD1.5 ControlNet inpainting)",
+}

@@ -1,0 +1,135 @@
+"""Finding the decoder's models on disk, offline, with errors that say what is missing and where.
+
+Layout (ComfyUI's): an SD1.5 diffusers pipeline folder under ``models/diffusers/`` and the two
+ControlNets under ``models/controlnet/`` (each a diffusers folder or a single checkpoint file).
+Inside ComfyUI the nodes pass ``folder_paths``' folders; outside it the ``plic`` command and
+scripts pass a models folder or set ``PLIC_MODELS_DIR``. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import ModelNotFoundError
+
+#: Environment variable naming a ComfyUI-style ``models`` folder outside ComfyUI.
+MODELS_ENV = "PLIC_MODELS_DIR"
+#: File endings accepted for a single-file ControlNet checkpoint.
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".bin", ".pt")
+
+#: Weight files diffusers or transformers may have written (plain, fp16 variant, sharded).
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin",
+                      "diffusion_pytorch_model*.safetensors.index.json")
+_TRANSFORMERS_WEIGHTS = ("model*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json")
+
+#: What a usable SD1.5 pipeline folder holds: (description, alternatives that satisfy it).
+PIPELINE_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model_index.json", ("model_index.json",)),
+    ("unet/config.json", ("unet/config.json",)),
+    ("unet/diffusion_pytorch_model.safetensors", tuple("unet/" + g for g in _DIFFUSERS_WEIGHTS)),
+    ("vae/config.json", ("vae/config.json",)),
+    ("vae/diffusion_pytorch_model.safetensors", tuple("vae/" + g for g in _DIFFUSERS_WEIGHTS)),
+    ("text_encoder/config.json", ("text_encoder/config.json",)),
+    ("text_encoder/model.safetensors", tuple("text_encoder/" + g for g in _TRANSFORMERS_WEIGHTS)),
+    ("tokenizer/vocab.json + merges.txt (or tokenizer.json)",
+     ("tokenizer/vocab.json", "tokenizer/tokenizer.json")),
+    ("scheduler/scheduler_config.json", ("scheduler/scheduler_config.json",)),
+)
+#: What a diffusers ControlNet folder holds.
+CONTROLNET_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("config.json", ("config.json",)),
+    ("diffusion_pytorch_model.safetensors", _DIFFUSERS_WEIGHTS),
+)
+
+
+def models_dir_from_env() -> Path | None:
+    """The ``models`` folder named by ``PLIC_MODELS_DIR``, or None."""
+    value = os.environ.get(MODELS_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def search_dirs(kind: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders to search for ``kind`` ("diffusers" or "controlnet") outside ComfyUI:
+    ``<models_dir>/<kind>`` for the argument, then for ``PLIC_MODELS_DIR``."""
+    roots = [Path(models_dir).expanduser()] if models_dir else []
+    env = models_dir_from_env()
+    if env is not None and env not in roots:
+        roots.append(env)
+    return [root / kind for root in roots]
+
+
+def _missing(folder: Path, required: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
+    """Descriptions of the required files ``folder`` lacks."""
+    return [label for label, patterns in required
+            if not any(any(folder.glob(pattern)) for pattern in patterns)]
+
+
+def _candidates(name: str, dirs: Iterable[Path]) -> list[Path]:
+    """Where ``name`` may be: itself when it is a path, then ``<dir>/<name>`` for each dir."""
+    given = Path(name).expanduser()
+    out = [given] if given.is_absolute() or given.exists() else []
+    return out + [Path(d) / name for d in dirs]
+
+
+def _not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNotFoundError:
+    looked = ", ".join(str(d) for d in dirs) or "(no folder: give a models folder or set " + MODELS_ENV + ")"
+    return ModelNotFoundError(f"{what} '{name}' was not found; looked in: {looked}. {hint}")
+
+
+def find_pipeline(name: str, dirs: Sequence[Path]) -> Path:
+    """The SD1.5 diffusers pipeline folder ``name`` (a path, or a folder name under one of
+    ``dirs``), checked complete. Raises ModelNotFoundError naming each missing file."""
+    if not name:
+        raise _not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
+    for folder in _candidates(name, dirs):
+        if folder.is_dir():
+            missing = _missing(folder, PIPELINE_FILES)
+            if missing:
+                raise ModelNotFoundError(
+                    f"The SD1.5 pipeline folder {folder} is incomplete: missing "
+                    f"{', '.join(missing)}. Copy the whole diffusers folder of an SD1.5 model "
+                    f"(e.g. stable-diffusion-v1-5) there.")
+            return folder
+    raise _not_found("The SD1.5 pipeline folder", name, dirs,
+                     "Put a diffusers SD1.5 folder (with model_index.json, unet/, vae/, "
+                     "text_encoder/, tokenizer/, scheduler/) into models/diffusers.")
+
+
+def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -> Path:
+    """The ControlNet ``name``: a diffusers folder (config.json + weights) or a single
+    checkpoint file. ``role`` names it in errors (e.g. "inpaint ControlNet")."""
+    if not name:
+        raise _not_found(f"The {role}", "", dirs, "Choose a ControlNet.")
+    for path in _candidates(name, dirs):
+        if path.is_dir():
+            missing = _missing(path, CONTROLNET_FILES)
+            if missing:
+                raise ModelNotFoundError(
+                    f"The {role} folder {path} is incomplete: missing {', '.join(missing)}.")
+            return path
+        if path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ModelNotFoundError(
+                    f"The {role} {path} is not a checkpoint (expected one of "
+                    f"{', '.join(SINGLE_FILE_SUFFIXES)}) or a diffusers folder.")
+            return path
+    raise _not_found(f"The {role}", name, dirs,
+                     "Put its diffusers folder or single checkpoint file into models/controlnet.")
+
+
+def list_models(dirs: Iterable[Path], kind: str) -> list[str]:
+    """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``) or
+    ControlNet folders and checkpoint files (``kind="controlnet"``) found in ``dirs``."""
+    names: set[str] = set()
+    for folder in dirs:
+        if not Path(folder).is_dir():
+            continue
+        for entry in Path(folder).iterdir():
+            if kind == "diffusers" and (entry / "model_index.json").is_file():
+                names.add(entry.name)
+            elif kind == "controlnet" and ((entry / "config.json").is_file()
+                                           or entry.suffix.lower() in SINGLE_FILE_SUFFIXES):
+                names.add(entry.name)
+    return sorted(names)

@@ -1,0 +1,131 @@
+"""Random-weight SD1.5-layout models: the compute of the real thing without any download.
+
+Used by ``bench/decode_gpu.py`` (full size: the speed is the same as with real weights) and by
+the tests (tiny size, saved as a ComfyUI-style ``models/`` tree and loaded back through the very
+code path a user's files take). Nothing here is needed to decode with real models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sd15_configs
+from .deps import require
+
+#: CLIP's special tokens; a tokenizer made here puts them first.
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+@dataclass
+class Components:
+    """Everything a ``StableDiffusionControlNetInpaintPipeline`` needs, two ControlNets included."""
+
+    unet: object
+    controlnets: list
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler: object
+
+
+def _diffusers():
+    return require("diffusers", package="diffusers", purpose="Building SD1.5 models")
+
+
+def character_vocabulary() -> dict[str, int]:
+    """A CLIP BPE vocabulary of single printable ASCII characters (plain and word-final):
+    every ASCII prompt tokenizes without merges; anything else becomes the unknown token."""
+    chars = [chr(code) for code in range(33, 127)]
+    tokens = list(SPECIAL_TOKENS) + chars + [c + "</w>" for c in chars]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def save_tokenizer(folder: Path) -> Path:
+    """Write vocab.json, merges.txt and the tokenizer config of :func:`character_vocabulary`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(character_vocabulary()), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    start, end = SPECIAL_TOKENS
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": start,
+              "eos_token": end, "unk_token": end, "pad_token": end}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def load_tokenizer(folder: Path):
+    """The CLIPTokenizer of a folder written by :func:`save_tokenizer`."""
+    transformers = require("transformers", package="transformers", purpose="Building SD1.5 models")
+    return transformers.CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu",
+          dtype=None) -> Components:
+    """Instantiate every component from ``configs`` (see :mod:`plic.sd15_configs`) with random
+    weights drawn from ``seed``, on ``device`` in ``dtype`` (default float32)."""
+    import torch
+
+    diffusers = _diffusers()
+    transformers = require("transformers", package="transformers", purpose="Building SD1.5 models")
+    torch.manual_seed(seed)
+    text_config = {k: v for k, v in configs["text_encoder"].items()
+                   if k not in ("architectures", "model_type")}
+
+    def place(model):
+        model = model.to(device)
+        if dtype is not None and dtype != torch.float32:
+            model = model.to(dtype)
+        return model.eval()
+
+    return Components(
+        unet=place(diffusers.UNet2DConditionModel.from_config(configs["unet"])),
+        controlnets=[place(diffusers.ControlNetModel.from_config(configs["controlnet"]))
+                     for _ in range(2)],
+        vae=place(diffusers.AutoencoderKL.from_config(configs["vae"])),
+        text_encoder=place(transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config))),
+        tokenizer=tokenizer,
+        scheduler=diffusers.UniPCMultistepScheduler.from_config(configs["scheduler"]),
+    )
+
+
+def build_tiny(folder: Path, seed: int = 0) -> Components:
+    """Tiny random components; the tokenizer files go to ``folder``."""
+    vocab_size = len(character_vocabulary())
+    return build(sd15_configs.tiny(vocab_size), load_tokenizer(save_tokenizer(folder)), seed)
+
+
+def pipeline(components: Components):
+    """A ``StableDiffusionControlNetInpaintPipeline`` made of ``components``."""
+    diffusers = _diffusers()
+    return diffusers.StableDiffusionControlNetInpaintPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, controlnet=diffusers.MultiControlNetModel(components.controlnets),
+        scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+def save_models_tree(components: Components, models_dir: Path, pipeline_name: str = "sd15",
+                     controlnet_names: tuple[str, str] = ("inpaint", "color_canny")) -> dict[str, Path]:
+    """Save ``components`` as ComfyUI keeps them: ``models/diffusers/<pipeline_name>`` (a
+    diffusers pipeline folder without ControlNets) and ``models/controlnet/<name>`` (one
+    diffusers folder per ControlNet). Returns the paths written."""
+    pipe_dir = models_dir / "diffusers" / pipeline_name
+    parts = {"unet": components.unet, "vae": components.vae,
+             "text_encoder": components.text_encoder, "tokenizer": components.tokenizer,
+             "scheduler": components.scheduler}
+    for name, part in parts.items():
+        part.save_pretrained(str(pipe_dir / name))
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers().__version__,
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", type(components.scheduler).__name__],
+             "safety_checker": [None, None], "feature_extractor": [None, None],
+             "requires_safety_checker": False}
+    (pipe_dir / "model_index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    paths = {"pipeline": pipe_dir}
+    for name, net in zip(controlnet_names, components.controlnets):
+        paths[name] = models_dir / "controlnet" / name
+        net.save_pretrained(str(paths[name]))
+    return paths

@@ -1,0 +1,41 @@
+"""Tiny random-weight decoder models saved as a ComfyUI ``models/`` tree, for tests.
+
+``models/diffusers/sd15`` (UNet, VAE, CLIP text model, a character-level CLIPTokenizer,
+scheduler), ``models/controlnet/inpaint`` and ``models/controlnet/color_canny`` (diffusers
+folders) and ``models/controlnet/color_canny_single.safetensors`` (the same ControlNet as one
+file, with its config beside it as ``color_canny_single.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+PIPELINE = "sd15"
+INPAINT = "inpaint"
+COLOR_CANNY = "color_canny"
+COLOR_CANNY_FILE = "color_canny_single.safetensors"
+
+
+def build_models_tree(models_dir: Path) -> Path:
+    """Write the tiny models under ``models_dir`` and return it."""
+    from safetensors.torch import save_file
+
+    from plic import random_models
+
+    components = random_models.build_tiny(models_dir.parent / "tokenizer-src", seed=0)
+    random_models.save_models_tree(components, models_dir, PIPELINE, (INPAINT, COLOR_CANNY))
+    net = components.controlnets[1]
+    single = models_dir / "controlnet" / COLOR_CANNY_FILE
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(single))
+    single.with_suffix(".json").write_text(json.dumps(dict(net.config)), encoding="utf-8")
+    return models_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI-style ``models`` folder holding the tiny decoder models (built once)."""
+    pytest.importorskip("diffusers")
+    return build_models_tree(tmp_path_factory.mktemp("tiny") / "models")
