@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import __version__, caption, codec, fileformat, jbig2
+from .cli_decode import add_decode_parser
 from .errors import PlicError
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     p.set_defaults(run=run_preview)
+
+    add_decode_parser(sub)
 
     p = sub.add_parser("bench", help="section sizes of every image in a folder, next to JPEG and WebP")
     p.add_argument("folder", type=Path, metavar="DIR")
