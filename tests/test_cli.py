@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared
+from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
 from plic import cli, edges
 
 
@@ -19,27 +19,6 @@ def plic(*args, check=True):
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def read_pbm(path):
-    """A binary PBM (P4) as a 0/1 array, 1 = black."""
-    data = path.read_bytes()
-    fields, pos = [], 0
-    while len(fields) < 3:
-        while data[pos:pos + 1].isspace():
-            pos += 1
-        if data[pos:pos + 1] == b"#":
-            pos = data.index(b"\n", pos)
-            continue
-        end = pos
-        while not data[end:end + 1].isspace():
-            end += 1
-        fields.append(data[pos:end])
-        pos = end
-    assert fields[0] == b"P4"
-    width, height = int(fields[1]), int(fields[2])
-    rows = np.frombuffer(data[pos + 1:], np.uint8).reshape(height, -1)
-    return np.unpackbits(rows, axis=1)[:, :width]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +47,7 @@ def test_exported_edges_decode_bit_exactly_with_jbig2dec(encoded, tmp_path):
         assert cli.main(["export", str(out / f"{stem}.plic"), "-o", str(folder)]) == 0  # in-process: 14 files
         pbm = tmp_path / f"{stem}.pbm"
         subprocess.run(["jbig2dec", "-t", "pbm", "-o", str(pbm), str(folder / "edges.jb2")], check=True)
-        np.testing.assert_array_equal(read_pbm(pbm), edges.canny(load_shared(name)), err_msg=name)
+        np.testing.assert_array_equal(read_pbm(pbm.read_bytes()), edges.canny(load_shared(name)), err_msg=name)
 
 
 def test_export_writes_standard_files(encoded, tmp_path):

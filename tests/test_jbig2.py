@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import read_pbm
 from plic import jbig2
 from plic.jbig2 import JBIG2Error
 
@@ -48,28 +49,6 @@ def canny_edges(path: Path, longest: int = 1024) -> np.ndarray:
 @lru_cache(maxsize=None)
 def edge_map(name: str) -> np.ndarray:
     return canny_edges(IMAGES / name)
-
-
-def read_pbm(raw: bytes) -> np.ndarray:
-    """Parse a binary PBM (P4); 1 = black."""
-    tokens, pos = [], 0
-    while len(tokens) < 3:
-        while raw[pos:pos + 1].isspace():
-            pos += 1
-        if raw[pos:pos + 1] == b"#":
-            pos = raw.index(b"\n", pos)
-            continue
-        end = pos
-        while not raw[end:end + 1].isspace():
-            end += 1
-        tokens.append(raw[pos:end])
-        pos = end
-    assert tokens[0] == b"P4"
-    width, height = int(tokens[1]), int(tokens[2])
-    pos += 1                                   # the single whitespace byte
-    row_bytes = (width + 7) // 8
-    data = np.frombuffer(raw[pos:pos + row_bytes * height], dtype=np.uint8)
-    return np.unpackbits(data.reshape(height, row_bytes), axis=1)[:, :width]
 
 
 def jbig2dec(data: bytes, tmp_path: Path, embedded: bool = False) -> np.ndarray:
