@@ -32,7 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .codec import MAX_PROMPT_CHARS, clean_prompt
-from .deps import require
+from .deps import require, resolve_device
+from . import models
 from .errors import CaptionError, PlicInputError
 from .image import check_rgb
 
@@ -319,8 +320,7 @@ _MODELS_LOCK = threading.Lock()
 def model_search_dirs() -> list[Path]:
     """Folders searched for a local captioner named without a path, outside ComfyUI:
     ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``."""
-    root = os.environ.get("PLIC_MODELS_DIR", "").strip()
-    return [Path(root) / name for name in LOCAL_MODEL_FOLDERS] if root else []
+    return [folder for kind in LOCAL_MODEL_FOLDERS for folder in models.search_dirs(kind)]
 
 
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
@@ -351,14 +351,6 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     raise CaptionError("local", f"model folder {str(name)!r} not found (looked in {looked}). Put "
                        f"the model's folder (config.json, weights, processor files) in "
                        f"models/captioners or set PLIC_MODELS_DIR, or change {setting('path')}")
-
-
-def pick_device(device: str = "auto") -> str:
-    """"auto" means the first CUDA GPU when there is one, else the CPU."""
-    if device != "auto":
-        return device
-    torch = require("torch", package="torch", purpose="Local captioning")
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_local_model(path: Path, device: str) -> tuple:
@@ -407,7 +399,7 @@ class LocalCaptioner:
         from PIL import Image
 
         torch = require("torch", package="torch", purpose="Local captioning")
-        processor, model = load_local_model(self.path, pick_device(self.device))
+        processor, model = load_local_model(self.path, resolve_device(self.device))
         task = self.task or (FLORENCE_TASK if model.config.model_type == "florence2" else None)
         image = Image.fromarray(check_rgb(rgb))
         inputs = (processor(images=image, text=task, return_tensors="pt") if task

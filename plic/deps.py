@@ -16,3 +16,11 @@ def require(module: str, *, package: str, purpose: str) -> ModuleType:
             f"({exc}). Install it into the Python that runs PLIC (for ComfyUI: its embedded "
             f"Python): pip install {package}"
         ) from exc
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else is kept."""
+    if device != "auto":
+        return device
+    torch = require("torch", package="torch", purpose="Running a model")
+    return "cuda" if torch.cuda.is_available() else "cpu"

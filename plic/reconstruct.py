@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import DEFAULT_DECODE_HINTS, Unpacked
-from .deps import require
+from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
 from . import sd15_configs
 
@@ -81,15 +81,6 @@ class DecodeSettings:
         if settings.steps < 1:
             raise PlicInputError(f"steps must be at least 1, got {settings.steps}")
         return settings
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else is kept."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_dtype(precision: str, device: str):
