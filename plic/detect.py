@@ -241,12 +241,13 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                  sam_model: str | None = None, text_confidence: float = DEFAULT_TEXT_CONFIDENCE,
-                 face_min_fraction: float = DEFAULT_FACE_MIN_FRACTION) -> SalientResult:
+                 face_min_fraction: float = DEFAULT_FACE_MIN_FRACTION, dino_size: int = 800) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
     With ``strict`` a detector that cannot run (Tesseract not installed, model missing) raises;
     otherwise it is skipped and the reason is recorded in ``notes``. ``folders`` (a
-    plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam."""
+    plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam; ``dino_size`` is the
+    short side Grounding DINO sees (800 as trained; smaller is faster and coarser)."""
     from .image import check_rgb
     from .salient import check_mask
 
@@ -261,7 +262,8 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
         "text": lambda: detect_text(rgb, min_confidence=text_confidence),
         "dino+sam": lambda: detect_prompt(
             rgb, folders or model_folders(models_dir), prompt=dino_prompt, box_threshold=box_threshold,
-            text_threshold=text_threshold, dino_model=dino_model, sam_model=sam_model),
+            text_threshold=text_threshold, dino_model=dino_model, sam_model=sam_model,
+            dino_size=dino_size),
     }
     for source in parse_sources(sources):
         try:
