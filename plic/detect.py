@@ -273,3 +273,87 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
                 raise
             notes.append(f"{source} skipped: {exc}")
     return SalientResult(union_mask(candidates, size), candidates, notes)
+
+
+def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
+                budget=None, codec: str = "png", quality: int = 90, strict: bool = True, **params):
+    """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
+    within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
+    lists what each detector found, what was kept and the detectors skipped."""
+    from . import salient
+
+    found = find_salient(rgb, sources, user_mask, strict=strict, **params)
+    stored = salient.store(rgb, found.candidates, codec=codec, quality=quality,
+                           budget=salient.Budget() if budget is None else budget)
+    stored.report.notes[:0] = found.notes
+    return stored
+
+
+# --- command line ------------------------------------------------------------------------------
+
+AUTO = "auto"
+
+
+def add_salient_arguments(parser) -> None:
+    """The salient options of `plic encode` (see :func:`salient_from_args`)."""
+    from . import salient
+
+    group = parser.add_argument_group("salient regions (pixels kept verbatim)")
+    group.add_argument("--salient", default=AUTO, metavar="SOURCES",
+                       help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces and text "
+                            "where Tesseract is installed (default); 'none' = only --salient-mask")
+    group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
+                       help="also keep the pixels under this mask (white = keep), of the image's size")
+    group.add_argument("--salient-budget", type=float, default=salient.DEFAULT_MAX_BPP, metavar="BPP",
+                       help="most bits per working-image pixel the salient regions may take "
+                            "(default %(default)s; never more than the original file)")
+    group.add_argument("--salient-max-fraction", type=float, metavar="F",
+                       help="most share of the image (0..1) that may be kept")
+    group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
+                       help="how region pixels are stored (default %(default)s, lossless)")
+    group.add_argument("--salient-quality", type=int, default=90, metavar="Q",
+                       help="WebP quality for --salient-codec webp (default %(default)s)")
+    group.add_argument("--dino-prompt", default=DEFAULT_DINO_PROMPT,
+                       help="what Grounding DINO looks for (default %(default)r)")
+    group.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
+                       help="Grounding DINO box score threshold (default %(default)s)")
+    group.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD,
+                       help="Grounding DINO phrase threshold (default %(default)s)")
+    group.add_argument("--models-dir", type=Path, metavar="DIR",
+                       help="folder with grounding-dino/, sams/ and bert-base-uncased/ "
+                            "(default $PLIC_MODELS_DIR)")
+
+
+def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """A mask image (white >= 128 = keep) of the original image's aspect, scaled (nearest) to
+    the working ``size`` = (width, height)."""
+    from PIL import Image
+
+    from .image import load_rgb
+
+    gray = load_rgb(path)[..., 0]
+    height, width = gray.shape
+    if abs(width / height - size[0] / size[1]) > 0.02:
+        raise PlicInputError(f"{path}: the mask is {width}x{height}, which is not the image's shape "
+                             f"(working size {size[0]}x{size[1]}); give a mask of the image's size")
+    return np.asarray(Image.fromarray(gray).resize(size, Image.NEAREST)) >= 128
+
+
+def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLike | None = None):
+    """Run the step for one image as the options of :func:`add_salient_arguments` say.
+
+    Returns (mask_stream, regions, report). The budget also caps the salient bytes at the size
+    of ``image_path`` (the original file) when given."""
+    from . import salient
+
+    size = (rgb_working.shape[1], rgb_working.shape[0])
+    auto = str(args.salient).strip().lower() == AUTO
+    sources = DEFAULT_SOURCES if auto else parse_sources(args.salient)
+    user_mask = load_mask_file(args.salient_mask, size) if args.salient_mask else None
+    budget = salient.Budget(max_bpp=args.salient_budget, max_fraction=args.salient_max_fraction,
+                            max_bytes=Path(image_path).stat().st_size if image_path else None)
+    stored = run_salient(rgb_working, sources, user_mask, budget=budget, codec=args.salient_codec,
+                         quality=args.salient_quality, strict=not auto, models_dir=args.models_dir,
+                         dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
+                         text_threshold=args.text_threshold)
+    return stored.mask_stream, stored.regions, stored.report

@@ -35,6 +35,7 @@ DEFAULT_PAD = 2
 LOSSLESS_CODECS = ("png", "webp-lossless")
 _SECTION_OVERHEAD = 12  # type, length, crc of a .plic section
 _REGION_OVERHEAD = 13  # x, y, w, h, codec, length of one stored region
+_QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_parameters tries
 
 
 @dataclass(frozen=True)
@@ -235,14 +236,24 @@ def pixels_cost(mask_stream: bytes | None, regions: list[SalientRegion]) -> int:
 
 
 def encode_mask(rgb: np.ndarray, mask: np.ndarray, codec: str = "png", quality: int = 90,
-                pad: int = DEFAULT_PAD, merge_gap: int = DEFAULT_MERGE_GAP) -> tuple[bytes | None, list[SalientRegion]]:
-    """The JBIG2 mask stream and the regions for ``mask`` with no budget (None, [] if empty)."""
+                pad: int = DEFAULT_PAD, merge_gap: int = DEFAULT_MERGE_GAP,
+                crops: dict | None = None, quick: bool = False) -> tuple[bytes | None, list[SalientRegion]]:
+    """The JBIG2 mask stream and the regions for ``mask`` with no budget (None, [] if empty).
+    ``crops`` caches encoded boxes between calls on the same image. ``quick`` codes the mask
+    with one fixed set of JBIG2 parameters instead of searching for the smallest; the search
+    tries that set too, so its stream is never longer."""
     if not mask.any():
         return None, []
+    crops = {} if crops is None else crops
     masked = np.where(mask[..., None], rgb, 0).astype(np.uint8)
-    regions = [SalientRegion(x, y, w, h, codec, encode_crop(masked[y:y + h, x:x + w], codec, quality))
-               for x, y, w, h in region_boxes(mask, pad, merge_gap)]
-    return jbig2.encode_embedded(mask.astype(np.uint8)), regions
+    regions = []
+    for x, y, w, h in region_boxes(mask, pad, merge_gap):
+        key = (x, y, w, h, codec, quality, mask[y:y + h, x:x + w].tobytes())
+        if key not in crops:
+            crops[key] = encode_crop(masked[y:y + h, x:x + w], codec, quality)
+        regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
+    mask_params = _QUICK_JBIG2 if quick else {}
+    return jbig2.encode_embedded(mask.astype(np.uint8), **mask_params), regions
 
 
 @dataclass
@@ -268,8 +279,11 @@ def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int
           budget: Budget = Budget(), min_quality: int = DEFAULT_MIN_QUALITY, pad: int = DEFAULT_PAD,
           merge_gap: int = DEFAULT_MERGE_GAP) -> Stored:
     """Store the pixels of ``rgb`` (the working image) under ``candidates`` (plic.detect.Candidate)
-    within ``budget``: lower the quality along :func:`quality_ladder` first, then keep the longest
-    prefix of :func:`keep_order` that fits, then raise the quality again as far as that fits."""
+    within ``budget``. If every candidate fits at the cheapest step of :func:`quality_ladder`
+    they are all kept, at the best step that fits; otherwise the longest prefix of
+    :func:`keep_order` that fits at the cheapest step is kept, again at the best step that fits.
+    (Costs are taken as growing with the count and with the quality; the result is always one
+    that was checked to fit.)"""
     from .detect import union_mask
     from .image import check_rgb
 
@@ -280,24 +294,26 @@ def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int
     ordered = keep_order(candidates)
     ladder = quality_ladder(codec, quality, min_quality)
     cache: dict[tuple[int, int], tuple] = {}
+    crops: dict = {}
 
     def attempt(count: int, step: int):
         """(fits, mask, stream, regions, cost) keeping the first ``count`` at ladder ``step``."""
         if (count, step) not in cache:
             mask = union_mask(ordered[:count], size)
             fraction_ok = budget.max_fraction is None or mask.mean() <= budget.max_fraction
-            stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap) if fraction_ok else (None, [])
+            stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops, quick=True) if fraction_ok else (None, [])
             cost = pixels_cost(stream, regions)
             cache[(count, step)] = (fraction_ok and cost <= limit, mask, stream, regions, cost)
         return cache[(count, step)]
 
+    cheapest = len(ladder) - 1
     count = len(ordered)
-    step = next((s for s in range(len(ladder)) if attempt(count, s)[0]), None)
-    if step is None:
-        step = len(ladder) - 1
-        count = _longest_fitting_prefix(lambda k: attempt(k, step)[0], len(ordered))
-        step = next(s for s in range(len(ladder)) if attempt(count, s)[0])
-    _fits, mask, stream, regions, cost = attempt(count, step)
+    if not attempt(count, cheapest)[0]:
+        count = _longest_fitting_prefix(lambda k: attempt(k, cheapest)[0], count)
+    step = cheapest - _longest_fitting_prefix(lambda s: attempt(count, cheapest - s)[0], cheapest + 1)
+    _fits, mask, _, _, _ = attempt(count, step)
+    stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops)  # cost <= the quick one
+    cost = pixels_cost(stream, regions)
     report = Report(size=size, limit_bytes=limit, salient_bytes=cost, codec=ladder[step][0],
                     quality=ladder[step][1], kept=ordered[:count], dropped=ordered[count:],
                     regions=len(regions), fraction=float(mask.mean()))
@@ -307,9 +323,9 @@ def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int
 
 
 def _longest_fitting_prefix(fits, total: int) -> int:
-    """The largest k in 0..total with fits(k), assuming fits(0) and that fitting is (mostly)
-    monotone; the answer is always one that was checked to fit."""
-    low, high = 0, total  # fits(low) holds; fits(total) was checked false by the caller
+    """The largest k in 0..total-1 with fits(k) by bisection, given fits(0) (fitting assumed
+    monotone; fits(total) is never called). The answer is always 0 or one checked to fit."""
+    low, high = 0, total
     while high - low > 1:
         middle = (low + high) // 2
         if fits(middle):
