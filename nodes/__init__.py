@@ -1,9 +1,22 @@
 """PLIC's ComfyUI nodes. Each module holds one concern and exports its own mappings."""
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _make_plic_importable() -> None:
+    """ComfyUI imports the pack by its folder path, so its core library ``plic`` (beside this
+    package) is not on sys.path; append the pack's folder unless ``plic`` is importable."""
+    if importlib.util.find_spec("plic") is None:
+        sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+
+_make_plic_importable()
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_MODULES = ()
+_MODULES = ("caption", "edges", "palette", "pack", "files", "unpack")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

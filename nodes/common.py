@@ -5,6 +5,8 @@ imports (and its tests run) without ComfyUI."""
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
@@ -88,3 +90,14 @@ def map_batch(items: list[T], fn: Callable[[T], R]) -> list[R]:
         if bar is not None:
             bar.update(1)
     return out
+
+
+def comfy_directory(kind: str) -> Path:
+    """ComfyUI's ``"input"`` or ``"output"`` folder; outside ComfyUI the folder named by
+    PLIC_INPUT_DIR / PLIC_OUTPUT_DIR, else ``input/`` / ``output/`` of the current directory."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory() if kind == "input"
+                    else folder_paths.get_output_directory())
+    return Path(os.environ.get(f"PLIC_{kind.upper()}_DIR") or Path.cwd() / kind)
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, codec, fileformat, jbig2
+from . import __version__, caption, codec, fileformat, jbig2
 from .errors import PlicError
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="compress images (files or folders) to .plic files")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder for the .plic files")
-    p.add_argument("--prompt", default="", help="prompt stored in every file (cut to 240 characters)")
+    p.add_argument("--prompt", default=None,
+                   help="prompt stored in every file (cut to 240 characters); overrides --caption")
     p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
     p.add_argument("--canny", type=int, nargs=2, metavar=("LOW", "HIGH"),
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--salient-mask", type=Path, metavar="MASK.png",
                    help="keep the pixels under this mask (white = keep) verbatim")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
+    caption.add_caption_arguments(p)
     p.set_defaults(run=run_encode)
 
     p = sub.add_parser("info", help="list the sections of a .plic file with their sizes")
@@ -110,7 +112,8 @@ def run_encode(args) -> int:
     settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality)
-    prompt = codec.clean_prompt(args.prompt)
+    captioner = None if args.prompt is not None else caption.captioner_from_args(args)
+    fixed_prompt = codec.clean_prompt(args.prompt or "")
     images = expand_images(args.images)
     if not images:
         raise _fail(" ".join(map(str, args.images)), "no images found")
@@ -122,6 +125,7 @@ def run_encode(args) -> int:
                 raise _fail(target, "already exists; pass --overwrite to replace it")
             rgb = load_rgb(path)
             mask = _load_mask(args.salient_mask, rgb, settings.max_side) if args.salient_mask else None
+            prompt = captioner.caption(rgb) if captioner is not None else fixed_prompt
             plic = codec.encode_image(rgb, prompt=prompt, settings=settings, salient_mask=mask)
             data = fileformat.dumps(plic)
             write_atomic(target, data, overwrite=args.overwrite)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import edges as edges_mod
-from . import hints, palette, salient
-from .errors import PlicFormatError
-from .fileformat import PlicFile
+from . import hints, jbig2
+from . import palette as palette_mod
+from . import salient as salient_mod
+from .errors import PlicFormatError, PlicInputError
+from .fileformat import PlicFile, SalientRegion
 from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
 
 #: Prompts are cut to this many characters before use (reference).
@@ -37,33 +39,132 @@ class EncodeSettings:
     max_side: int = DEFAULT_MAX_SIDE
     canny_low: int = edges_mod.DEFAULT_LOW
     canny_high: int = edges_mod.DEFAULT_HIGH
-    palette_size: int = palette.DEFAULT_SIZE
-    palette_quality: int = palette.DEFAULT_QUALITY
+    palette_size: int = palette_mod.DEFAULT_SIZE
+    palette_quality: int = palette_mod.DEFAULT_QUALITY
     salient_codec: str = "png"
     salient_quality: int = 90
+
+
+@dataclass(frozen=True)
+class EdgesPart:
+    """The Canny edges of one image: the JBIG2 ``stream`` stored in the file and the ``bitmap``
+    it holds ((H, W) uint8, 1 = edge, working size). Sizes are (width, height)."""
+
+    original_size: tuple[int, int]
+    working_size: tuple[int, int]
+    stream: bytes
+    bitmap: np.ndarray
+
+
+@dataclass(frozen=True)
+class PalettePart:
+    """The colour palette of one image: the WebP ``data`` stored in the file and the decoded
+    ``small`` (s, s, 3) uint8 image it holds."""
+
+    data: bytes
+    small: np.ndarray
+
+
+@dataclass(frozen=True)
+class SalientPart:
+    """The salient pixels of one image as :func:`plic.salient.pack` returns them: the JBIG2
+    ``mask_stream`` (None when nothing is kept) and the stored ``regions``."""
+
+    mask_stream: bytes | None
+    regions: tuple[SalientRegion, ...] = ()
+
+
+def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tuple[int, int], np.ndarray]:
+    """The original size (width, height) of ``rgb`` and its working image."""
+    original = check_rgb(rgb)
+    return (original.shape[1], original.shape[0]), to_working(original, max_side)
+
+
+def edges_part(work: np.ndarray, original_size: tuple[int, int] | None = None, *,
+               low: int = edges_mod.DEFAULT_LOW, high: int = edges_mod.DEFAULT_HIGH) -> EdgesPart:
+    """Canny edges of the working image ``work``, packed. ``original_size`` defaults to its size."""
+    size = (work.shape[1], work.shape[0])
+    bitmap = edges_mod.canny(work, low, high)
+    return EdgesPart(tuple(original_size or size), size, edges_mod.pack(bitmap), bitmap)
+
+
+def palette_part(work: np.ndarray, size: int = palette_mod.DEFAULT_SIZE,
+                 quality: int = palette_mod.DEFAULT_QUALITY) -> PalettePart:
+    """The palette of the working image ``work``, encoded, with the decoded image it stores."""
+    data = palette_mod.encode(work, size, quality)
+    return PalettePart(data, palette_mod.decode(data))
+
+
+def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
+                 quality: int = 90) -> SalientPart:
+    """The pixels of ``work`` under ``mask`` (a mask of the working image), packed."""
+    mask_stream, regions = salient_mod.pack(work, mask, codec=codec, quality=quality)
+    return SalientPart(mask_stream, tuple(regions))
+
+
+def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
+               salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); a salient
+    part must belong to an image of the edges' working size (PlicInputError otherwise)."""
+    if salient is not None:
+        check_salient_fits(salient, edges.working_size)
+    return PlicFile(
+        original_size=tuple(edges.original_size),
+        working_size=tuple(edges.working_size),
+        prompt=clean_prompt(prompt),
+        edges=edges.stream,
+        palette=None if palette is None else palette.data,
+        salient_mask=None if salient is None else salient.mask_stream,
+        salient_regions=[] if salient is None or salient.mask_stream is None else list(salient.regions),
+        decode_hints=non_default_hints(decode_hints or {}),
+    )
+
+
+def check_salient_fits(part, size: tuple[int, int]) -> None:
+    """Raise PlicInputError unless ``part`` (anything with ``.mask_stream`` and ``.regions``)
+    describes an image of ``size`` = (width, height)."""
+    width, height = size
+    if part.mask_stream is None:
+        return
+    try:
+        mask = jbig2.decode(part.mask_stream, max_pixels=width * height)
+    except ValueError as exc:
+        raise PlicInputError(f"the salient mask is not for a {width}x{height} image ({exc}); "
+                             "make the salient selection from the same image at the same max side") from None
+    if mask.shape != (height, width):
+        raise PlicInputError(f"the salient mask is {mask.shape[1]}x{mask.shape[0]} but the edges' "
+                             f"working image is {width}x{height}; make both from the same image "
+                             "with the same max side")
+    for r in part.regions:
+        if r.x + r.width > width or r.y + r.height > height:
+            raise PlicInputError(f"a salient region ({r.width}x{r.height} at {r.x},{r.y}) lies "
+                                 f"outside the {width}x{height} working image")
 
 
 def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings = EncodeSettings(),
                  salient_mask: np.ndarray | None = None,
                  decode_hints: dict | None = None) -> PlicFile:
     """Compress an RGB uint8 image. ``salient_mask`` is a mask of the *working* image."""
-    original = check_rgb(rgb)
-    work = to_working(original, settings.max_side)
-    size = (work.shape[1], work.shape[0])
-    mask_stream, regions = (None, [])
+    original_size, work = working_image(rgb, settings.max_side)
+    kept = None
     if salient_mask is not None:
-        mask_stream, regions = salient.pack(work, salient_mask, codec=settings.salient_codec,
-                                            quality=settings.salient_quality)
-    return PlicFile(
-        original_size=(original.shape[1], original.shape[0]),
-        working_size=size,
+        kept = salient_part(work, salient_mask, codec=settings.salient_codec,
+                                quality=settings.salient_quality)
+    return pack_parts(
         prompt=prompt,
-        edges=edges_mod.pack(edges_mod.canny(work, settings.canny_low, settings.canny_high)),
-        palette=palette.encode(work, settings.palette_size, settings.palette_quality),
-        salient_mask=mask_stream,
-        salient_regions=regions,
-        decode_hints=non_default_hints(decode_hints or {}),
+        edges=edges_part(work, original_size, low=settings.canny_low, high=settings.canny_high),
+        palette=palette_part(work, settings.palette_size, settings.palette_quality),
+        salient=kept,
+        decode_hints=decode_hints,
     )
+
+
+def size_report(n_bytes: int, plic: PlicFile) -> dict:
+    """What a file of ``n_bytes`` costs: ``bytes``, ``bpp`` over the working image (reference
+    accounting) and ``ratio``, the uncompressed 24-bit RGB original's size over ``n_bytes``."""
+    width, height = plic.original_size
+    return {"bytes": n_bytes, "bpp": bits_per_pixel(n_bytes, plic.working_size),
+            "ratio": width * height * 3 / n_bytes}
 
 
 def non_default_hints(hints: dict) -> dict:
@@ -102,12 +203,12 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
             if edge_map.shape != (height, width):
                 raise ValueError(f"edge map is {edge_map.shape[1]}x{edge_map.shape[0]}, "
                                  f"expected {width}x{height}")
-        small = None if plic.palette is None else palette.decode(plic.palette)
-        mask, kept = salient.unpack(plic.salient_mask, plic.salient_regions, (width, height))
+        small = None if plic.palette is None else palette_mod.decode(plic.palette)
+        mask, kept = salient_mod.unpack(plic.salient_mask, plic.salient_regions, (width, height))
     except (ValueError, OSError) as exc:  # JBIG2Error is a ValueError; PIL raises OSError
         raise PlicFormatError(source, str(exc)) from None
     full = (np.zeros((height, width, 3), dtype=np.uint8) if small is None
-            else palette.upscale(small, (width, height)))
+            else palette_mod.upscale(small, (width, height)))
     return Unpacked(
         prompt=plic.prompt, width=width, height=height, edges=edge_map, palette=small,
         palette_full=full, color_canny_hint=hints.color_canny(full, edge_map),

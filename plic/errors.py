@@ -30,3 +30,13 @@ class MissingDependencyError(PlicError, ImportError):
 
 class ModelNotFoundError(PlicError, FileNotFoundError):
     """A model file or folder is missing; the message says which file and where we looked."""
+
+
+class CaptionError(PlicError):
+    """Writing a prompt for an image failed. ``backend`` names the captioner ("openai", "local",
+    "manual"); the message names the setting to change."""
+
+    def __init__(self, backend: str, problem: str):
+        self.backend = backend
+        self.problem = problem
+        super().__init__(f"captioning with the {backend!r} back end failed: {problem}")

@@ -12,6 +12,9 @@ Everything bit-level about JBIG2 lives in this module:
                header with sequential organisation (D.1).
 
 Bitmaps are 2-D ``np.uint8`` arrays of 0/1 where 1 is black (an edge pixel).
+The encoder is always lossless; by default it picks GBTEMPLATE and TPGDON
+for the fewest bytes from exact MQ code lengths of sampled rows, and can try
+AT pixels too (see :func:`choose_parameters`).
 
 The pixel loops are compiled with numba when it is importable; the very same
 Python source runs unchanged (slowly) when it is not, or when the environment
@@ -28,6 +31,9 @@ import numpy as np
 __all__ = [
     "JBIG2Error",
     "GenericRegion",
+    "NOMINAL_AT",
+    "EFFORTS",
+    "choose_parameters",
     "encode_generic_region",
     "decode_generic_region",
     "encode_embedded",
@@ -46,16 +52,21 @@ def _identity(func):
 
 
 def _pick_jit():
+    """Return (jit for entry points, jit for per-pixel helpers, numba in use?)."""
     if os.environ.get("PLIC_NO_NUMBA") == "1":
-        return _identity, False
+        return _identity, _identity, False
     try:
         import numba
     except ImportError:
-        return _identity, False
-    return numba.njit(cache=True, nogil=True), True
+        return _identity, _identity, False
+    # Per-pixel helpers are compiled without the numba runtime (_nrt=False):
+    # they allocate nothing, and with it every call would reference-count its
+    # array arguments, which costs more than the arithmetic coding itself.
+    return (numba.njit(cache=True, nogil=True),
+            numba.njit(cache=True, nogil=True, _nrt=False), True)
 
 
-_jit, NUMBA = _pick_jit()
+_jit, _jit_pixel, NUMBA = _pick_jit()
 
 
 # ---------------------------------------------------------------------------
@@ -88,10 +99,9 @@ _SWITCH = np.ascontiguousarray(_QE_TABLE[:, 3])
 
 # Adaptive state per context CX (E.1.2): I(CX) and MPS(CX) packed into one byte,
 # index in bits 0-5 and MPS in bit 7.  All contexts start at I = 0, MPS = 0.
-_MPS_BIT = 0x80
 
 
-@_jit
+@_jit_pixel
 def _byteout(out, c, bp):
     """E.2.8 BYTEOUT with 0xFF bit stuffing and carry propagation.
 
@@ -116,9 +126,13 @@ def _byteout(out, c, bp):
     return c & 0x7FFFF, 8, bp
 
 
-@_jit
-def _mq_encode(out, state, cx, d, a, c, ct, bp):
-    """E.2.2 ENCODE (CODEMPS E.2.4 / CODELPS E.2.3 / RENORME E.2.6) of bit d."""
+@_jit_pixel
+def _mq_interval(state, cx, d, a):
+    """E.2.2 ENCODE of bit d up to renormalisation: CODEMPS (E.2.4) or
+    CODELPS (E.2.3), including the update of I(CX) and MPS(CX).
+
+    Returns (A, what to add to C); A < 0x8000 means RENORME must follow.
+    """
     s = np.int64(state[cx])
     i = s & 0x3F
     mps = s >> 7
@@ -126,26 +140,47 @@ def _mq_encode(out, state, cx, d, a, c, ct, bp):
     a -= qe
     if d == mps:
         if a & 0x8000:
-            return a, c + qe, ct, bp
-        if a < qe:
+            return a, qe
+        add = 0
+        if a < qe:                         # conditional exchange
             a = qe
         else:
-            c += qe
+            add = qe
         state[cx] = _NMPS[i] | (mps << 7)
+        return a, add
+    add = 0
+    if a < qe:                             # conditional exchange
+        add = qe
     else:
-        if a < qe:
-            c += qe
-        else:
-            a = qe
-        state[cx] = _NLPS[i] | ((mps ^ _SWITCH[i]) << 7)
-    while True:                            # RENORME
+        a = qe
+    state[cx] = _NLPS[i] | ((mps ^ _SWITCH[i]) << 7)
+    return a, add
+
+
+@_jit_pixel
+def _mq_encode(out, state, cx, d, a, c, ct, bp):
+    """E.2.2 ENCODE of bit d, with RENORME (E.2.6).  Returns (A, C, CT, BP)."""
+    a, add = _mq_interval(state, cx, d, a)
+    c += add
+    while not a & 0x8000:                  # RENORME
         a <<= 1
         c <<= 1
         ct -= 1
         if ct == 0:
             c, ct, bp = _byteout(out, c, bp)
-        if a & 0x8000:
-            return a, c, ct, bp
+    return a, c, ct, bp
+
+
+@_jit_pixel
+def _mq_count(state, cx, d, a, bits):
+    """ENCODE of bit d without producing output: every RENORME shift moves one
+    bit out of C, so counting the shifts measures the code length exactly
+    (up to FLUSH and bit stuffing).  Returns (A, bits)."""
+    a, _ = _mq_interval(state, cx, d, a)
+    while not a & 0x8000:
+        a <<= 1
+        bits += 1
+    return a, bits
 
 
 @_jit
@@ -175,13 +210,13 @@ def _mq_flush(out, a, c, ct, bp):
     return bp + 1
 
 
-@_jit
+@_jit_pixel
 def _byte_at(data, i):
     """E.3.4: beyond the end of the coded data the decoder reads 0xFF."""
     return np.int64(data[i]) if i < data.shape[0] else 0xFF
 
 
-@_jit
+@_jit_pixel
 def _bytein(data, c, bp):
     """E.3.4 BYTEIN (data[bp] is B).  Returns (C, CT, BP)."""
     if _byte_at(data, bp) == 0xFF:
@@ -200,7 +235,7 @@ def _mq_initdec(data):
     return 0x8000, (c << 7) & 0xFFFFFFFF, ct - 7, bp
 
 
-@_jit
+@_jit_pixel
 def _mq_decode(data, state, cx, a, c, ct, bp):
     """E.3.2 DECODE with MPS_EXCHANGE / LPS_EXCHANGE (E.3.3) and RENORMD.
 
@@ -322,7 +357,7 @@ def _layout(template, at):
     )
 
 
-@_jit
+@_jit_pixel
 def _run_start(img, row, px, lo, hi):
     """Shift register of one run for the first pixel of a row."""
     w = 0
@@ -331,25 +366,37 @@ def _run_start(img, row, px, lo, hi):
     return w
 
 
-@_jit
-def _context(img, py, px, w0, w1, w2, win, keep, at_dx, at_dy, at_bit):
-    """6.2.5.3 / 6.2.5.4: context CX of pixel (px, py) of the padded bitmap."""
-    cx = ((w0 << win[0, 2]) | (w1 << win[1, 2]) | (w2 << win[2, 2])) & keep
+@_jit_pixel
+def _context(img, py, px, w0, w1, w2, base1, base2, keep, at_dx, at_dy, at_bit):
+    """6.2.5.3 / 6.2.5.4: context CX of pixel (px, py) of the padded bitmap.
+
+    Run 0 (row y) always starts at bit 0.
+    """
+    cx = (w0 | (w1 << base1) | (w2 << base2)) & keep
     for k in range(at_dx.shape[0]):
         cx |= np.int64(img[py + at_dy[k], px + at_dx[k]]) << at_bit[k]
     return cx
 
 
+# What _code_region does with the region.
+_ENCODE, _DECODE, _COUNT = 0, 1, 2
+
+
 @_jit
-def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
+def _code_region(img, data, out, mode, win, keep, at_dx, at_dy, at_bit,
                  top, left, width, height, tpgdon, sltp_cx, ltp_rows):
     """6.2.5.7 generic region decoding procedure, run as decoder or encoder.
 
     ``img`` is the padded bitmap: read when encoding, written when decoding.
-    Encoding writes MQ bytes to ``out`` (ltp_rows[i] = row i equals row i-1)
-    and returns the coded length; decoding reads ``data`` and returns 0.
+    _ENCODE writes MQ bytes to ``out`` (ltp_rows[i] = row i equals row i-1)
+    and returns the coded length; _DECODE reads ``data`` and returns 0;
+    _COUNT codes like _ENCODE without output and stores in ``out[i]`` (an
+    int64 array) the code length in bits of rows 0..i (E.2.6 shifts).
     """
     state = np.zeros(1 << 16, dtype=np.uint8)
+    decoding = mode == _DECODE
+    counting = mode == _COUNT
+    bits = 0
     if decoding:
         a, c, ct, bp = _mq_initdec(data)
     else:
@@ -359,6 +406,8 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
     m2 = (1 << (win[2, 1] - win[2, 0] + 1)) - 1
     r1 = left + win[1, 1] + 1              # column read into run 1 / 2 at x
     r2 = left + win[2, 1] + 1
+    base1 = win[1, 2]
+    base2 = win[2, 2]
     ltp = 0
     for y in range(height):
         py = top + y
@@ -369,27 +418,37 @@ def _code_region(img, data, out, decoding, win, keep, at_dx, at_dy, at_bit,
             else:
                 sltp = ltp ^ ltp_rows[y]
                 ltp = ltp_rows[y]
-                a, c, ct, bp = _mq_encode(out, state, sltp_cx, sltp, a, c, ct, bp)
+                if counting:
+                    a, bits = _mq_count(state, sltp_cx, sltp, a, bits)
+                else:
+                    a, c, ct, bp = _mq_encode(out, state, sltp_cx, sltp, a, c, ct, bp)
             if ltp:
                 if decoding:
                     img[py, :] = img[py - 1, :]
+                elif counting:
+                    out[y] = bits
                 continue
         w0 = 0
         w1 = _run_start(img, py - 1, left, win[1, 0], win[1, 1]) if m1 else 0
         w2 = _run_start(img, py - 2, left, win[2, 0], win[2, 1]) if m2 else 0
         for x in range(width):
             px = left + x
-            cx = _context(img, py, px, w0, w1, w2, win, keep, at_dx, at_dy, at_bit)
+            cx = _context(img, py, px, w0, w1, w2, base1, base2, keep, at_dx, at_dy, at_bit)
             if decoding:
                 d, a, c, ct, bp = _mq_decode(data, state, cx, a, c, ct, bp)
                 img[py, px] = d
             else:
                 d = np.int64(img[py, px])
-                a, c, ct, bp = _mq_encode(out, state, cx, d, a, c, ct, bp)
+                if counting:
+                    a, bits = _mq_count(state, cx, d, a, bits)
+                else:
+                    a, c, ct, bp = _mq_encode(out, state, cx, d, a, c, ct, bp)
             w0 = ((w0 << 1) | d) & m0
             w1 = ((w1 << 1) | np.int64(img[py - 1, r1 + x])) & m1
             w2 = ((w2 << 1) | np.int64(img[py - 2, r2 + x])) & m2
-    if decoding:
+        if counting:
+            out[y] = bits
+    if decoding or counting:
         return 0
     return _mq_flush(out, a, c, ct, bp)
 
@@ -435,42 +494,55 @@ def _typical_rows(bitmap) -> np.ndarray:
     return same
 
 
-def _run_coder(img, data, out, decoding, lay, template, width, height, tpgdon, ltp_rows):
-    return _code_region(img, data, out, decoding, lay.windows, lay.keep,
+def _run_coder(img, data, out, mode, lay, template, width, height, tpgdon, ltp_rows):
+    return _code_region(img, data, out, mode, lay.windows, lay.keep,
                         lay.at_dx, lay.at_dy, lay.at_bit, lay.top, lay.left,
                         width, height, bool(tpgdon), _SLTP_CONTEXT[template], ltp_rows)
+
+
+def _coder_input(bitmap, template, at):
+    """(layout, padded bitmap, typical rows) for coding ``bitmap``."""
+    height, width = bitmap.shape
+    lay = _layout(template, at)
+    img = _padded(height, width, lay)
+    img[lay.top:, lay.left:lay.left + width] = bitmap
+    return lay, img, _typical_rows(bitmap)
 
 
 def _encode_bytes(bitmap, template, at, tpgdon) -> bytes:
     """MQ-code a 0/1 bitmap with fixed parameters (already validated)."""
     height, width = bitmap.shape
-    lay = _layout(template, at)
-    img = _padded(height, width, lay)
-    img[lay.top:, lay.left:lay.left + width] = bitmap
-    ltp_rows = _typical_rows(bitmap)
+    lay, img, ltp_rows = _coder_input(bitmap, template, at)
     pixels = height * width + height
     # A decision can emit at most 15 bits, so the second size always fits.
     for capacity in (pixels // 4 + 64, 2 * pixels + 64):
         out = np.zeros(capacity, dtype=np.uint8)
-        end = _run_coder(img, _NO_BYTES, out, False, lay, template, width, height, tpgdon, ltp_rows)
+        end = _run_coder(img, _NO_BYTES, out, _ENCODE, lay, template, width, height,
+                         tpgdon, ltp_rows)
         if end <= capacity:
             return out[1:end].tobytes()
     raise AssertionError("MQ output exceeded its worst-case bound")
 
 
-def encode_generic_region(bitmap, template=None, at=None, tpgdon=None) -> GenericRegion:
+def _row_bits(bitmap, template, at, tpgdon) -> np.ndarray:
+    """Code length in bits of rows 0..i, for every row i (no bytes made)."""
+    height, width = bitmap.shape
+    lay, img, ltp_rows = _coder_input(bitmap, template, at)
+    bits = np.zeros(height, dtype=np.int64)
+    _run_coder(img, _NO_BYTES, bits, _COUNT, lay, template, width, height, tpgdon, ltp_rows)
+    return bits
+
+
+def encode_generic_region(bitmap, template=None, at=None, tpgdon=None,
+                          effort="default") -> GenericRegion:
     """Losslessly code ``bitmap`` as a generic region (6.2, MMR = 0).
 
-    Parameters left as None are searched by :func:`choose_parameters` for
-    the fewest bytes; ``at`` needs an explicit ``template`` (with a template
+    Parameters left as None are chosen by :func:`choose_parameters` with the
+    given ``effort``; ``at`` needs an explicit ``template`` (with a template
     but no ``at`` the nominal AT pixels are used).
     """
     bitmap = _as_bitmap(bitmap)
-    if template is None and at is not None:
-        raise JBIG2Error("AT pixels need an explicit template")
-    if template is None or tpgdon is None:
-        template, at, tpgdon = choose_parameters(bitmap, template, at, tpgdon)
-    at = _check_template(template, at)
+    template, at, tpgdon = _choose(bitmap, template, at, tpgdon, effort)
     data = _encode_bytes(bitmap, template, at, tpgdon)
     return GenericRegion(bitmap.shape[1], bitmap.shape[0], template, at, bool(tpgdon), data)
 
@@ -488,7 +560,7 @@ def _decode_rows(data, width, height, template, at, tpgdon, rows, max_pixels):
     img = _padded(rows, width, lay)
     buf = np.frombuffer(bytes(data), dtype=np.uint8).copy()
     no_rows = np.zeros(1, dtype=np.int64)
-    _run_coder(img, buf, _NO_BYTES, True, lay, template, width, rows, tpgdon, no_rows)
+    _run_coder(img, buf, _NO_BYTES, _DECODE, lay, template, width, rows, tpgdon, no_rows)
     return img[lay.top:, lay.left:lay.left + width].copy()
 
 
@@ -504,19 +576,152 @@ def decode_generic_region(data: bytes, width, height, template, at, tpgdon,
 # ---------------------------------------------------------------------------
 # Encoder parameter search
 # ---------------------------------------------------------------------------
-def choose_parameters(bitmap, template=None, at=None, tpgdon=None):
-    """Pick (template, at, tpgdon) giving the fewest bytes for ``bitmap``."""
-    bitmap = _as_bitmap(bitmap)
-    templates = range(4) if template is None else (template,)
-    tp_options = (True, False) if tpgdon is None else (bool(tpgdon),)
-    best = None
+# How hard the encoder looks for the parameters giving the fewest bytes.
+# Every estimate is the exact MQ code length (_COUNT mode of _code_region).
+EFFORTS = ("fast", "default", "max")
+_FAST_TEMPLATE = 2          # the best template on 13 of 14 Canny edge maps
+_FAST_TPGDON_ROWS = 0.25    # "fast": TPGDON when this share of rows repeats
+# "default" ranks templates 0-2 only: template 3 (no row y-2) came last on
+# every edge map.  It counts every _SAMPLE_EVERY-th band of _SAMPLE_BAND
+# rows (1/8 of the rows ranked the 14 edge maps like the whole maps do),
+# or the whole bitmap when that would be fewer than _MIN_SAMPLE_BANDS bands.
+_DEFAULT_TEMPLATES = (0, 1, 2)
+_SAMPLE_BAND = 8
+_SAMPLE_EVERY = 8
+_MIN_SAMPLE_BANDS = 2
+
+# AT pixels that "max" tries besides the nominal ones.  Measured on Canny
+# edge maps (1 MP): the nominal positions are nearly always best; the gains
+# come from *smaller* contexts (an AT pixel placed on a fixed template pixel,
+# e.g. (-3, 0) for templates 0 and 1, adds no information and halves the
+# number of contexts, so they adapt faster).
+_AT_ALTERNATIVES = (
+    (((3, -1), (-3, 0), (2, -2), (-2, -2)), ((-3, 0), (-3, -1), (2, -2), (-2, -2))),
+    (((2, -2),), ((-3, 0),)),
+    (((3, -1),),),
+    (((3, -1),), ((0, -2),)),
+)
+
+
+@_jit
+def _sltp_bits(ltp_rows):
+    """Code length in bits of the SLTP decisions (6.2.5.7) for ``ltp_rows``."""
+    state = np.zeros(1, dtype=np.uint8)
+    a, bits, ltp = 0x8000, 0, 0
+    for y in range(ltp_rows.shape[0]):
+        a, bits = _mq_count(state, 0, ltp ^ ltp_rows[y], a, bits)
+        ltp = ltp_rows[y]
+    return bits
+
+
+def _sample_rows(height: int) -> np.ndarray:
+    """Row numbers of every _SAMPLE_EVERY-th band of _SAMPLE_BAND rows."""
+    starts = range(0, height - _SAMPLE_BAND + 1, _SAMPLE_BAND * _SAMPLE_EVERY)
+    if len(starts) < _MIN_SAMPLE_BANDS:
+        return np.arange(height)
+    return (np.asarray(starts)[:, None] + np.arange(_SAMPLE_BAND)).ravel()
+
+
+def _extrapolate(row_bits: np.ndarray, height: int) -> float:
+    """Whole-bitmap bits from the bits of sampled rows.
+
+    The contexts learn during the first rows, after which the bits grow
+    linearly, so the sampled total is extended at the rate of its second
+    half (a plain scale-up would charge the learning again per sample and
+    favour small templates).
+    """
+    rows = row_bits.shape[0]
+    total = row_bits.sum()
+    if rows >= height:
+        return float(total)
+    half = rows // 2
+    rate = (total - row_bits[:half].sum()) / (rows - half)
+    return float(total + rate * (height - rows))
+
+
+class _Estimator:
+    """Code length of ``bitmap`` for parameter candidates, in bits."""
+
+    def __init__(self, bitmap, effort):
+        self.bitmap = bitmap
+        self.ltp_rows = _typical_rows(bitmap)
+        self.rows = _sample_rows(bitmap.shape[0]) if effort == "default" else None
+
+    def __call__(self, template, at, tpgdons) -> dict:
+        """{tpgdon: bits} for each wanted TPGDON setting."""
+        if self.rows is None:
+            return {tp: _row_bits(self.bitmap, template, at, tp)[-1] for tp in tpgdons}
+        return self._sampled(template, at, tpgdons)
+
+    def _sampled(self, template, at, tpgdons) -> dict:
+        """Count the sampled rows without TPGDON; TPGDON's effect is derived:
+        the typical rows cost nothing but each row pays an SLTP decision."""
+        height = self.bitmap.shape[0]
+        sample = np.ascontiguousarray(self.bitmap[self.rows])
+        row_bits = np.diff(_row_bits(sample, template, at, False), prepend=0)
+        estimates = {False: _extrapolate(row_bits, height)}
+        if True in tpgdons:
+            atypical = row_bits * (self.ltp_rows[self.rows] == 0)
+            estimates[True] = _extrapolate(atypical, height) + _sltp_bits(self.ltp_rows)
+        return {tp: estimates[tp] for tp in tpgdons}
+
+
+def _check_effort(effort):
+    if effort not in EFFORTS:
+        raise JBIG2Error(f"effort must be one of {EFFORTS}, got {effort!r}")
+
+
+def choose_parameters(bitmap, template=None, at=None, tpgdon=None, effort="default"):
+    """Pick (template, at, tpgdon) giving the fewest bytes for ``bitmap``.
+
+    Arguments given are kept, those left None are chosen, as hard as
+    ``effort`` says:
+
+    * ``"fast"``: no search; template 2 (nominal AT), TPGDON when at least
+      a quarter of the rows repeat the row above.
+    * ``"default"``: templates 0-2 (nominal AT) with TPGDON on and off,
+      ranked by the exact code length of a sample of row bands (1/8 of the
+      rows) extrapolated to the whole bitmap.
+    * ``"max"``: every template, its nominal and _AT_ALTERNATIVES AT pixels
+      and TPGDON on and off, each ranked by the code length of the whole
+      bitmap.
+    """
+    return _choose(_as_bitmap(bitmap), template, at, tpgdon, effort)
+
+
+def _choose(bitmap, template, at, tpgdon, effort):
+    _check_effort(effort)
+    if template is None and at is not None:
+        raise JBIG2Error("AT pixels need an explicit template")
+    if effort == "fast" and template is None:
+        template = _FAST_TEMPLATE
+    if template is not None:
+        fixed_at = _check_template(template, at)
+        at = None if at is None else fixed_at
+        if tpgdon is not None:
+            return template, fixed_at, bool(tpgdon)
+        if effort == "fast":
+            return template, fixed_at, bool(_typical_rows(bitmap).mean() >= _FAST_TPGDON_ROWS)
+    estimate = _Estimator(bitmap, effort)
+    tpgdons = (False, True) if tpgdon is None else (bool(tpgdon),)
+    bits = {}
+    if template is not None:
+        templates = (template,)
+    else:
+        templates = _DEFAULT_TEMPLATES if effort == "default" else range(4)
     for t in templates:
-        t_at = _check_template(t, at if template is not None else None)
-        for tp in tp_options:
-            size = len(_encode_bytes(bitmap, t, t_at, tp))
-            if best is None or size < best[0]:
-                best = (size, t, t_at, tp)
-    return best[1:]
+        for t_at in _candidate_at(t, at, effort):
+            for tp, n in estimate(t, t_at, tpgdons).items():
+                bits[(t, t_at, tp)] = n
+    return min(bits, key=bits.get)
+
+
+def _candidate_at(template, at, effort):
+    if at is not None:
+        return (at,)
+    if effort == "max":
+        return (NOMINAL_AT[template],) + _AT_ALTERNATIVES[template]
+    return (NOMINAL_AT[template],)
 
 
 # ---------------------------------------------------------------------------
@@ -558,10 +763,14 @@ def _generic_region_data(region: GenericRegion) -> bytes:
     return info + bytes([flags]) + at + region.data
 
 
-def encode_embedded(bitmap, *, template=None, at=None, tpgdon=None) -> bytes:
+def encode_embedded(bitmap, *, template=None, at=None, tpgdon=None, effort="default") -> bytes:
     """D.3 embedded stream: page information, immediate lossless generic
-    region and end of page segments, no file header (the layout PDF uses)."""
-    region = encode_generic_region(bitmap, template, at, tpgdon)
+    region and end of page segments, no file header (the layout PDF uses).
+
+    Parameters left None are chosen for the fewest bytes as hard as
+    ``effort`` ("fast", "default", "max") says; see :func:`choose_parameters`.
+    """
+    region = encode_generic_region(bitmap, template, at, tpgdon, effort)
     return (_segment(0, _PAGE_INFORMATION, 1, _page_information(region.width, region.height))
             + _segment(1, _IMMEDIATE_LOSSLESS_GENERIC, 1, _generic_region_data(region))
             + _segment(2, _END_OF_PAGE, 1))
@@ -586,9 +795,10 @@ def embedded_to_file(stream: bytes) -> bytes:
     return _file_header() + stream + _segment(number, _END_OF_FILE, 0)
 
 
-def encode_file(bitmap, *, template=None, at=None, tpgdon=None) -> bytes:
+def encode_file(bitmap, *, template=None, at=None, tpgdon=None, effort="default") -> bytes:
     """Standalone .jb2 file: D.4 header and a sequential embedded stream."""
-    return embedded_to_file(encode_embedded(bitmap, template=template, at=at, tpgdon=tpgdon))
+    return embedded_to_file(encode_embedded(bitmap, template=template, at=at, tpgdon=tpgdon,
+                                            effort=effort))
 
 
 # --- decoding ---------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""PLIC Caption: the prompt of a ``.plic`` file, written from the image (plic.caption).
+
+The API key is never a widget: the node takes the NAME of the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plic import caption as cap
+from plic.codec import MAX_PROMPT_CHARS
+
+from .common import CATEGORY, comfy_module, image_to_rgb_list, map_batch
+
+BACKENDS = ["openai", "local", "manual"]
+#: Shown in the local-model list when models/captioners holds no model folder yet.
+NO_LOCAL_MODEL = "(no model folder in models/captioners)"
+FOLDER_KEY = "plic_captioners"
+
+
+def register_model_folder() -> None:
+    """Make ComfyUI know models/captioners as "plic_captioners" (extra_model_paths.yaml may add
+    more folders under that name)."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is not None and FOLDER_KEY not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / "captioners"))
+
+
+def model_dirs() -> list[Path] | None:
+    """ComfyUI's captioner folders (ours, then models/LLM); None outside ComfyUI."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return None
+    dirs = []
+    for key in (FOLDER_KEY, "LLM"):
+        if key in folder_paths.folder_names_and_paths:
+            dirs.extend(Path(p) for p in folder_paths.get_folder_paths(key))
+    return dirs
+
+
+def local_model_input() -> tuple:
+    """A list of the model folders inside ComfyUI, a free path outside it."""
+    tooltip = ("Image-to-text model folder (BLIP, GIT, Florence-2...) in models/captioners or "
+               "models/LLM, for the local back end.")
+    dirs = model_dirs()
+    if dirs is None:
+        return ("STRING", {"default": "", "tooltip": tooltip + " Outside ComfyUI: a folder path "
+                           "or a folder name under $PLIC_MODELS_DIR/captioners."})
+    return (cap.list_local_models(dirs) or [NO_LOCAL_MODEL], {"tooltip": tooltip})
+
+
+def torch_device() -> str:
+    """ComfyUI's device for models when it runs, else "auto"."""
+    management = comfy_module("comfy.model_management")
+    return str(management.get_torch_device()) if management is not None else "auto"
+
+
+class PLICCaption:
+    """IMAGE -> prompt text, one prompt per image of the batch."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images to describe; each gets its own prompt."}),
+            "backend": (BACKENDS, {"default": "openai", "tooltip":
+                        "openai: an OpenAI-compatible chat API (OpenAI, Ollama, vLLM, LM Studio); "
+                        "local: a model folder run by transformers; manual: the text below."}),
+            "model": ("STRING", {"default": cap.DEFAULT_MODEL, "tooltip":
+                      "Model name for the openai back end (a vision model, e.g. gpt-4o, or "
+                      "llava / qwen2.5vl on Ollama)."}),
+            "base_url": ("STRING", {"default": "", "tooltip":
+                         "API address for the openai back end; empty means OpenAI's cloud "
+                         "(or $OPENAI_BASE_URL). Ollama: http://127.0.0.1:11434/v1"}),
+            "api_key_env": ("STRING", {"default": cap.DEFAULT_KEY_ENV, "tooltip":
+                            "NAME of the environment variable that holds the API key (set it "
+                            "before starting ComfyUI). Never paste the key itself here: widget "
+                            "values are saved in workflows and images."}),
+            "local_model": local_model_input(),
+            "manual_text": ("STRING", {"default": "", "multiline": True, "tooltip":
+                            "The prompt for the manual back end; cleaned and cut like a "
+                            "generated one."}),
+            "max_chars": ("INT", {"default": MAX_PROMPT_CHARS, "min": 1, "max": 4096, "tooltip":
+                          "Cut the prompt at a word boundary to this many characters (the paper: "
+                          "240)."}),
+            "timeout": ("FLOAT", {"default": cap.DEFAULT_TIMEOUT, "min": 1.0, "max": 3600.0,
+                                  "step": 1.0, "tooltip":
+                                  "Seconds to wait for one API reply before retrying."}),
+            "max_retries": ("INT", {"default": cap.DEFAULT_RETRIES, "min": 0, "max": 10, "tooltip":
+                            "Retries of the API after a rate limit (429), a server error (5xx) or a "
+                            "time-out, waiting 1, 2, 4... s."}),
+        }}
+
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("prompt", "prompt_list")
+    OUTPUT_IS_LIST = (False, True)
+    OUTPUT_TOOLTIPS = ("All prompts, one line per image (a single line for one image); PLIC Pack "
+                       "gives line i to image i.",
+                       "The prompts as a list: nodes after it run once per prompt.")
+    FUNCTION = "caption"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Writes a Stable Diffusion prompt for each image, as the PLIC paper did with "
+                   "GPT-4o: through an OpenAI-compatible API, a local image-to-text model or your "
+                   "own text. The key is read from an environment variable, never a widget.")
+
+    def caption(self, image, backend, model, base_url, api_key_env, local_model, manual_text,
+                max_chars, timeout, max_retries):
+        captioner = self.make(backend, model, base_url, api_key_env, local_model, manual_text,
+                              max_chars, timeout, max_retries)
+        prompts = map_batch(image_to_rgb_list(image), captioner.caption)
+        return {"ui": {"text": prompts}, "result": ("\n".join(prompts), prompts)}
+
+    @staticmethod
+    def make(backend, model, base_url, api_key_env, local_model, manual_text, max_chars, timeout,
+             max_retries):
+        """The captioner the widgets ask for."""
+        if backend == "manual":
+            return cap.ManualCaptioner(manual_text, limit=max_chars)
+        if backend == "local":
+            name = "" if local_model == NO_LOCAL_MODEL else local_model
+            return cap.LocalCaptioner(name, device=torch_device(), limit=max_chars,
+                                      search_dirs=model_dirs())
+        return cap.OpenAICaptioner(model, base_url=base_url, api_key_env=api_key_env,
+                                   timeout=timeout, max_retries=max_retries, limit=max_chars)
+
+
+register_model_folder()
+
+NODE_CLASS_MAPPINGS = {"PLICCaption": PLICCaption}
+NODE_DISPLAY_NAME_MAPPINGS = {"PLICCaption": "PLIC Caption (prompt from image)"}

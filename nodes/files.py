@@ -1,0 +1,136 @@
+"""PLIC Save and PLIC Load: ``.plic`` files in ComfyUI's output and input folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from plic import codec, fileformat
+from plic.errors import PlicError, PlicInputError
+
+from .common import CATEGORY, PAYLOAD, comfy_directory, comfy_module
+
+EXTENSION = ".plic"
+#: The name under which the input folder's .plic files are known to ComfyUI's folder_paths.
+FOLDER_NAME = "plic"
+
+
+class PlicSave:
+    DESCRIPTION = ("Writes each payload as a .plic file to ComfyUI's output folder, named "
+                   "<prefix>_00001_.plic, _00002_... (never overwrites), and shows size, bpp "
+                   "and compression ratio on the node.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "plic": (PAYLOAD, {"tooltip": "The payload from PLIC Pack (or PLIC Load)."}),
+            "filename_prefix": ("STRING", {"default": "PLIC",
+                                           "tooltip": "Start of the file names; may hold sub-folders "
+                                                      "of the output folder, e.g. 'plic/photos'."}),
+        }}
+
+    def run(self, plic, filename_prefix):
+        output = comfy_directory("output")
+        saved = []
+        for payload in plic:
+            data = fileformat.dumps(payload)
+            path = write_numbered(output, filename_prefix, data)
+            subfolder = path.parent.relative_to(output.resolve()).as_posix()
+            saved.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
+                          "type": "output", **codec.size_report(len(data), payload)})
+        return {"ui": {"plic": saved}}
+
+
+def write_numbered(output: Path, prefix: str, data: bytes) -> Path:
+    """Write ``data`` to ``output``/<prefix>_NNNNN_.plic with the first counter above every
+    existing one; never replaces a file. The prefix may not leave ``output``."""
+    root = output.resolve()
+    prefix = os.path.normpath(prefix.strip() or "PLIC")
+    folder = (root / os.path.dirname(prefix)).resolve()
+    name = os.path.basename(prefix)
+    if (folder != root and root not in folder.parents) or name in ("", ".", ".."):
+        raise PlicInputError(f"PLIC Save: filename_prefix {prefix!r} must name a file inside "
+                             f"the output folder {root}")
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(name) + r"_(\d+)_" + re.escape(EXTENSION) + "$")
+    counters = [int(m.group(1)) for m in map(pattern.match, os.listdir(folder)) if m]
+    counter = max(counters, default=0) + 1
+    while True:
+        path = folder / f"{name}_{counter:05}_{EXTENSION}"
+        try:
+            return fileformat.write_atomic(path, data)
+        except FileExistsError:  # another run took this number meanwhile
+            counter += 1
+
+
+class PlicLoad:
+    DESCRIPTION = ("Reads a .plic file from ComfyUI's input folder (upload one with the button). "
+                   "A damaged file is reported before the workflow runs.")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = (PAYLOAD,)
+    RETURN_NAMES = ("plic",)
+    OUTPUT_TOOLTIPS = ("The file's payload, for PLIC Unpack.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "file": (input_files(), {"tooltip": "A .plic file in ComfyUI's input folder. Use the "
+                                                "'upload .plic' button to add one from your computer."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, file):
+        try:
+            return hashlib.sha256(input_path(file).read_bytes()).hexdigest()
+        except (PlicError, OSError) as exc:
+            return f"unreadable: {exc}"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        try:
+            fileformat.load(input_path(file))
+        except PlicError as exc:
+            return str(exc)
+        return True
+
+    def run(self, file):
+        return ([fileformat.load(input_path(file))],)
+
+
+def input_files() -> list[str]:
+    """The .plic files under the input folder, as paths relative to it with '/'."""
+    folder_paths = comfy_module("folder_paths")
+    root = comfy_directory("input")
+    if folder_paths is not None:
+        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([str(root)], {EXTENSION})
+        return [name.replace(os.sep, "/") for name in folder_paths.get_filename_list(FOLDER_NAME)]
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob(f"*{EXTENSION}")
+                  if path.is_file())
+
+
+def input_path(name: str) -> Path:
+    """The file ``name`` of the input folder; PlicInputError if it is missing, is not a .plic
+    file or lies outside the folder."""
+    root = comfy_directory("input").resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise PlicInputError(f"PLIC Load: {name!r} is outside the input folder {root}; "
+                             "pick a file from the list")
+    if path.suffix.lower() != EXTENSION:
+        raise PlicInputError(f"PLIC Load: {name!r} is not a {EXTENSION} file")
+    if not path.is_file():
+        raise PlicInputError(f"PLIC Load: {name!r} is not in the input folder {root}; upload it "
+                             "with the 'upload .plic' button")
+    return path
+
+
+NODE_CLASS_MAPPINGS = {"PlicSave": PlicSave, "PlicLoad": PlicLoad}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicSave": "PLIC Save (.plic file to output folder)",
+                              "PlicLoad": "PLIC Load (.plic file from input folder)"}

@@ -1,0 +1,221 @@
+"""The ComfyUI nodes run through their functions on the shared images, without ComfyUI."""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, load_shared
+from plic import codec, fileformat
+from plic.errors import PlicError, PlicInputError
+from plic.image import resize
+
+import nodes
+from nodes.edges import PlicCannyEdges
+from nodes.files import PlicLoad, PlicSave, input_files
+from nodes.pack import PlicPack
+from nodes.palette import PlicPalette
+from nodes.unpack import PlicUnpack
+
+
+def as_image(*arrays) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).float() / 255.0
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """Separate input and output folders given the way CI gives them (environment)."""
+    monkeypatch.setenv("PLIC_INPUT_DIR", str(tmp_path / "in"))
+    monkeypatch.setenv("PLIC_OUTPUT_DIR", str(tmp_path / "out"))
+    (tmp_path / "in").mkdir()
+    return tmp_path / "in", tmp_path / "out"
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return load_shared("astronaut.png", 256)
+
+
+@pytest.fixture(scope="module")
+def batch(astronaut):
+    cat = resize(load_shared("chelsea.png"), (astronaut.shape[1], astronaut.shape[0]))
+    return as_image(astronaut, cat)
+
+
+def compress(image, prompt="an astronaut", max_side=256):
+    edges, edge_preview = PlicCannyEdges().run(image, max_side, 100, 200)
+    palette, palette_preview = PlicPalette().run(image, 32, 80)
+    packed = PlicPack().run(prompt, edges, palette)
+    return edges, edge_preview, palette, palette_preview, packed
+
+
+def test_every_node_is_documented():
+    assert set(nodes.NODE_CLASS_MAPPINGS) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(nodes.NODE_CLASS_MAPPINGS) >= 6
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        assert cls.CATEGORY == "PLIC" and cls.DESCRIPTION
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("PLIC ")
+        for section in cls.INPUT_TYPES().values():
+            for input_name, spec in section.items():
+                assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        assert len(names) == len(cls.RETURN_TYPES)
+
+
+def test_the_pack_imports_without_comfyui_under_any_package_name():
+    """As ComfyUI does: import the folder by path, with no ComfyUI modules and no repo on sys.path."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('plic_comfy', {str(REPO / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(REPO)!r}])\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['plic_comfy'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "assert importlib.util.find_spec('folder_paths') is None\n"
+        "print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO.parent, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in ("PlicCannyEdges", "PlicLoad", "PlicPack", "PlicPalette", "PlicSave", "PlicUnpack"):
+        assert name in result.stdout
+    assert (REPO / "web").is_dir()
+
+
+def test_edges_node_matches_the_codec_for_a_batch(batch, astronaut):
+    edges, preview = PlicCannyEdges().run(batch, 128, 100, 200)
+    assert len(edges) == 2 and preview.shape == (2, 128, 128, 3)
+    expected = codec.edges_part(codec.working_image(astronaut, 128)[1], (256, 256))
+    assert edges[0].stream == expected.stream and edges[0].original_size == (256, 256)
+    assert set(np.unique(preview.numpy())) <= {0.0, 1.0}
+    assert np.array_equal(preview[0, ..., 0].numpy() > 0.5, expected.bitmap.astype(bool))
+
+
+def test_edges_node_rejects_crossed_thresholds(batch):
+    with pytest.raises(PlicInputError, match="low <= high"):
+        PlicCannyEdges().run(batch, 128, 200, 100)
+
+
+def test_palette_node_stores_the_reference_palette(batch, astronaut):
+    palettes, preview = PlicPalette().run(batch, 32, 80)
+    assert len(palettes) == 2 and preview.shape == batch.shape
+    assert palettes[0].data == codec.palette_part(astronaut).data
+    assert palettes[0].small.shape == (32, 32, 3)
+
+
+def test_pack_reports_size_and_matches_encode_image(astronaut):
+    *_, packed = compress(as_image(astronaut))
+    (payload,) = packed["result"][0]
+    (report,) = packed["ui"]["plic"]
+    assert fileformat.dumps(payload) == fileformat.dumps(
+        codec.encode_image(astronaut, prompt="an astronaut", settings=codec.EncodeSettings(max_side=256)))
+    assert report["bytes"] == len(fileformat.dumps(payload))
+    assert report["bpp"] == pytest.approx(report["bytes"] * 8 / (256 * 256))
+    assert report["ratio"] == pytest.approx(256 * 256 * 3 / report["bytes"])
+
+
+def test_pack_takes_salient_parts_and_checks_their_size(astronaut):
+    image = as_image(astronaut)
+    edges, _, palette, _, _ = compress(image)
+    mask = np.zeros((256, 256), bool)
+    mask[60:120, 80:150] = True
+    salient = [codec.salient_part(astronaut, mask)]
+    (payload,) = PlicPack().run("an astronaut", edges, palette, salient)["result"][0]
+    unpacked = codec.unpack(payload)
+    assert np.array_equal(unpacked.salient_mask, mask)
+    assert np.array_equal(unpacked.salient_pixels[mask], astronaut[mask])
+    wrong = [codec.salient_part(load_shared("astronaut.png", 128), mask[:128, :128])]
+    with pytest.raises(PlicInputError, match="salient mask is 128x128"):
+        PlicPack().run("an astronaut", edges, palette, wrong)
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n "])
+def test_pack_rejects_an_empty_prompt(astronaut, prompt):
+    edges, _, palette, _, _ = compress(as_image(astronaut))
+    with pytest.raises(PlicInputError, match="prompt for image 1 is empty"):
+        PlicPack().run(prompt, edges, palette)
+
+
+def test_pack_rejects_parts_of_different_batches(batch, astronaut):
+    edges, *_ = compress(batch)
+    _, _, palette, _, _ = compress(as_image(astronaut, astronaut, astronaut))
+    with pytest.raises(PlicInputError, match="3 palettes for 2 images"):
+        PlicPack().run("x", edges, palette)
+
+
+def test_save_load_unpack_round_trip_is_bit_exact(folders, batch):
+    inputs, outputs = folders
+    *_, packed = compress(batch)
+    payloads = packed["result"][0]
+    saved = PlicSave().run(payloads, "plic/test")["ui"]["plic"]
+    assert [s["filename"] for s in saved] == ["test_00001_.plic", "test_00002_.plic"]
+    assert all(s["subfolder"] == "plic" and s["type"] == "output" for s in saved)
+    again = PlicSave().run(payloads[:1], "plic/test")["ui"]["plic"]
+    assert again[0]["filename"] == "test_00003_.plic"  # never overwrites
+    for item, payload in zip(saved, payloads):
+        data = (outputs / "plic" / item["filename"]).read_bytes()
+        assert data == fileformat.dumps(payload) and item["bytes"] == len(data)
+        (inputs / item["filename"]).write_bytes(data)
+    assert input_files() == ["test_00001_.plic", "test_00002_.plic"]
+    assert PlicLoad.VALIDATE_INPUTS("test_00002_.plic") is True
+    (loaded,) = PlicLoad().run("test_00002_.plic")
+    assert fileformat.dumps(loaded[0]) == fileformat.dumps(payloads[1])
+    prompt, hint, edges, palette, pixels, mask, width, height, regenerate = PlicUnpack().run(loaded)
+    expected = codec.unpack(payloads[1])
+    assert (prompt, width, height) == ("an astronaut", 256, 256)
+    assert torch.equal(hint, torch.from_numpy(expected.color_canny_hint[None]).float() / 255)
+    assert torch.equal(edges[0, ..., 0], torch.from_numpy(expected.edges).float())
+    assert palette.shape == (1, 256, 256, 3) and pixels.abs().sum() == 0
+    assert mask.shape == (1, 256, 256) and mask.sum() == 0 and regenerate.min() == 1
+
+
+def test_unpack_a_batch(batch):
+    *_, packed = compress(batch)
+    outputs = PlicUnpack().run(packed["result"][0])
+    assert outputs[1].shape == (2, 256, 256, 3) and outputs[5].shape == (2, 256, 256)
+
+
+def test_load_rejects_corrupt_truncated_and_outside_files(folders, astronaut):
+    inputs, _ = folders
+    data = fileformat.dumps(compress(as_image(astronaut))[-1]["result"][0][0])
+    (inputs / "truncated.plic").write_bytes(data[:-7])
+    damaged = bytearray(data)
+    damaged[-10] ^= 0xFF  # inside the last section's payload
+    (inputs / "damaged.plic").write_bytes(bytes(damaged))
+    (inputs.parent / "outside.plic").write_bytes(data)
+    for name, needle in [("truncated.plic", "truncated"), ("damaged.plic", "checksum mismatch"),
+                         ("../outside.plic", "outside the input folder"),
+                         ("missing.plic", "is not in the input folder")]:
+        message = PlicLoad.VALIDATE_INPUTS(name)
+        assert isinstance(message, str) and needle in message, message
+        with pytest.raises(PlicError, match=needle):
+            PlicLoad().run(name)
+    assert "../outside.plic" not in input_files()
+
+
+def test_load_reruns_when_the_file_content_changes(folders, astronaut):
+    inputs, _ = folders
+    data = fileformat.dumps(compress(as_image(astronaut))[-1]["result"][0][0])
+    (inputs / "a.plic").write_bytes(data)
+    first = PlicLoad.IS_CHANGED("a.plic")
+    assert PlicLoad.IS_CHANGED("a.plic") == first
+    (inputs / "a.plic").write_bytes(fileformat.dumps(
+        compress(as_image(astronaut), prompt="another prompt")[-1]["result"][0][0]))
+    assert PlicLoad.IS_CHANGED("a.plic") != first
+
+
+def test_save_refuses_a_prefix_outside_the_output_folder(folders, astronaut):
+    payloads = compress(as_image(astronaut))[-1]["result"][0]
+    with pytest.raises(PlicInputError, match="inside the output folder"):
+        PlicSave().run(payloads, "../escape")
+
+
+def test_folders_default_to_the_current_directory(tmp_path, monkeypatch):
+    from nodes.common import comfy_directory
+
+    monkeypatch.delenv("PLIC_OUTPUT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert comfy_directory("output") == tmp_path / "output"
+    assert importlib.util.find_spec("folder_paths") is None

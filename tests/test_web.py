@@ -1,0 +1,43 @@
+"""The web extension: every .js file parses, and its logic module passes its node unit tests."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+WEB_FILES = sorted((REPO / "web").glob("*.js"))
+JS_TESTS = sorted((REPO / "tests" / "js").glob("*.test.mjs"))
+
+
+@pytest.fixture(scope="module")
+def node():
+    path = shutil.which("node")
+    if path is None:
+        pytest.fail("Node.js is needed for the web extension's tests (Debian package nodejs)")
+    return path
+
+
+def test_the_extension_ships_its_files():
+    assert {p.name for p in WEB_FILES} >= {"plic.js", "plic_format.js"}
+    assert JS_TESTS
+
+
+@pytest.mark.parametrize("path", WEB_FILES + JS_TESTS, ids=lambda p: p.name)
+def test_javascript_parses(node, path):
+    result = subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_logic_module_unit_tests(node):
+    result = subprocess.run([node, "--test", *map(str, JS_TESTS)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout and "# pass 0" not in result.stdout
+
+
+def test_the_extension_imports_comfyui_the_usual_way():
+    source = (REPO / "web" / "plic.js").read_text()
+    assert 'from "../../scripts/app.js"' in source
+    assert "./plic_format.js" in source
