@@ -237,15 +237,16 @@ def user_candidates(mask: np.ndarray) -> list[Candidate]:
 
 
 def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                 folders=None, models_dir: str | os.PathLike | None = None, strict: bool = True,
+                 folders=None, models_dir: str | os.PathLike | None = None, strict=True,
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                  sam_model: str | None = None, text_confidence: float = DEFAULT_TEXT_CONFIDENCE,
                  face_min_fraction: float = DEFAULT_FACE_MIN_FRACTION, dino_size: int = 800) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
-    With ``strict`` a detector that cannot run (Tesseract not installed, model missing) raises;
-    otherwise it is skipped and the reason is recorded in ``notes``. ``folders`` (a
+    A detector that cannot run (Tesseract not installed, model missing) raises if ``strict`` is
+    True or names it (a collection of sources); otherwise it is skipped and the reason is
+    recorded in ``notes``. ``folders`` (a
     plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam; ``dino_size`` is the
     short side Grounding DINO sees (800 as trained; smaller is faster and coarser)."""
     from .image import check_rgb
@@ -265,18 +266,20 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
             text_threshold=text_threshold, dino_model=dino_model, sam_model=sam_model,
             dino_size=dino_size),
     }
-    for source in parse_sources(sources):
+    sources = parse_sources(sources)
+    must_run = set(sources) if strict is True else set(strict or ())
+    for source in sources:
         try:
             candidates += runners[source]()
         except (MissingDependencyError, FileNotFoundError, PlicInputError) as exc:
-            if strict:
+            if source in must_run:
                 raise
             notes.append(f"{source} skipped: {exc}")
     return SalientResult(union_mask(candidates, size), candidates, notes)
 
 
 def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                budget=None, codec: str = "png", quality: int = 90, strict: bool = True, **params):
+                budget=None, codec: str = "png", quality: int = 90, strict=True, **params):
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
     lists what each detector found, what was kept and the detectors skipped."""
@@ -324,19 +327,24 @@ def add_salient_arguments(parser) -> None:
                             "(default $PLIC_MODELS_DIR)")
 
 
-def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """A mask image (white >= 128 = keep) of the original image's aspect, scaled (nearest) to
-    the working ``size`` = (width, height)."""
+def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the mask") -> np.ndarray:
+    """A (H, W) bool mask of the original image's shape scaled (nearest) to the working
+    ``size`` = (width, height); a mask of another shape is refused."""
     from PIL import Image
 
+    height, width = mask.shape[:2]
+    if abs(width / height - size[0] / size[1]) > 0.02:
+        raise PlicInputError(f"{what} is {width}x{height}, which is not the image's shape "
+                             f"(working size {size[0]}x{size[1]}); give a mask of the image's size")
+    image = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+    return np.asarray(image.resize(size, Image.NEAREST)) >= 128
+
+
+def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """A mask image (white >= 128 = keep) of the image's shape, at the working ``size``."""
     from .image import load_rgb
 
-    gray = load_rgb(path)[..., 0]
-    height, width = gray.shape
-    if abs(width / height - size[0] / size[1]) > 0.02:
-        raise PlicInputError(f"{path}: the mask is {width}x{height}, which is not the image's shape "
-                             f"(working size {size[0]}x{size[1]}); give a mask of the image's size")
-    return np.asarray(Image.fromarray(gray).resize(size, Image.NEAREST)) >= 128
+    return load_mask_array(load_rgb(path)[..., 0] >= 128, size, f"{path}: the mask")
 
 
 def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLike | None = None):

@@ -39,15 +39,6 @@ _QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_p
 
 
 @dataclass(frozen=True)
-class SalientPart:
-    """The salient data of one image: the JBIG2 ``mask_stream`` (None when nothing is kept)
-    and the stored ``regions`` (what the PLIC Pack node and the CLI put in a file)."""
-
-    mask_stream: bytes | None
-    regions: tuple[SalientRegion, ...] = ()
-
-
-@dataclass(frozen=True)
 class Budget:
     """Limits on the salient share; every limit given is honoured (None = no such limit).
 
@@ -266,7 +257,10 @@ class Stored:
     mask: np.ndarray  # (H, W) bool, what was kept
 
     @property
-    def part(self) -> SalientPart:
+    def part(self):
+        """As a plic.codec.SalientPart (what PLIC Pack takes)."""
+        from .codec import SalientPart
+
         return SalientPart(self.mask_stream, tuple(self.regions))
 
 
@@ -336,9 +330,11 @@ def _longest_fitting_prefix(fits, total: int) -> int:
 
 
 def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = "png", quality: int = 90,
-         pad: int = DEFAULT_PAD, budget: Budget = Budget()) -> tuple[bytes | None, list[SalientRegion]]:
+         pad: int = DEFAULT_PAD, budget: Budget = UNLIMITED) -> tuple[bytes | None, list[SalientRegion]]:
     """Store the pixels of ``rgb`` under ``mask`` within ``budget``: the JBIG2 mask stream and
-    the regions (each connected part of the mask is a candidate; see :func:`store`).
+    the regions (each connected part of the mask is a candidate; see :func:`store`). A mask
+    given explicitly is only capped at the raw size of the image by default; the detectors'
+    path (:func:`plic.detect.run_salient`) applies :class:`Budget`'s default.
 
     Pixels inside a box but outside the mask are zeroed, which costs almost nothing to store
     and is never shown (the decoder regenerates them). An empty mask stores nothing."""

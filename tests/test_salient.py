@@ -94,7 +94,6 @@ def test_empty_selection_stores_nothing():
 def test_everything_salient_is_dropped_by_the_default_budget_and_kept_without_one():
     rgb = load_shared("chelsea.png")
     everything = np.ones(rgb.shape[:2], bool)
-    assert salient.pack(rgb, everything) == (None, [])
     report = salient.store(rgb, detect.user_candidates(everything)).report
     assert report.dropped and "dropped 1 user" in report.summary()
     stream, regions = salient.pack(rgb, everything, budget=salient.UNLIMITED)
@@ -150,3 +149,55 @@ def test_auto_sources_skip_what_is_missing_and_say_so(monkeypatch):
     assert any("text skipped" in note and "tesseract-ocr" in note for note in report.notes)
     with pytest.raises(Exception, match="tesseract-ocr"):
         detect.salient_from_args(parse(["--salient", "text"]), rgb, None)
+
+
+def run_node(image, mask=None, **overrides):
+    from nodes.salient import PlicSalientRegions
+
+    settings = dict(max_side=256, faces=True, text=False, dino_sam=False, budget_bpp=4.0, max_fraction=1.0,
+                    codec="png", quality=90, dino_prompt="face", box_threshold=0.35, text_threshold=0.25)
+    settings.update(overrides)
+    return PlicSalientRegions().run(image, mask=mask, **settings)
+
+
+def test_node_keeps_the_face_and_a_painted_mask_and_packs_with_the_edges():
+    import torch
+
+    from nodes.edges import PlicCannyEdges
+    from nodes.pack import PlicPack
+    from nodes.palette import PlicPalette
+
+    rgb = load_shared("astronaut.png")  # 512x512; the node works at 256
+    image = torch.from_numpy(rgb[None]).float() / 255.0
+    painted = torch.zeros(1, 512, 512)
+    painted[0, 400:480, 20:100] = 1.0
+    out = run_node(image, painted)
+    (part,), mask, preview = out["result"]
+    assert mask.shape == (1, 256, 256) and preview.shape == (1, 256, 256, 3)
+    assert mask[0, 200:240, 10:50].all() and mask[0, 40:90, 90:140].any()  # painted + face
+    assert "kept 1 user, 1 faces" in out["ui"]["text"][0]
+    edges, _ = PlicCannyEdges().run(image, 256, 100, 200)
+    palette, _ = PlicPalette().run(image, 32, 80)
+    (payload,) = PlicPack().run("an astronaut", edges, palette, [part])["result"][0]
+    kept = mask[0].numpy() > 0.5
+    work = load_shared("astronaut.png", 256)
+    np.testing.assert_array_equal(codec_unpack(payload).salient_pixels[kept], work[kept])
+
+
+def codec_unpack(payload):
+    from plic import codec
+
+    return codec.unpack(fileformat.loads(fileformat.dumps(payload)))
+
+
+def test_node_refuses_a_mask_of_another_shape_and_reports_missing_models(tmp_path, monkeypatch):
+    import torch
+
+    from plic.errors import ModelNotFoundError
+
+    image = torch.from_numpy(load_shared("chelsea.png")[None]).float() / 255.0
+    with pytest.raises(PlicInputError, match="not the image's shape"):
+        run_node(image, torch.ones(1, 50, 50))
+    monkeypatch.setenv("PLIC_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="sams|grounding-dino"):
+        run_node(image, dino_sam=True)
