@@ -16,7 +16,8 @@ def _make_plic_importable() -> None:
 _make_plic_importable()
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_MODULES = ("caption", "edges", "palette", "pack", "files", "unpack", "reconstruct", "decode_graph")
+_MODULES = ("caption", "edges", "palette", "salient", "pack", "files", "unpack", "reconstruct",
+            "decode_graph")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

@@ -1,20 +1,126 @@
-"""Salient regions: the few pixels (faces, small text, logos) stored verbatim.
+"""Salient regions: the few pixels (faces, small text, logos) stored verbatim, within a budget.
 
 A salient selection is a binary mask of the working image. It is stored as the mask itself
 (JBIG2, see :mod:`plic.jbig2`) plus the pixels of the boxes that cover it, each box an image
-file (PNG by default: lossless, as the reference pipeline).
+file (PNG by default: lossless, as the reference pipeline). Nearby boxes are merged (pixels
+outside the mask are zeroed, so a merged box costs little more) to save per-region overhead.
+
+The budget (:class:`Budget`) bounds the salient share of the file. :func:`store` first lowers
+the stored quality (lossless PNG -> lossless WebP -> WebP 90 ... ``min_quality``), then drops
+the least important candidates (lowest score first; among equal scores the largest first)
+until the bytes fit, and reports what it kept. Whatever the settings, the salient bytes never
+exceed the raw size of the working image (W x H x 3) nor ``Budget.max_bytes``.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from . import jbig2
 from .errors import PlicInputError
-from .fileformat import REGION_CODECS, SalientRegion
+from .fileformat import MAX_REGIONS, REGION_CODECS, SalientRegion
+
+#: Default salient share: 0.5 bits per pixel of the working image. A lossless face of a 512x512
+#: portrait costs about 1.1 bpp, so by default it is stored as WebP (see :func:`quality_ladder`).
+DEFAULT_MAX_BPP = 0.5
+#: Lowest WebP quality the budget may lower stored regions to before it drops regions.
+DEFAULT_MIN_QUALITY = 50
+#: Boxes closer than this many pixels are stored as one region.
+DEFAULT_MERGE_GAP = 8
+DEFAULT_PAD = 2
+LOSSLESS_CODECS = ("png", "webp-lossless")
+_SECTION_OVERHEAD = 12  # type, length, crc of a .plic section
+_REGION_OVERHEAD = 13  # x, y, w, h, codec, length of one stored region
+_QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_parameters tries
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on the salient share; every limit given is honoured (None = no such limit).
+
+    ``max_bpp`` counts bits per pixel of the working image; ``max_fraction`` bounds the share of
+    the image's area that may be kept; ``max_bytes`` is an absolute cap (for example the
+    original file's size)."""
+
+    max_bpp: float | None = DEFAULT_MAX_BPP
+    max_fraction: float | None = None
+    max_bytes: int | None = None
+
+    def limit_bytes(self, size: tuple[int, int]) -> int:
+        """The byte limit for a working image of ``size`` = (width, height)."""
+        width, height = size
+        limits = [width * height * 3]  # never more than the raw pixels
+        if self.max_bpp is not None:
+            limits.append(int(self.max_bpp * width * height / 8))
+        if self.max_bytes is not None:
+            limits.append(int(self.max_bytes))
+        return max(0, min(limits))
+
+    def check(self) -> "Budget":
+        """Raise PlicInputError for a negative or out-of-range limit."""
+        if self.max_bpp is not None and self.max_bpp < 0:
+            raise PlicInputError(f"salient budget: max_bpp must be >= 0, got {self.max_bpp}")
+        if self.max_fraction is not None and not 0 <= self.max_fraction <= 1:
+            raise PlicInputError(f"salient budget: max_fraction must be in 0..1, got {self.max_fraction}")
+        if self.max_bytes is not None and self.max_bytes < 0:
+            raise PlicInputError(f"salient budget: max_bytes must be >= 0, got {self.max_bytes}")
+        return self
+
+
+#: No limit but the raw size of the working image.
+UNLIMITED = Budget(max_bpp=None)
+
+
+@dataclass
+class Report:
+    """What :func:`store` kept and dropped, and what it cost."""
+
+    size: tuple[int, int]
+    limit_bytes: int
+    salient_bytes: int = 0
+    codec: str = "png"
+    quality: int = 90
+    kept: list = field(default_factory=list)  # plic.detect.Candidate
+    dropped: list = field(default_factory=list)
+    regions: int = 0
+    fraction: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bpp(self) -> float:
+        return self.salient_bytes * 8 / (self.size[0] * self.size[1])
+
+    def counts(self, which: str = "kept") -> dict[str, int]:
+        """Candidates per source in ``kept`` or ``dropped``."""
+        out: dict[str, int] = {}
+        for c in getattr(self, which):
+            out[c.source] = out.get(c.source, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        """A few lines for a log or a node's text output."""
+        kept = ", ".join(f"{n} {s}" for s, n in self.counts().items()) or "nothing"
+        lines = [f"salient: kept {kept} ({self.fraction:.1%} of the image) in {self.regions} regions, "
+                 f"{self.salient_bytes} bytes = {self.bpp:.3f} bpp (limit {self.limit_bytes} bytes), "
+                 f"stored as {self.codec}" + ("" if self.codec in LOSSLESS_CODECS else f" q{self.quality}")]
+        if self.dropped:
+            dropped = ", ".join(f"{n} {s}" for s, n in self.counts("dropped").items())
+            lines.append(f"salient: dropped {dropped} to fit the budget")
+        lines += [f"salient: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form (for `plic encode --json` style output and benchmarks)."""
+        describe = [{"source": c.source, "label": c.label, "box": list(c.box), "score": round(c.score, 3)}
+                    for c in self.kept]
+        return {"salient_bytes": self.salient_bytes, "bpp": self.bpp, "limit_bytes": self.limit_bytes,
+                "codec": self.codec, "quality": self.quality, "regions": self.regions,
+                "fraction": self.fraction, "kept": describe, "kept_counts": self.counts(),
+                "dropped_counts": self.counts("dropped"), "notes": list(self.notes)}
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "salient mask") -> np.ndarray:
@@ -32,17 +138,39 @@ def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "salient mas
     return mask > (0.5 if mask.dtype.kind == "f" else 0)
 
 
-def region_boxes(mask: np.ndarray, pad: int = 2) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h) covering ``mask``: one per connected component grown by ``pad``,
-    overlapping boxes merged until none overlap."""
+def region_boxes(mask: np.ndarray, pad: int = DEFAULT_PAD,
+                 merge_gap: int = 0) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) covering ``mask``: parts closer than ``merge_gap`` pixels share a
+    box, each box grows by ``pad``, and overlapping boxes are merged until none overlap.
+    The gap widens by itself if the boxes would exceed the format's region limit."""
+    boxes = _group_boxes(mask, pad, merge_gap)
+    while len(boxes) > MAX_REGIONS:
+        merge_gap = 2 * merge_gap + 8
+        boxes = _group_boxes(mask, pad, merge_gap)
+    return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes]
+
+
+def _group_boxes(mask: np.ndarray, pad: int, merge_gap: int) -> list[tuple[int, int, int, int]]:
     import cv2
 
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    grouped = mask.astype(np.uint8)
+    if merge_gap > 0:
+        grouped = cv2.dilate(grouped, np.ones((merge_gap + 1, merge_gap + 1), np.uint8))
+    count, labels = cv2.connectedComponents(grouped, connectivity=8)
+    ys, xs = np.nonzero(mask)
+    owner = labels[ys, xs]
+    x0 = np.full(count, mask.shape[1]); y0 = np.full(count, mask.shape[0])
+    x1 = np.zeros(count, int); y1 = np.zeros(count, int)
+    np.minimum.at(x0, owner, xs); np.minimum.at(y0, owner, ys)
+    np.maximum.at(x1, owner, xs + 1); np.maximum.at(y1, owner, ys + 1)
     height, width = mask.shape
-    boxes = []
-    for x, y, w, h, _area in stats[1:count]:
-        boxes.append((max(0, x - pad), max(0, y - pad),
-                      min(width, x + w + pad), min(height, y + h + pad)))
+    boxes = [(max(0, x0[i] - pad), max(0, y0[i] - pad), min(width, x1[i] + pad), min(height, y1[i] + pad))
+             for i in range(1, count) if x1[i] > 0]
+    return _merge_overlaps([tuple(int(v) for v in b) for b in boxes])
+
+
+def _merge_overlaps(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) boxes merged until no two overlap."""
     merged = True
     while merged:
         merged = False
@@ -57,7 +185,7 @@ def region_boxes(mask: np.ndarray, pad: int = 2) -> list[tuple[int, int, int, in
             else:
                 out.append(box)
         boxes = out
-    return [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes]
+    return boxes
 
 
 def encode_crop(pixels: np.ndarray, codec: str = "png", quality: int = 90) -> bytes:
@@ -75,19 +203,146 @@ def encode_crop(pixels: np.ndarray, codec: str = "png", quality: int = 90) -> by
     return buffer.getvalue()
 
 
+def quality_ladder(codec: str, quality: int, min_quality: int = DEFAULT_MIN_QUALITY) -> list[tuple[str, int]]:
+    """The (codec, quality) steps :func:`store` tries, best first: the requested one, the other
+    lossless codec when it was lossless, then WebP from ``quality`` (90 after lossless) down to
+    ``min_quality`` in steps of 10."""
+    if codec not in REGION_CODECS.values():
+        raise PlicInputError(f"unknown salient codec {codec!r}; use one of {sorted(REGION_CODECS.values())}")
+    if codec in LOSSLESS_CODECS:
+        steps = [(codec, quality)] + [(c, quality) for c in LOSSLESS_CODECS if c != codec]
+        start = 90
+    else:
+        steps, start = [], quality
+    steps += [("webp", q) for q in range(start, min_quality - 1, -10)]
+    return steps or [("webp", quality)]
+
+
+def pixels_cost(mask_stream: bytes | None, regions: list[SalientRegion]) -> int:
+    """Bytes the salient mask and pixel sections add to a .plic file (framing included)."""
+    if mask_stream is None:
+        return 0
+    spix = 2 + sum(_REGION_OVERHEAD + len(r.data) for r in regions)
+    return 2 * _SECTION_OVERHEAD + len(mask_stream) + spix
+
+
+def encode_mask(rgb: np.ndarray, mask: np.ndarray, codec: str = "png", quality: int = 90,
+                pad: int = DEFAULT_PAD, merge_gap: int = DEFAULT_MERGE_GAP,
+                crops: dict | None = None, quick: bool = False) -> tuple[bytes | None, list[SalientRegion]]:
+    """The JBIG2 mask stream and the regions for ``mask`` with no budget (None, [] if empty).
+    ``crops`` caches encoded boxes between calls on the same image. ``quick`` codes the mask
+    with one fixed set of JBIG2 parameters instead of searching for the smallest; the search
+    tries that set too, so its stream is never longer."""
+    if not mask.any():
+        return None, []
+    crops = {} if crops is None else crops
+    masked = np.where(mask[..., None], rgb, 0).astype(np.uint8)
+    regions = []
+    for x, y, w, h in region_boxes(mask, pad, merge_gap):
+        key = (x, y, w, h, codec, quality, mask[y:y + h, x:x + w].tobytes())
+        if key not in crops:
+            crops[key] = encode_crop(masked[y:y + h, x:x + w], codec, quality)
+        regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
+    mask_params = _QUICK_JBIG2 if quick else {}
+    return jbig2.encode_embedded(mask.astype(np.uint8), **mask_params), regions
+
+
+@dataclass
+class Stored:
+    """The result of :func:`store`: what goes into the file, and the report."""
+
+    mask_stream: bytes | None
+    regions: list[SalientRegion]
+    report: Report
+    mask: np.ndarray  # (H, W) bool, what was kept
+
+    @property
+    def part(self):
+        """As a plic.codec.SalientPart (what PLIC Pack takes)."""
+        from .codec import SalientPart
+
+        return SalientPart(self.mask_stream, tuple(self.regions))
+
+
+def keep_order(candidates: list) -> list:
+    """Candidates most worth keeping first: highest score, then smallest area."""
+    return sorted(candidates, key=lambda c: (-c.score, c.area))
+
+
+def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int = 90,
+          budget: Budget = Budget(), min_quality: int = DEFAULT_MIN_QUALITY, pad: int = DEFAULT_PAD,
+          merge_gap: int = DEFAULT_MERGE_GAP) -> Stored:
+    """Store the pixels of ``rgb`` (the working image) under ``candidates`` (plic.detect.Candidate)
+    within ``budget``. If every candidate fits at the cheapest step of :func:`quality_ladder`
+    they are all kept, at the best step that fits; otherwise the longest prefix of
+    :func:`keep_order` that fits at the cheapest step is kept, again at the best step that fits.
+    (Costs are taken as growing with the count and with the quality; the result is always one
+    that was checked to fit.)"""
+    from .detect import union_mask
+    from .image import check_rgb
+
+    rgb = check_rgb(rgb)
+    budget.check()
+    size = (rgb.shape[1], rgb.shape[0])
+    limit = budget.limit_bytes(size)
+    ordered = keep_order(candidates)
+    ladder = quality_ladder(codec, quality, min_quality)
+    cache: dict[tuple[int, int], tuple] = {}
+    crops: dict = {}
+
+    def attempt(count: int, step: int):
+        """(fits, mask, stream, regions, cost) keeping the first ``count`` at ladder ``step``."""
+        if (count, step) not in cache:
+            mask = union_mask(ordered[:count], size)
+            fraction_ok = budget.max_fraction is None or mask.mean() <= budget.max_fraction
+            stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops, quick=True) if fraction_ok else (None, [])
+            cost = pixels_cost(stream, regions)
+            cache[(count, step)] = (fraction_ok and cost <= limit, mask, stream, regions, cost)
+        return cache[(count, step)]
+
+    cheapest = len(ladder) - 1
+    count = len(ordered)
+    if not attempt(count, cheapest)[0]:
+        count = _longest_fitting_prefix(lambda k: attempt(k, cheapest)[0], count)
+    step = cheapest - _longest_fitting_prefix(lambda s: attempt(count, cheapest - s)[0], cheapest + 1)
+    _fits, mask, _, _, _ = attempt(count, step)
+    stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops)  # cost <= the quick one
+    cost = pixels_cost(stream, regions)
+    report = Report(size=size, limit_bytes=limit, salient_bytes=cost, codec=ladder[step][0],
+                    quality=ladder[step][1], kept=ordered[:count], dropped=ordered[count:],
+                    regions=len(regions), fraction=float(mask.mean()))
+    if (report.codec, report.quality) != ladder[0] and count:
+        report.notes.append(f"stored as {report.codec} q{report.quality} instead of {codec} to fit the budget")
+    return Stored(stream, regions, report, mask)
+
+
+def _longest_fitting_prefix(fits, total: int) -> int:
+    """The largest k in 0..total-1 with fits(k) by bisection, given fits(0) (fitting assumed
+    monotone; fits(total) is never called). The answer is always 0 or one checked to fit."""
+    low, high = 0, total
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = "png", quality: int = 90,
-         pad: int = 2) -> tuple[bytes | None, list[SalientRegion]]:
-    """Store the pixels of ``rgb`` under ``mask``: the JBIG2 mask stream and the regions.
+         pad: int = DEFAULT_PAD, budget: Budget = UNLIMITED) -> tuple[bytes | None, list[SalientRegion]]:
+    """Store the pixels of ``rgb`` under ``mask`` within ``budget``: the JBIG2 mask stream and
+    the regions (each connected part of the mask is a candidate; see :func:`store`). A mask
+    given explicitly is only capped at the raw size of the image by default; the detectors'
+    path (:func:`plic.detect.run_salient`) applies :class:`Budget`'s default.
 
     Pixels inside a box but outside the mask are zeroed, which costs almost nothing to store
     and is never shown (the decoder regenerates them). An empty mask stores nothing."""
+    from .detect import user_candidates
+
     mask = check_mask(mask, (rgb.shape[1], rgb.shape[0]))
-    if not mask.any():
-        return None, []
-    masked = np.where(mask[..., None], rgb, 0).astype(np.uint8)
-    regions = [SalientRegion(x, y, w, h, codec, encode_crop(masked[y:y + h, x:x + w], codec, quality))
-               for x, y, w, h in region_boxes(mask, pad)]
-    return jbig2.encode_embedded(mask.astype(np.uint8)), regions
+    stored = store(rgb, user_candidates(mask), codec=codec, quality=quality, budget=budget, pad=pad)
+    return stored.mask_stream, stored.regions
 
 
 def unpack(mask_stream: bytes | None, regions: list[SalientRegion],

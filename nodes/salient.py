@@ -1,0 +1,136 @@
+"""PLIC Salient Regions: faces, text, prompt matches and a painted mask, kept verbatim within a
+byte budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from plic import codec as codec_mod
+from plic import detect
+from plic import salient as salient_mod
+from plic.fileformat import MAX_WORKING_SIDE
+from plic.image import DEFAULT_MAX_SIDE
+
+from .common import (CATEGORY, SALIENT, comfy_module, image_to_rgb_list, map_batch, mask_to_list,
+                     masks_to_tensor, rgb_list_to_image)
+
+#: Outline colours of the preview, by source.
+COLOURS = {"faces": (0, 255, 0), "text": (0, 160, 255), "dino+sam": (255, 0, 0), "user": (255, 255, 0)}
+DROPPED_COLOUR = (128, 128, 128)
+
+
+def model_folders():
+    """ComfyUI's grounding-dino / sams folders (registered here when missing), else the
+    folders under $PLIC_MODELS_DIR."""
+    from plic.grounded_sam import DINO_FOLDER, SAM_FOLDER, TEXT_ENCODER_FOLDER, ModelFolders
+
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return detect.model_folders()
+    for name in (DINO_FOLDER, SAM_FOLDER):
+        if name not in getattr(folder_paths, "folder_names_and_paths", {}):
+            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+    dino = tuple(Path(p) for p in folder_paths.get_folder_paths(DINO_FOLDER))
+    text = (Path(folder_paths.models_dir) / TEXT_ENCODER_FOLDER,) + tuple(p / TEXT_ENCODER_FOLDER for p in dino)
+    return ModelFolders(dino=dino, sam=tuple(Path(p) for p in folder_paths.get_folder_paths(SAM_FOLDER)),
+                        text_encoder=text)
+
+
+def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np.ndarray:
+    """The working image dimmed outside the kept mask, kept candidates boxed in their source's
+    colour and dropped ones in grey."""
+    import cv2
+
+    preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8)).copy()
+    for candidates, colour_of in ((report.dropped, lambda c: DROPPED_COLOUR),
+                                  (report.kept, lambda c: COLOURS.get(c.source, (255, 255, 255)))):
+        for c in candidates:
+            x, y, w, h = c.box
+            cv2.rectangle(preview, (x, y), (x + w - 1, y + h - 1), colour_of(c), 2)
+    return preview
+
+
+class PlicSalientRegions:
+    DESCRIPTION = ("Finds the regions a diffusion model must not redraw (faces with OpenCV, text "
+                   "with Tesseract, anything you name with Grounding DINO + Segment Anything, or a "
+                   "mask you paint) and stores their pixels within a byte budget. Connect 'salient' "
+                   "to PLIC Pack; 'preview' outlines what was kept (grey = dropped for the budget).")
+    CATEGORY = CATEGORY
+    FUNCTION = "run"
+    RETURN_TYPES = (SALIENT, "MASK", "IMAGE")
+    RETURN_NAMES = ("salient", "mask", "preview")
+    OUTPUT_TOOLTIPS = ("The stored salient pixels, one per image, for PLIC Pack.",
+                       "The kept pixels at the working size (1 = kept verbatim).",
+                       "The working image with the kept regions outlined by source.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The images to compress (a batch is fine)."}),
+                "max_side": ("INT", {"default": DEFAULT_MAX_SIDE, "min": 16, "max": MAX_WORKING_SIDE, "step": 8,
+                                     "tooltip": "Longest side of the working image; must equal the max_side "
+                                                "of PLIC Canny Edges (reference 1024)."}),
+                "faces": ("BOOLEAN", {"default": True,
+                                      "tooltip": "Keep faces found by OpenCV's cascades (no download)."}),
+                "text": ("BOOLEAN", {"default": True,
+                                     "tooltip": "Keep words found by Tesseract (skipped with a note when "
+                                                "Tesseract is not installed)."}),
+                "dino_sam": ("BOOLEAN", {"default": False,
+                                         "tooltip": "Keep what Grounding DINO finds for the prompt, masked by "
+                                                    "Segment Anything (models in models/grounding-dino, "
+                                                    "models/sams, models/bert-base-uncased)."}),
+                "budget_bpp": ("FLOAT", {"default": salient_mod.DEFAULT_MAX_BPP, "min": 0.0, "max": 24.0,
+                                         "step": 0.05, "tooltip": "Most bits per working-image pixel the "
+                                         "salient pixels may take; quality is lowered, then the least sure "
+                                         "regions dropped, to fit."}),
+                "max_fraction": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                           "tooltip": "Most share of the image that may be kept (1 = no limit)."}),
+                "codec": (list(salient_mod.LOSSLESS_CODECS) + ["webp"],
+                          {"default": "png", "tooltip": "How the pixels are stored: png or webp-lossless "
+                                                        "keep them exactly (as the paper), webp is lossy."}),
+                "quality": ("INT", {"default": 90, "min": 1, "max": 100,
+                                    "tooltip": "WebP quality when codec is webp."}),
+                "dino_prompt": ("STRING", {"default": detect.DEFAULT_DINO_PROMPT,
+                                           "tooltip": "What Grounding DINO looks for, phrases separated by ' . '."}),
+                "box_threshold": ("FLOAT", {"default": detect.DEFAULT_BOX_THRESHOLD, "min": 0.0, "max": 1.0,
+                                            "step": 0.01, "tooltip": "Grounding DINO box score threshold."}),
+                "text_threshold": ("FLOAT", {"default": detect.DEFAULT_TEXT_THRESHOLD, "min": 0.0, "max": 1.0,
+                                             "step": 0.01, "tooltip": "Grounding DINO phrase threshold."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Optional: pixels to keep as well (mask editor or any MASK "
+                                             "node), of the image's size; one mask or one per image."}),
+            },
+        }
+
+    def run(self, image, max_side, faces, text, dino_sam, budget_bpp, max_fraction, codec, quality,
+            dino_prompt, box_threshold, text_threshold, mask=None):
+        images = image_to_rgb_list(image)
+        masks = mask_to_list(mask, len(images)) if mask is not None else [None] * len(images)
+        sources = [name for name, on in (("faces", faces), ("text", text), ("dino+sam", dino_sam)) if on]
+        budget = salient_mod.Budget(max_bpp=budget_bpp, max_fraction=None if max_fraction >= 1 else max_fraction)
+        folders = model_folders() if dino_sam else None
+
+        def one(item):
+            rgb, user = item
+            _, work = codec_mod.working_image(rgb, max_side)
+            size = (work.shape[1], work.shape[0])
+            user_mask = None if user is None else detect.load_mask_array(user, size)
+            stored = detect.run_salient(work, sources, user_mask, budget=budget, codec=codec, quality=quality,
+                                        strict=("dino+sam",), folders=folders, dino_prompt=dino_prompt,
+                                        box_threshold=box_threshold, text_threshold=text_threshold)
+            return stored, outline(work, stored.report, stored.mask)
+
+        results = map_batch(list(zip(images, masks)), one)
+        report = "\n".join(f"image {i + 1}: {stored.report.summary()}" for i, (stored, _) in enumerate(results))
+        outputs = ([stored.part for stored, _ in results], masks_to_tensor([stored.mask for stored, _ in results]),
+                   rgb_list_to_image([preview for _, preview in results]))
+        return {"ui": {"text": [report]}, "result": outputs}
+
+
+NODE_CLASS_MAPPINGS = {"PLICSalientRegions": PlicSalientRegions}
+NODE_DISPLAY_NAME_MAPPINGS = {"PLICSalientRegions": "PLIC Salient Regions"}
