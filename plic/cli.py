@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, caption, codec, fileformat, jbig2
+from . import __version__, caption, codec, detect, fileformat, jbig2
 from .cli_decode import add_decode_parser
 from .errors import PlicError
 from .fileformat import write_atomic
@@ -57,10 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="palette side in pixels (default %(default)s)")
     p.add_argument("--palette-quality", type=int, default=codec.EncodeSettings.palette_quality, metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
-    p.add_argument("--salient-mask", type=Path, metavar="MASK.png",
-                   help="keep the pixels under this mask (white = keep) verbatim")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     caption.add_caption_arguments(p)
+    detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
 
     p = sub.add_parser("info", help="list the sections of a .plic file with their sizes")
@@ -127,9 +126,11 @@ def run_encode(args) -> int:
             if target.exists() and not args.overwrite:
                 raise _fail(target, "already exists; pass --overwrite to replace it")
             rgb = load_rgb(path)
-            mask = _load_mask(args.salient_mask, rgb, settings.max_side) if args.salient_mask else None
+            original_size, work = codec.working_image(rgb, settings.max_side)
+            mask_stream, regions, report = detect.salient_from_args(args, work, path)
             prompt = captioner.caption(rgb) if captioner is not None else fixed_prompt
-            plic = codec.encode_image(rgb, prompt=prompt, settings=settings, salient_mask=mask)
+            plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
+                                        salient=codec.SalientPart(mask_stream, tuple(regions)))
             data = fileformat.dumps(plic)
             write_atomic(target, data, overwrite=args.overwrite)
         except (PlicError, FileExistsError) as exc:
@@ -140,19 +141,9 @@ def run_encode(args) -> int:
         ratio = path.stat().st_size / len(data)
         print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
               f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
+        if report.kept or report.dropped or report.notes:
+            print("  " + report.summary().replace("\n", "\n  "))
     return 1 if failures else 0
-
-
-def _load_mask(path: Path, rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """A mask image scaled to the working size (nearest); white (>= 128) marks kept pixels."""
-    from .image import working_size
-
-    mask = load_rgb(path)[..., 0]
-    if mask.shape != rgb.shape[:2]:
-        raise _fail(path, f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                          f"{rgb.shape[1]}x{rgb.shape[0]}; give a mask of the image's size")
-    size = working_size(rgb.shape[1], rgb.shape[0], max_side)
-    return np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)) >= 128
 
 
 # -- info --------------------------------------------------------------------------------------

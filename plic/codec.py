@@ -149,12 +149,20 @@ def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings 
     kept = None
     if salient_mask is not None:
         kept = salient_part(work, salient_mask, codec=settings.salient_codec,
-                                quality=settings.salient_quality)
+                            quality=settings.salient_quality)
+    return encode_working(work, original_size, prompt=prompt, settings=settings, salient=kept,
+                          decode_hints=decode_hints)
+
+
+def encode_working(work: np.ndarray, original_size: tuple[int, int], *, prompt: str = "",
+                   settings: EncodeSettings = EncodeSettings(), salient: SalientPart | None = None,
+                   decode_hints: dict | None = None) -> PlicFile:
+    """Compress a working image (see :func:`working_image`) with an already packed salient part."""
     return pack_parts(
         prompt=prompt,
         edges=edges_part(work, original_size, low=settings.canny_low, high=settings.canny_high),
         palette=palette_part(work, settings.palette_size, settings.palette_quality),
-        salient=kept,
+        salient=salient,
         decode_hints=decode_hints,
     )
 

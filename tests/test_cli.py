@@ -30,7 +30,7 @@ def encoded(tmp_path_factory):
 
 def test_encode_a_folder_prints_bytes_bpp_and_ratio(encoded):
     out, stdout = encoded
-    lines = stdout.strip().splitlines()
+    lines = [line for line in stdout.strip().splitlines() if not line.startswith("  salient: ")]
     assert len(lines) == len(IMAGE_NAMES)
     for name, line in zip(IMAGE_NAMES, lines):
         stem = name.rsplit(".", 1)[0]
@@ -54,7 +54,9 @@ def test_export_writes_standard_files(encoded, tmp_path):
     out, _ = encoded
     plic("export", out / "astronaut.plic", "-o", tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt"]
+    # the face the default salient step finds is stored as one region
+    assert names == ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
+                     "salient_000_166_56.webp", "salient_mask.png", "salient_pixels.png"]
     assert (tmp_path / "prompt.txt").read_text() == "a test prompt\n"
     with Image.open(tmp_path / "palette.webp") as im:
         assert im.size == (32, 32)
@@ -90,14 +92,15 @@ def test_salient_mask_from_a_png(tmp_path):
     mask = np.zeros((512, 512), np.uint8)
     mask[50:120, 180:300] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    plic("encode", SHARED_IMAGES / "astronaut.png", "-o", tmp_path, "--salient-mask", tmp_path / "mask.png")
+    plic("encode", SHARED_IMAGES / "astronaut.png", "-o", tmp_path, "--salient-mask", tmp_path / "mask.png",
+         "--salient", "none")  # the mask alone: lossless, capped only at the raw size
     plic("export", tmp_path / "astronaut.plic", "-o", tmp_path / "parts")
     kept = np.asarray(Image.open(tmp_path / "parts" / "salient_pixels.png"))
     original = np.asarray(Image.open(SHARED_IMAGES / "astronaut.png").convert("RGB"))
     np.testing.assert_array_equal(kept[50:120, 180:300], original[50:120, 180:300])
     bad = plic("encode", SHARED_IMAGES / "chelsea.png", "-o", tmp_path, "--salient-mask",
                tmp_path / "mask.png", check=False)
-    assert bad.returncode == 1 and "mask.png: the mask is 512x512 but the image is 451x300" in bad.stderr
+    assert bad.returncode == 1 and "mask.png: the mask is 512x512, which is not the image's shape (working size 451x300)" in bad.stderr
     assert not (tmp_path / "chelsea.plic").exists()
 
 
