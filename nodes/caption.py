@@ -13,24 +13,19 @@ from plic.codec import MAX_PROMPT_CHARS
 from .common import CATEGORY, comfy_module, image_to_rgb_list, map_batch
 
 BACKENDS = ["openai", "local", "manual"]
-#: Shown in the local-model list when models/captioners holds no model folder yet.
-NO_LOCAL_MODEL = "(no model folder in models/captioners)"
+#: First entry of the local-model list: no folder chosen (the default, valid in every install).
+NO_LOCAL_MODEL = "(none)"
 FOLDER_KEY = "plic_captioners"
 
 
-def register_model_folder() -> None:
-    """Make ComfyUI know models/captioners as "plic_captioners" (extra_model_paths.yaml may add
-    more folders under that name)."""
-    folder_paths = comfy_module("folder_paths")
-    if folder_paths is not None and FOLDER_KEY not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / "captioners"))
-
-
 def model_dirs() -> list[Path] | None:
-    """ComfyUI's captioner folders (ours, then models/LLM); None outside ComfyUI."""
+    """ComfyUI's captioner folders (models/captioners, registered here as "plic_captioners", and
+    models/LLM); None outside ComfyUI, where plic.caption searches $PLIC_MODELS_DIR."""
     folder_paths = comfy_module("folder_paths")
     if folder_paths is None:
         return None
+    if FOLDER_KEY not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / "captioners"))
     dirs = []
     for key in (FOLDER_KEY, "LLM"):
         if key in folder_paths.folder_names_and_paths:
@@ -39,14 +34,12 @@ def model_dirs() -> list[Path] | None:
 
 
 def local_model_input() -> tuple:
-    """A list of the model folders inside ComfyUI, a free path outside it."""
-    tooltip = ("Image-to-text model folder (BLIP, GIT, Florence-2...) in models/captioners or "
-               "models/LLM, for the local back end.")
-    dirs = model_dirs()
-    if dirs is None:
-        return ("STRING", {"default": "", "tooltip": tooltip + " Outside ComfyUI: a folder path "
-                           "or a folder name under $PLIC_MODELS_DIR/captioners."})
-    return (cap.list_local_models(dirs) or [NO_LOCAL_MODEL], {"tooltip": tooltip})
+    """The model folders found, after "(none)", as a list."""
+    return ([NO_LOCAL_MODEL] + cap.list_local_models(model_dirs()),
+            {"default": NO_LOCAL_MODEL,
+             "tooltip": "Image-to-text model folder (BLIP, GIT, Florence-2...) in models/captioners "
+                        "or models/LLM (outside ComfyUI: $PLIC_MODELS_DIR/captioners), for the "
+                        "local back end."})
 
 
 def torch_device() -> str:
@@ -55,7 +48,7 @@ def torch_device() -> str:
     return str(management.get_torch_device()) if management is not None else "auto"
 
 
-class PLICCaption:
+class PlicCaption:
     """IMAGE -> prompt text, one prompt per image of the batch."""
 
     @classmethod
@@ -123,7 +116,5 @@ class PLICCaption:
                                    timeout=timeout, max_retries=max_retries, limit=max_chars)
 
 
-register_model_folder()
-
-NODE_CLASS_MAPPINGS = {"PLICCaption": PLICCaption}
-NODE_DISPLAY_NAME_MAPPINGS = {"PLICCaption": "PLIC Caption (prompt from image)"}
+NODE_CLASS_MAPPINGS = {"PlicCaption": PlicCaption}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicCaption": "PLIC Caption (prompt from image)"}

@@ -119,7 +119,9 @@ class PlicSalientRegions:
             rgb, user = item
             _, work = codec_mod.working_image(rgb, max_side)
             size = (work.shape[1], work.shape[0])
-            user_mask = None if user is None else detect.load_mask_array(user, size)
+            # an empty mask adds nothing, whatever its size (LoadImage gives a 64x64 one for
+            # images without alpha)
+            user_mask = None if user is None or not user.any() else detect.load_mask_array(user, size)
             stored = detect.run_salient(work, sources, user_mask, budget=budget, codec=codec, quality=quality,
                                         strict=("dino+sam",), folders=folders, dino_prompt=dino_prompt,
                                         box_threshold=box_threshold, text_threshold=text_threshold)
@@ -132,5 +134,5 @@ class PlicSalientRegions:
         return {"ui": {"text": [report]}, "result": outputs}
 
 
-NODE_CLASS_MAPPINGS = {"PLICSalientRegions": PlicSalientRegions}
-NODE_DISPLAY_NAME_MAPPINGS = {"PLICSalientRegions": "PLIC Salient Regions"}
+NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicSalientRegions": "PLIC Salient Regions"}

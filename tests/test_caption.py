@@ -300,13 +300,13 @@ def test_key_appears_in_no_log_message_or_file(server, key, image, caplog, tmp_p
 
 
 def test_no_option_or_widget_takes_a_key():
-    from nodes.caption import PLICCaption
+    from nodes.caption import PlicCaption
 
     parser = argparse.ArgumentParser()
     cap.add_caption_arguments(parser)
     options = [o for action in parser._actions for o in action.option_strings]
     assert not [o for o in options if "key" in o and o != "--caption-key-env"]
-    widgets = PLICCaption.INPUT_TYPES()["required"]
+    widgets = PlicCaption.INPUT_TYPES()["required"]
     assert [w for w in widgets if "key" in w] == ["api_key_env"]
     assert widgets["api_key_env"][1]["default"] == "OPENAI_API_KEY"
 
@@ -366,21 +366,21 @@ def test_manual_text_is_cleaned_and_cut():
 
 def test_node_declares_tooltips_and_outputs():
     import nodes
-    from nodes.caption import PLICCaption
+    from nodes.caption import PlicCaption
 
-    assert nodes.NODE_CLASS_MAPPINGS["PLICCaption"] is PLICCaption
-    for name, (kind, options) in PLICCaption.INPUT_TYPES()["required"].items():
+    assert nodes.NODE_CLASS_MAPPINGS["PlicCaption"] is PlicCaption
+    for name, (kind, options) in PlicCaption.INPUT_TYPES()["required"].items():
         assert options.get("tooltip"), name
-    assert PLICCaption.RETURN_TYPES == ("STRING", "STRING") and PLICCaption.OUTPUT_IS_LIST == (False, True)
+    assert PlicCaption.RETURN_TYPES == ("STRING", "STRING") and PlicCaption.OUTPUT_IS_LIST == (False, True)
 
 
 def test_node_captions_a_batch_through_the_server(server, key, image):
     import torch
-    from nodes.caption import PLICCaption
+    from nodes.caption import PlicCaption
 
     batch = torch.from_numpy(np.stack([image, image[::-1]]).astype(np.float32) / 255.0)
     server.script(completion('"a cat"'), completion('"an upside-down cat"'))
-    out = PLICCaption().caption(batch, "openai", "test-vision", server.url, KEY_ENV, "", "", 240, 5.0, 0)
+    out = PlicCaption().caption(batch, "openai", "test-vision", server.url, KEY_ENV, "", "", 240, 5.0, 0)
     assert out["result"] == ("a cat\nan upside-down cat", ["a cat", "an upside-down cat"])
     assert out["ui"] == {"text": ["a cat", "an upside-down cat"]}
     assert cap.split_prompts(out["result"][0], 2) == out["result"][1]
@@ -388,10 +388,10 @@ def test_node_captions_a_batch_through_the_server(server, key, image):
 
 def test_node_manual_backend_and_errors_are_plic_errors(image):
     import torch
-    from nodes.caption import PLICCaption
+    from nodes.caption import PlicCaption
 
     one = torch.from_numpy(image[None].astype(np.float32) / 255.0)
-    out = PLICCaption().caption(one, "manual", "", "", "OPENAI_API_KEY", "", " a  red cup ", 240, 5.0, 0)
+    out = PlicCaption().caption(one, "manual", "", "", "OPENAI_API_KEY", "", " a  red cup ", 240, 5.0, 0)
     assert out["result"] == ("a red cup", ["a red cup"])
     with pytest.raises(PlicError, match="must be the NAME"):
-        PLICCaption().caption(one, "openai", "m", "", "sk-abc123", "", "", 240, 5.0, 0)
+        PlicCaption().caption(one, "openai", "m", "", "sk-abc123", "", "", 240, 5.0, 0)

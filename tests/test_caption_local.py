@@ -105,10 +105,10 @@ def test_unusable_folders_name_the_setting(models_env, image, name, match):
 
 def test_node_local_backend_outside_comfyui(models_env, image):
     import torch
-    from nodes.caption import PLICCaption
+    from nodes.caption import PlicCaption
 
     batch = torch.from_numpy(np.stack([image, image[:, ::-1]]).astype(np.float32) / 255.0)
-    out = PLICCaption().caption(batch, "local", "", "", "OPENAI_API_KEY", "tiny-blip", "", 30, 5.0, 0)
+    out = PlicCaption().caption(batch, "local", "", "", "OPENAI_API_KEY", "tiny-blip", "", 30, 5.0, 0)
     joined, prompts = out["result"]
     assert len(prompts) == 2 and all(0 < len(p) <= 30 for p in prompts)
     assert joined.split("\n") == prompts and out["ui"]["text"] == prompts
