@@ -1,5 +1,5 @@
-// PLIC nodes in ComfyUI's editor: an upload button for PLIC Load and a size readout on
-// PLIC Pack / PLIC Save after they run. Logic lives in plic_format.js.
+// PLIC nodes in ComfyUI's editor: an upload button for PLIC Load and a readout (sizes, reports) on
+// PLIC Pack / Save / Salient Regions / Caption after they run. Logic lives in plic_format.js.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";

@@ -1,7 +1,9 @@
 // Pure helpers of the PLIC web extension: no DOM, no ComfyUI imports, so node can test them.
 
-/** Node classes that show a size readout after they run, and the one with an upload button. */
-export const READOUT_NODES = ["PlicPack", "PlicSave"];
+/** Node classes that show a readout after they run (file sizes, or the node's report text such
+ * as PLIC Salient Regions' "kept 1 faces ..." and PLIC Caption's prompts), and the one with an
+ * upload button. */
+export const READOUT_NODES = ["PlicPack", "PlicSave", "PLICSalientRegions", "PLICCaption"];
 export const UPLOAD_NODE = "PlicLoad";
 export const PLIC_EXTENSION = ".plic";
 
@@ -28,9 +30,15 @@ export function parseUiPayload(message) {
   return items.filter((item) => item && typeof item === "object" && Number.isFinite(item.bytes));
 }
 
-/** The text a node shows after it ran: one line per file. */
+/** The non-empty strings of a node's {"ui": {"text": [...]}} output. */
+export function parseUiText(message) {
+  const items = message && Array.isArray(message.text) ? message.text : [];
+  return items.filter((item) => typeof item === "string" && item.trim() !== "");
+}
+
+/** The text a node shows after it ran: one line per file, then its report text. */
 export function readoutText(message) {
-  return parseUiPayload(message).map(formatReport).join("\n");
+  return [...parseUiPayload(message).map(formatReport), ...parseUiText(message)].join("\n");
 }
 
 /** Whether a chosen file is a .plic file. */

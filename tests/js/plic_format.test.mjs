@@ -2,7 +2,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import {
-  buildUploadForm, formatBytes, formatReport, isPlicFileName, parseUiPayload, readoutText,
+  buildUploadForm, formatBytes, formatReport, isPlicFileName, parseUiPayload, parseUiText, readoutText,
   uploadedName, withFile,
 } from "../../web/plic_format.js";
 
@@ -33,6 +33,15 @@ test("readoutText has one line per file", () => {
   ] };
   assert.equal(readoutText(message),
     "a_00001_.plic: 2.0 KB · 0.5000 bpp · 1:48\na_00002_.plic: 100 B · 0.2500 bpp · 1:96");
+});
+
+test("readoutText shows a node's report text after its file lines", () => {
+  assert.deepEqual(parseUiText({ text: ["kept 1 faces", "", 3, null] }), ["kept 1 faces"]);
+  assert.deepEqual(parseUiText({ images: [] }), []);
+  assert.equal(readoutText({ text: ["image 1: salient: kept 1 faces\nsalient: faces skipped"] }),
+    "image 1: salient: kept 1 faces\nsalient: faces skipped");
+  assert.equal(readoutText({ plic: [{ bytes: 900 }], text: ["a boat"] }), "900 B\na boat");
+  assert.equal(readoutText({}), "");
 });
 
 test("buildUploadForm posts the file to the input folder", async () => {
