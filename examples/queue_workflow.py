@@ -82,6 +82,30 @@ def use_file(workflow: dict, name: str) -> int:
     return changed
 
 
+def set_inputs(workflow: dict, assignments: list[str]) -> None:
+    """Apply ``NODE_ID.INPUT=VALUE`` assignments (VALUE parsed as JSON when it parses, else
+    taken as text) to ``workflow``."""
+    for assignment in assignments:
+        target, sep, value = assignment.partition("=")
+        node_id, dot, name = target.partition(".")
+        if not (sep and dot) or node_id not in workflow:
+            raise ComfyError(f"--set {assignment!r}: expected NODE_ID.INPUT=VALUE with a node id of "
+                             f"the workflow ({', '.join(workflow)})")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        workflow[node_id]["inputs"][name] = parsed
+
+
+def use_prompt(workflow: dict, text: str) -> int:
+    """Make every PLIC Caption node of ``workflow`` use ``text`` (its manual back end)."""
+    nodes = [node for node in workflow.values() if node.get("class_type") == "PlicCaption"]
+    for node in nodes:
+        node["inputs"].update(backend="manual", manual_text=text)
+    return len(nodes)
+
+
 def queue(server: str, workflow: dict, client_id: str) -> str:
     """Queue ``workflow``; returns its prompt id."""
     body = json.dumps({"prompt": workflow, "client_id": client_id}).encode()
@@ -133,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", default="127.0.0.1:8188", help="host:port of ComfyUI")
     parser.add_argument("--workflow", type=Path, required=True, help="an API-format workflow (JSON)")
     parser.add_argument("--image", type=Path, help="image (or .plic) to upload and feed the workflow")
+    parser.add_argument("--prompt", help="the image's description (sets PLIC Caption to this text)")
+    parser.add_argument("--set", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                        help="change any input of the workflow, e.g. --set 2.backend=openai "
+                             "(repeatable; VALUE is JSON or text)")
     parser.add_argument("--download", type=Path, help="folder to download the outputs into")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the run")
     args = parser.parse_args(argv)
@@ -143,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             if not use_file(workflow, name):
                 raise ComfyError(f"{args.workflow} has no node that reads {args.image.name}")
             print(f"uploaded {args.image} as {name}")
+        if args.prompt is not None and not use_prompt(workflow, args.prompt):
+            raise ComfyError(f"{args.workflow} has no PLIC Caption node to take --prompt")
+        set_inputs(workflow, args.set)
         prompt_id = queue(args.server, workflow, uuid.uuid4().hex)
         print(f"queued prompt {prompt_id}")
         entry = wait(args.server, prompt_id, args.timeout)

@@ -100,6 +100,19 @@ def test_uploads_queues_waits_and_downloads(comfy, tmp_path, capsys):
     assert "output: output/PLIC_00001_.plic" in out and '"bytes": 7318' in out
 
 
+def test_prompt_and_set_change_the_queued_workflow(comfy, tmp_path):
+    assert run_client(comfy, "--prompt", "a cat on a sofa", "--set", "9.budget_bpp=2",
+                      "--set", "8.filename_prefix=cats/PLIC", "--timeout", 30) == 0
+    sent = comfy.state["prompt"]["prompt"]
+    assert sent["2"]["inputs"]["backend"] == "manual" and sent["2"]["inputs"]["manual_text"] == "a cat on a sofa"
+    assert sent["9"]["inputs"]["budget_bpp"] == 2 and sent["8"]["inputs"]["filename_prefix"] == "cats/PLIC"
+
+
+def test_a_bad_assignment_is_refused(comfy, capsys):
+    assert run_client(comfy, "--set", "99.x=1") == 1
+    assert "expected NODE_ID.INPUT=VALUE" in capsys.readouterr().err
+
+
 def test_a_rejected_workflow_is_reported(comfy, capsys):
     comfy.state["reject"] = True
     assert run_client(comfy) == 1
