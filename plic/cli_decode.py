@@ -1,6 +1,6 @@
 """``plic decode``: reconstruct an image from a .plic file with the reference decoder.
 
-    plic decode FILE.plic -o OUT.png --model DIR --inpaint-controlnet PATH
+    plic decode FILE.plic... -o OUT.png|DIR --model DIR --inpaint-controlnet PATH
                 --color-canny-controlnet PATH [--steps N] [--seed S] [--device D]
                 [--precision P] [--cpu-offload] [--size working|original] [--models-dir DIR]
 
@@ -26,8 +26,10 @@ from .image import resize
 def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``decode`` command to ``subparsers`` (from ``add_subparsers``)."""
     p = subparsers.add_parser("decode", help="reconstruct an image from a .plic file with SD1.5 + ControlNets")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic",
+                   help=".plic files or folders of them (the models load once for all)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
+                   help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="SD1.5 diffusers folder (path, or name under MODELS/diffusers)")
     p.add_argument("--inpaint-controlnet", required=True, metavar="PATH",
@@ -48,7 +50,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until needed")
     p.add_argument("--size", choices=("working", "original"), default="working",
                    help="output at the working size (salient pixels exact) or scaled to the original size")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
     p.set_defaults(run=run_decode)
     return p
 
@@ -63,23 +65,50 @@ def model_paths(args) -> core.ModelPaths:
                                                       "color+canny ControlNet"))
 
 
+def targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
+    """(input, output PNG) pairs: ``output`` itself for one file given as a .png, else
+    ``output/<stem>.png`` for every .plic file (folders expanded)."""
+    inputs = []
+    for path in files:
+        inputs.extend(sorted(path.glob("*.plic")) if path.is_dir() else [path])
+    if not inputs:
+        raise PlicError(f"{' '.join(map(str, files))}: no .plic files found")
+    if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
+        return [(inputs[0], output)]
+    return [(path, output / f"{path.stem}.png") for path in inputs]
+
+
 def run_decode(args) -> int:
-    """Decode ``args.file`` to ``args.output``; errors are raised as PlicError for the caller."""
-    if args.output.exists() and not args.overwrite:
-        raise PlicError(f"{args.output}: already exists; pass --overwrite to replace it")
-    plic = fileformat.load(args.file)
-    unpacked = codec.unpack(plic, str(args.file))
+    """Decode every file; a file that fails is reported on one line and the others go on."""
+    jobs = targets(args.files, args.output)
+    for _, target in jobs:
+        if target.exists() and not args.overwrite:
+            raise PlicError(f"{target}: already exists; pass --overwrite to replace it")
     reconstructor = core.Reconstructor(
         model_paths(args), core.LoadOptions(args.device, args.precision, args.cpu_offload))
     settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance)
+    failures = 0
+    for source, target in jobs:
+        try:
+            decode_one(reconstructor, settings, source, target, args)
+        except PlicError as exc:
+            print(f"plic: {' '.join(str(exc).split())}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+def decode_one(reconstructor: core.Reconstructor, settings: core.DecodeSettings, source: Path,
+               target: Path, args) -> None:
+    """Reconstruct ``source`` and write it to ``target`` as PNG, atomically."""
+    plic = fileformat.load(source)
+    unpacked = codec.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints)
-    print(f"{args.file}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
+    print(f"{source}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
           file=sys.stderr)
     rgb = reconstructor.reconstruct(unpacked, settings)
     if args.size == "original" and tuple(plic.original_size) != (unpacked.width, unpacked.height):
         rgb = resize(rgb, tuple(plic.original_size))
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
-    fileformat.write_atomic(args.output, buffer.getvalue(), overwrite=args.overwrite)
-    print(f"{args.output}: {rgb.shape[1]}x{rgb.shape[0]}")
-    return 0
+    fileformat.write_atomic(target, buffer.getvalue(), overwrite=args.overwrite)
+    print(f"{target}: {rgb.shape[1]}x{rgb.shape[0]}")

@@ -166,11 +166,13 @@ def test_decode_settings_node_reads_the_file(plic_file):
 
 
 def _run_cli(*args):
-    code = ("import sys, argparse; from plic.cli_decode import add_decode_parser, run_decode; "
-            "p = argparse.ArgumentParser(); add_decode_parser(p.add_subparsers()); "
-            "a = p.parse_args(sys.argv[1:]); sys.exit(a.run(a))")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "plic", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
+
+
+def _model_args(tiny_models_dir):
+    return ("--models-dir", tiny_models_dir, "--model", PIPELINE, "--inpaint-controlnet", INPAINT,
+            "--color-canny-controlnet", tiny_models_dir / "controlnet" / COLOR_CANNY, "--steps", 1)
 
 
 def test_plic_decode_command_writes_png(tiny_models_dir, plic_file, tmp_path):
@@ -178,12 +180,19 @@ def test_plic_decode_command_writes_png(tiny_models_dir, plic_file, tmp_path):
 
     source = fileformat.save(plic_file, tmp_path / "in.plic")
     out = tmp_path / "out.png"
-    result = _run_cli("decode", source, "-o", out, "--models-dir", tiny_models_dir,
-                      "--model", PIPELINE, "--inpaint-controlnet", INPAINT,
-                      "--color-canny-controlnet", tiny_models_dir / "controlnet" / COLOR_CANNY,
-                      "--steps", 1, "--size", "original")
+    result = _run_cli("decode", source, "-o", out, *_model_args(tiny_models_dir), "--size", "original")
     assert result.returncode == 0, result.stderr
     assert load_rgb(out).shape == (plic_file.original_size[1], plic_file.original_size[0], 3)
+
+
+def test_plic_decode_a_folder_reports_a_damaged_file_and_decodes_the_rest(tiny_models_dir, plic_file, tmp_path):
+    folder = tmp_path / "in"
+    good = fileformat.save(plic_file, folder / "good.plic")
+    (folder / "bad.plic").write_bytes(good.read_bytes()[:-10])
+    result = _run_cli("decode", folder, "-o", tmp_path / "out", *_model_args(tiny_models_dir))
+    assert result.returncode == 1
+    assert "bad.plic: not a valid .plic file: truncated" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
 
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
