@@ -102,6 +102,15 @@ def measure(pipe, unpacked, steps: int, count: int, device: str) -> dict:
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None}
 
 
+def speedup(rows: list[dict], row: dict) -> float | None:
+    """Seconds per image of the reference pipeline ("base", same size and precision, this run)
+    over this row's: the peer every variant is judged against."""
+    for other in rows:
+        if (other["variant"], other["size"], other["precision"]) == ("base", row["size"], row["precision"]):
+            return round(other["seconds_per_image"] / row["seconds_per_image"], 2)
+    return None
+
+
 def run(args) -> list[dict]:
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -130,6 +139,7 @@ def run(args) -> list[dict]:
                 row = {"device": name, "models": "tiny" if tiny else "sd15", "size": size,
                        "precision": precision, "variant": variant, "steps": steps, "batch": count,
                        **measure(pipe, unpacked, steps, count, device)}
+                row["speedup_vs_base"] = speedup(rows + [row], row)
                 rows.append(row)
                 print(" | ".join(str(v) for v in row.values()), flush=True)
             del pipe
@@ -150,7 +160,7 @@ def main(argv=None) -> int:
                              "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    print("device | models | size | precision | variant | steps | batch | it/s | s/image | peak GB")
+    print("device | models | size | precision | variant | steps | batch | it/s | s/image | peak GB | x base")
     rows = run(args)
     if args.json:
         args.json.write_text(json.dumps({"results": rows}, indent=1), encoding="utf-8")
