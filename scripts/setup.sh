@@ -24,7 +24,9 @@ if ! cmp -s constraints.txt .venv/.constraints 2>/dev/null; then
   pip=(.venv/bin/python -m pip install -q -c constraints.txt)
   "${pip[@]}" torch torchvision
   "${pip[@]}" -e ".[all,test]"
-  # groundingdino-py pins old dependencies; install it alone (its code is pure Python).
+  # groundingdino-py pins old dependencies; install it alone (its code is pure Python), and
+  # beside it the packages its inference code imports.
+  "${pip[@]}" addict yapf timm
   "${pip[@]}" --no-deps --no-build-isolation groundingdino-py
   cp constraints.txt .venv/.constraints
 fi
