@@ -90,9 +90,10 @@ _SECTION_NAMES = {PROMPT: "prompt", EDGES: "edges", PALETTE: "palette",
 
 
 def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of every section ``plic`` has; ValueError for one the reader would reject."""
     out = []
     if plic.prompt:
-        out.append((PROMPT, plic.prompt.encode("utf-8")))
+        out.append((PROMPT, _checked_prompt(plic.prompt.encode("utf-8"))))
     if plic.edges is not None:
         out.append((EDGES, plic.edges))
     if plic.palette is not None:
@@ -100,19 +101,56 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
     if plic.salient_mask is not None:
         out.append((SALIENT_MASK, plic.salient_mask))
     if plic.salient_regions:
-        out.append((SALIENT_PIXELS, _pack_regions(plic.salient_regions)))
+        out.append((SALIENT_PIXELS, _pack_regions(plic.salient_regions, plic.working_size)))
     if plic.decode_hints:
-        out.append((DECODE_HINTS, json.dumps(plic.decode_hints, sort_keys=True,
-                                             separators=(",", ":")).encode("utf-8")))
-    out.extend(plic.extra_sections)
+        out.append((DECODE_HINTS, _checked_hints(_hints_json(plic.decode_hints))))
+    for kind, payload in plic.extra_sections:
+        if len(kind) != 4 or kind in KNOWN_SECTIONS:
+            raise ValueError(f"extra section type {kind!r} must be four bytes and not one of "
+                             f"{[k.decode() for k in KNOWN_SECTIONS]}")
+        out.append((kind, payload))
     return out
 
 
-def _pack_regions(regions: list[SalientRegion]) -> bytes:
+def _hints_json(hints: dict) -> bytes:
+    try:
+        return json.dumps(hints, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    except TypeError as exc:
+        raise ValueError(f"decode hints must be JSON values: {exc}") from None
+
+
+# Checks of section contents, shared by the writer and the reader (docs/format.md, "Limits").
+
+def _checked_prompt(payload: bytes) -> bytes:
+    if len(payload) > MAX_PROMPT_BYTES:
+        raise ValueError(f"prompt of {len(payload)} bytes, at most {MAX_PROMPT_BYTES} allowed")
+    return payload
+
+
+def _checked_hints(payload: bytes) -> bytes:
+    if len(payload) > MAX_HINT_BYTES:
+        raise ValueError(f"decode hints of {len(payload)} bytes, at most {MAX_HINT_BYTES} allowed")
+    return payload
+
+
+def _check_region_count(count: int) -> None:
+    if count > MAX_REGIONS:
+        raise ValueError(f"{count} regions, at most {MAX_REGIONS} allowed")
+
+
+def _check_region(x: int, y: int, w: int, h: int, working_size: tuple[int, int]) -> None:
+    width, height = working_size
+    if min(x, y) < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
+        raise ValueError(f"region {w}x{h} at ({x}, {y}) lies outside the {width}x{height} image")
+
+
+def _pack_regions(regions: list[SalientRegion], working_size: tuple[int, int]) -> bytes:
+    _check_region_count(len(regions))
     parts = [struct.pack(">H", len(regions))]
     for r in regions:
         if r.codec not in _REGION_CODEC_IDS:
             raise ValueError(f"salient region codec {r.codec!r} is not one of {sorted(_REGION_CODEC_IDS)}")
+        _check_region(r.x, r.y, r.width, r.height, working_size)
         parts.append(_REGION_HEAD.pack(r.x, r.y, r.width, r.height,
                                        _REGION_CODEC_IDS[r.codec], len(r.data)))
         parts.append(r.data)
@@ -206,9 +244,7 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
 
 def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
     if kind == PROMPT:
-        if len(payload) > MAX_PROMPT_BYTES:
-            raise ValueError(f"prompt of {len(payload)} bytes, at most {MAX_PROMPT_BYTES} allowed")
-        plic.prompt = payload.decode("utf-8")
+        plic.prompt = _checked_prompt(payload).decode("utf-8")
     elif kind == EDGES:
         plic.edges = payload
     elif kind == PALETTE:
@@ -218,9 +254,7 @@ def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
     elif kind == SALIENT_PIXELS:
         plic.salient_regions = _unpack_regions(payload, plic.working_size)
     elif kind == DECODE_HINTS:
-        if len(payload) > MAX_HINT_BYTES:
-            raise ValueError(f"{len(payload)} bytes, at most {MAX_HINT_BYTES} allowed")
-        hints = json.loads(payload.decode("utf-8"))
+        hints = json.loads(_checked_hints(payload).decode("utf-8"))
         if not isinstance(hints, dict):
             raise ValueError("decode hints must be a JSON object")
         plic.decode_hints = hints
@@ -228,17 +262,14 @@ def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
 
 def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:
     (count,) = struct.unpack_from(">H", payload)
-    if count > MAX_REGIONS:
-        raise ValueError(f"{count} regions, at most {MAX_REGIONS} allowed")
+    _check_region_count(count)
     regions, pos = [], 2
-    width, height = working_size
     for _ in range(count):
         x, y, w, h, codec, length = _REGION_HEAD.unpack_from(payload, pos)
         pos += _REGION_HEAD.size
         if codec not in REGION_CODECS:
             raise ValueError(f"unknown region codec {codec}")
-        if w == 0 or h == 0 or x + w > width or y + h > height:
-            raise ValueError(f"region {w}x{h} at ({x}, {y}) lies outside the {width}x{height} image")
+        _check_region(x, y, w, h, working_size)
         if pos + length > len(payload):
             raise ValueError("truncated region data")
         regions.append(SalientRegion(x, y, w, h, REGION_CODECS[codec], payload[pos:pos + length]))

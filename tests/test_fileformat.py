@@ -131,6 +131,23 @@ def test_writer_refuses_what_the_reader_would_reject():
         fileformat.dumps(PlicFile((70000, 10), (10, 10)))
 
 
+@pytest.mark.parametrize("change, problem", [
+    ({"prompt": "x" * 5000}, "prompt of 5000 bytes"),
+    ({"decode_hints": {"note": "x" * 20000}}, "decode hints of"),
+    ({"decode_hints": {"seeds": {1, 2}}}, "JSON"),
+    ({"salient_regions": [SalientRegion(5, 5, 10, 10, "png", b"")]}, "outside"),
+    ({"salient_regions": [SalientRegion(0, 0, 0, 1, "png", b"")]}, "outside"),
+    ({"salient_regions": [SalientRegion(0, 0, 1, 1, "png", b"")] * 5000}, "5000 regions"),
+    ({"salient_regions": [SalientRegion(0, 0, 1, 1, "png", b"")] * 70000}, "70000 regions"),
+    ({"extra_sections": [(b"PRMT", b"x")]}, "extra section type"),
+    ({"extra_sections": [(b"XY", b"x")]}, "extra section type"),
+])
+def test_writer_refuses_every_section_the_reader_would_reject(change, problem):
+    plic = PlicFile((10, 10), (10, 10), **change)
+    with pytest.raises(ValueError, match=problem):
+        fileformat.dumps(plic)
+
+
 def test_save_is_atomic_and_never_overwrites_unless_asked(tmp_path):
     target = tmp_path / "sub" / "a.plic"
     fileformat.save(sample(), target)
