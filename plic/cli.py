@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__, caption, codec, detect, fileformat, jbig2
 from .cli_decode import add_decode_parser
-from .errors import PlicError
+from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (PlicError, FileExistsError) as exc:
-        print(f"plic: {_one_line(exc)}", file=sys.stderr)
+    except PlicError as exc:
+        print(f"plic: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("plic: interrupted", file=sys.stderr)
@@ -89,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _fail(source: Path | str, reason: str) -> PlicError:
     return PlicError(f"{source}: {reason}")
 
@@ -133,8 +129,8 @@ def run_encode(args) -> int:
                                         salient=codec.SalientPart(mask_stream, tuple(regions)))
             data = fileformat.dumps(plic)
             write_atomic(target, data, overwrite=args.overwrite)
-        except (PlicError, FileExistsError) as exc:
-            print(f"plic: {_one_line(exc)}", file=sys.stderr)
+        except PlicError as exc:
+            print(f"plic: {one_line(exc)}", file=sys.stderr)
             failures += 1
             continue
         bpp = codec.bits_per_pixel(len(data), plic.working_size)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import codec, fileformat, models
 from . import reconstruct as core
-from .errors import PlicError
+from .errors import PlicError, one_line
 from .image import resize
 
 
@@ -92,7 +92,7 @@ def run_decode(args) -> int:
         try:
             decode_one(reconstructor, settings, source, target, args)
         except PlicError as exc:
-            print(f"plic: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"plic: {one_line(exc)}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
 

@@ -24,6 +24,14 @@ class PlicInputError(PlicError, ValueError):
     """An input image, mask or parameter cannot be used (unreadable, empty, wrong size...)."""
 
 
+class PlicOutputError(PlicError, OSError):
+    """An output file cannot be written (its folder cannot be made, no permission, disk full...)."""
+
+
+class OutputExistsError(PlicOutputError, FileExistsError):
+    """The output file exists and replacing it was not asked for."""
+
+
 class MissingDependencyError(PlicError, ImportError):
     """An optional Python package is not installed; the message gives the pip command."""
 
@@ -40,3 +48,8 @@ class CaptionError(PlicError):
         self.backend = backend
         self.problem = problem
         super().__init__(f"captioning with the {backend!r} back end failed: {problem}")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (whitespace collapsed), as the command line prints it."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PlicFormatError
+from .errors import OutputExistsError, PlicFormatError, PlicOutputError
 
 MAGIC = b"\x89PLIC\r\n\x1a"
 VERSION = 1
@@ -294,16 +294,21 @@ def load(path: str | os.PathLike) -> PlicFile:
 
 def save(plic: PlicFile, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``plic`` atomically (temporary file, then rename). Refuses to replace an existing
-    file unless ``overwrite``; raises FileExistsError then."""
+    file unless ``overwrite``; raises FileExistsError (:class:`~plic.errors.OutputExistsError`) then."""
     return write_atomic(Path(path), dumps(plic), overwrite=overwrite)
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, so a crash or a
     full disk never leaves a half-written file. Without ``overwrite`` an existing file is kept
-    and FileExistsError raised."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    and :class:`~plic.errors.OutputExistsError` (a FileExistsError) raised; any other failure
+    raises :class:`~plic.errors.PlicOutputError` (an OSError) naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -314,11 +319,20 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
             os.replace(tmp, path)
         else:
             _rename_no_replace(tmp, path)
-    except BaseException:
+    except FileExistsError:
+        raise OutputExistsError(f"{path}: already exists; choose another name or allow "
+                                "replacing it (plic: --overwrite)") from None
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    finally:  # on success the temporary file has been renamed away
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def _output_error(path: Path, exc: OSError) -> PlicOutputError:
+    return PlicOutputError(f"{path}: cannot be written ({exc.strerror or exc}); check that its "
+                           "folder can be created and written to and that the disk has room")
 
 
 def _rename_no_replace(tmp: str, path: Path) -> None:

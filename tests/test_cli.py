@@ -173,3 +173,18 @@ def test_encode_path_imports_no_torch(tmp_path):
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert rc == 0 and not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_unwritable_outputs_fail_with_one_line(encoded, tmp_path, capsys):
+    out, _ = encoded
+    (tmp_path / "p.png").write_bytes(b"keep")
+    assert cli.main(["preview", str(out / "rocket.plic"), "-o", str(tmp_path / "p.png")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"plic: {tmp_path / 'p.png'}: already exists; choose another name or allow replacing it " \
+                  "(plic: --overwrite)\n"
+    assert (tmp_path / "p.png").read_bytes() == b"keep"
+    (tmp_path / "a-file").write_bytes(b"")
+    assert cli.main(["export", str(out / "rocket.plic"), "-o", str(tmp_path / "a-file" / "parts")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"plic: {tmp_path / 'a-file' / 'parts'}/")
+    assert "cannot be written" in err

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plic import fileformat
-from plic.errors import PlicFormatError
+from plic.errors import OutputExistsError, PlicError, PlicFormatError, PlicOutputError
 from plic.fileformat import PlicFile, SalientRegion
 
 
@@ -168,6 +168,18 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="codec 'gif'"):
         fileformat.save(bad, tmp_path / "bad.plic")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_failures_name_the_file_and_what_to_do(tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written .*; check that its folder"):
+        fileformat.write_atomic(tmp_path / "a-file" / "sub" / "x.plic", b"data")
+    fileformat.write_atomic(tmp_path / "x.plic", b"first")
+    with pytest.raises(OutputExistsError, match="x.plic: already exists; choose another name") as info:
+        fileformat.write_atomic(tmp_path / "x.plic", b"second")
+    assert isinstance(info.value, FileExistsError) and isinstance(info.value, PlicError)
+    assert (tmp_path / "x.plic").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "x.plic"]  # no temporary left
 
 
 def test_load_names_a_missing_file(tmp_path):
