@@ -111,7 +111,6 @@ def run_encode(args) -> int:
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality)
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
-    fixed_prompt = codec.clean_prompt(args.prompt or "")
     images = expand_images(args.images)
     if not images:
         raise _fail(" ".join(map(str, args.images)), "no images found")
@@ -124,7 +123,7 @@ def run_encode(args) -> int:
             rgb = load_rgb(path)
             original_size, work = codec.working_image(rgb, settings.max_side)
             mask_stream, regions, report = detect.salient_from_args(args, work, path)
-            prompt = captioner.caption(rgb) if captioner is not None else fixed_prompt
+            prompt = captioner.caption(rgb) if captioner is not None else args.prompt
             plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
                                         salient=codec.SalientPart(mask_stream, tuple(regions)))
             data = fileformat.dumps(plic)
@@ -273,8 +272,6 @@ def smallest_reference_sizes(rgb: np.ndarray) -> dict[str, int]:
 
 
 def run_bench(args) -> int:
-    from .image import to_working
-
     images = expand_images([args.folder])
     if not images:
         raise _fail(args.folder, "no images found")
@@ -283,14 +280,14 @@ def run_bench(args) -> int:
                "ratio_to_file"]
     rows = []
     for path in images:
-        rgb = load_rgb(path)
-        plic = codec.encode_image(rgb, settings=settings)
+        original_size, work = codec.working_image(load_rgb(path), settings.max_side)
+        plic = codec.encode_working(work, original_size, settings=settings)
         total = len(fileformat.dumps(plic))
         sizes = plic.section_sizes()
         rows.append({"image": path.name, "width": plic.working_size[0], "height": plic.working_size[1],
                      "edges": sizes["edges"], "palette": sizes["palette"], "total": total,
                      "bpp": round(codec.bits_per_pixel(total, plic.working_size), 4),
-                     **smallest_reference_sizes(to_working(rgb, args.max_side)),
+                     **smallest_reference_sizes(work),
                      "ratio_to_file": round(path.stat().st_size / total, 1)})
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
