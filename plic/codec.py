@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from . import edges as edges_mod
 from . import hints, jbig2
@@ -213,7 +214,7 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
                                  f"expected {width}x{height}")
         small = None if plic.palette is None else palette_mod.decode(plic.palette)
         mask, kept = salient_mod.unpack(plic.salient_mask, plic.salient_regions, (width, height))
-    except (ValueError, OSError) as exc:  # JBIG2Error is a ValueError; PIL raises OSError
+    except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
         raise PlicFormatError(source, str(exc)) from None
     full = (np.zeros((height, width, 3), dtype=np.uint8) if small is None
             else palette_mod.upscale(small, (width, height)))

@@ -1,5 +1,7 @@
 """Encoding pipeline pieces on real images: working size, edges, palette, hints, salient storage."""
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -144,6 +146,28 @@ def test_damaged_sections_raise_the_format_error():
     plic.working_size = (plic.working_size[0] - 1, plic.working_size[1])
     with pytest.raises(PlicFormatError, match="rocket.plic: .*640x427"):
         codec.unpack(plic, "rocket.plic")
+
+
+def test_oversized_palette_is_refused_before_it_is_decoded():
+    buffer = io.BytesIO()
+    Image.new("RGB", (257, 257), (10, 20, 30)).save(buffer, format="WEBP", quality=0)
+    plic = fileformat.PlicFile((64, 64), (64, 64), palette=buffer.getvalue())
+    with pytest.raises(PlicFormatError, match="big.plic: .*palette is 257x257, at most 256x256"):
+        codec.unpack(plic, "big.plic")
+
+
+def test_decompression_bombs_raise_the_format_error(monkeypatch):
+    """PIL refuses an image header over twice MAX_IMAGE_PIXELS with its own exception, which is
+    no OSError; lowering the limit lets small images stand in for huge ones."""
+    rgb = load_shared("astronaut.png")
+    plic = codec.encode_image(rgb, salient_mask=np.ones((512, 512), bool))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # the 32x32 palette stays below
+    with pytest.raises(PlicFormatError, match="astronaut.plic: .*decompression bomb"):
+        codec.unpack(plic, "astronaut.plic")  # the 512x512 region image
+    plic.salient_mask = None
+    plic.palette = palette.encode(rgb, size=64)
+    with pytest.raises(PlicFormatError, match="astronaut.plic: .*decompression bomb"):
+        codec.unpack(plic, "astronaut.plic")  # a 64x64 palette
 
 
 def test_empty_image_is_refused():
