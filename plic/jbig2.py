@@ -7,7 +7,9 @@ Everything bit-level about JBIG2 lives in this module:
                GBTEMPLATE 0..3 (6.2.5.3), adaptive template pixels
                (6.2.5.4) and typical prediction TPGDON (6.2.5.7).
 * 7.2       -- segment headers; 7.4.1 region segment information field;
-               7.4.6 generic region segment; 7.4.8 page information.
+               7.4.6 generic region segment; 7.4.8 page information;
+               7.4.9 - 7.4.11 end of page, stripe and file.
+* 8.2       -- page image composition (first page only).
 * Annex D   -- file organisations: D.3 embedded (as in PDF) and D.4 file
                header with sequential organisation (D.1).
 
@@ -483,6 +485,7 @@ def _as_bitmap(bitmap) -> np.ndarray:
 
 
 def _padded(height, width, lay: _Layout) -> np.ndarray:
+    """A zero bitmap with the layout's margins: pixels outside the region read 0 (6.2.5.2)."""
     return np.zeros((lay.top + height, lay.left + width + lay.right), dtype=np.uint8)
 
 
@@ -495,6 +498,7 @@ def _typical_rows(bitmap) -> np.ndarray:
 
 
 def _run_coder(img, data, out, mode, lay, template, width, height, tpgdon, ltp_rows):
+    """Run :func:`_code_region` with ``lay``'s template and the SLTP context of 6.2.5.7."""
     return _code_region(img, data, out, mode, lay.windows, lay.keep,
                         lay.at_dx, lay.at_dy, lay.at_bit, lay.top, lay.left,
                         width, height, bool(tpgdon), _SLTP_CONTEXT[template], ltp_rows)
@@ -510,7 +514,8 @@ def _coder_input(bitmap, template, at):
 
 
 def _encode_bytes(bitmap, template, at, tpgdon) -> bytes:
-    """MQ-code a 0/1 bitmap with fixed parameters (already validated)."""
+    """MQ-code a 0/1 bitmap with fixed parameters (already validated): INITENC (E.2.5), ENCODE
+    (E.2.2) of every decision of 6.2.5.7, FLUSH (E.2.9)."""
     height, width = bitmap.shape
     lay, img, ltp_rows = _coder_input(bitmap, template, at)
     pixels = height * width + height
@@ -535,7 +540,7 @@ def _row_bits(bitmap, template, at, tpgdon) -> np.ndarray:
 
 def encode_generic_region(bitmap, template=None, at=None, tpgdon=None,
                           effort="default") -> GenericRegion:
-    """Losslessly code ``bitmap`` as a generic region (6.2, MMR = 0).
+    """Losslessly code ``bitmap`` as a generic region (6.2, MMR = 0; the inverse of 6.2.5.7).
 
     Parameters left as None are chosen by :func:`choose_parameters` with the
     given ``effort``; ``at`` needs an explicit ``template`` (with a template
@@ -667,6 +672,7 @@ class _Estimator:
 
 
 def _check_effort(effort):
+    """Raise JBIG2Error unless ``effort`` is one of EFFORTS (an encoder setting, not in T.88)."""
     if effort not in EFFORTS:
         raise JBIG2Error(f"effort must be one of {EFFORTS}, got {effort!r}")
 
@@ -717,6 +723,8 @@ def _choose(bitmap, template, at, tpgdon, effort):
 
 
 def _candidate_at(template, at, effort):
+    """AT pixel sets (6.2.5.4) to try for ``template``: ``at`` if given, else the nominal
+    ones (Figures 3-6), plus _AT_ALTERNATIVES for effort "max"."""
     if at is not None:
         return (at,)
     if effort == "max":
@@ -756,7 +764,8 @@ def _page_information(width: int, height: int) -> bytes:
 
 
 def _generic_region_data(region: GenericRegion) -> bytes:
-    """7.4.6: region segment information (7.4.1, at 0,0, OR), flags, AT, data."""
+    """7.4.6: region segment information (7.4.1, at 0,0, OR), flags (7.4.6.2), AT pixels
+    (7.4.6.3), then the MQ-coded data."""
     info = struct.pack(">IIIIB", region.width, region.height, 0, 0, 0)
     flags = (region.template << 1) | (0x08 if region.tpgdon else 0)   # MMR = 0
     at = b"".join(struct.pack(">bb", x, y) for x, y in region.at)
@@ -804,6 +813,7 @@ def encode_file(bitmap, *, template=None, at=None, tpgdon=None, effort="default"
 # --- decoding ---------------------------------------------------------------
 @dataclass(frozen=True)
 class _Segment:
+    """A segment (7.2): header fields we use and its data."""
     number: int
     type: int
     page: int
@@ -811,7 +821,7 @@ class _Segment:
 
 
 class _Reader:
-    """Bounds-checked big-endian reads; running short is a JBIG2Error."""
+    """Bounds-checked big-endian reads (JBIG2's byte order); running short is a JBIG2Error."""
 
     def __init__(self, data: bytes, pos: int = 0):
         self.data, self.pos = data, pos
@@ -869,7 +879,9 @@ def _parse_segments(data: bytes, pos: int, sequential: bool) -> list:
 
 
 def _split_file(data: bytes):
-    """D.4 file header -> (offset of the first segment, sequential?)."""
+    """D.4 file header -> (offset of the first segment, sequential?): flags (D.4.2) bit 0 =
+    sequential, bit 1 = number of pages unknown, else the page count (D.4.3) follows.
+    Without the ID string (D.4.1) the data is an embedded stream (D.3), read sequentially."""
     if not data.startswith(FILE_ID):
         return 0, True
     r = _Reader(data, len(FILE_ID))
@@ -892,7 +904,8 @@ def _new_page(seg: _Segment, max_pixels: int) -> np.ndarray:
 
 
 def _compose(page: np.ndarray, region: np.ndarray, x: int, y: int, op: int) -> None:
-    """Combine a region into the page (7.4.1.5 external combination operator)."""
+    """Combine a region into the page (8.2 step 5) with the external combination operator of
+    7.4.1.5: 0 OR, 1 AND, 2 XOR, 3 XNOR, 4 REPLACE; parts outside the page are clipped."""
     h = min(region.shape[0], page.shape[0] - y)
     w = min(region.shape[1], page.shape[1] - x)
     if h <= 0 or w <= 0:
@@ -912,7 +925,7 @@ def _compose(page: np.ndarray, region: np.ndarray, x: int, y: int, op: int) -> N
 
 
 def _generic_region(seg: _Segment, page: np.ndarray, max_pixels: int) -> None:
-    """7.4.6 immediate generic region segment -> decode and compose."""
+    """7.4.6 immediate (lossless) generic region segment -> decode (6.2.5.7) and compose (8.2)."""
     r = _Reader(seg.data)
     width, height, x, y, info_flags = r.unpack("IIIIB", "region segment information")
     flags = r.unpack("B", "generic region flags")[0]
@@ -955,6 +968,9 @@ def decode(data: bytes, *, max_pixels: int = 1 << 28) -> np.ndarray:
 
 
 def _decode_page(segments: list, max_pixels: int) -> np.ndarray:
+    """8.2 page image composition of the first page: its page information (7.4.8), then its
+    generic regions (7.4.6) up to the end of page (7.4.9) or end of file (7.4.11); end of
+    stripe (7.4.10) and profiles segments (7.3) are skipped."""
     page = None
     for seg in segments:
         if seg.type == _PAGE_INFORMATION:
