@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import __version__, caption, codec, detect, fileformat, jbig2
-from .cli_decode import add_decode_parser
+from .cli_decode import add_decode_parser, check_distinct_outputs
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -114,9 +114,9 @@ def run_encode(args) -> int:
     images = expand_images(args.images)
     if not images:
         raise _fail(" ".join(map(str, args.images)), "no images found")
+    jobs = check_distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
     failures = 0
-    for path in images:
-        target = args.output / f"{path.stem}.plic"
+    for path, target in jobs:
         try:
             if target.exists() and not args.overwrite:
                 raise _fail(target, "already exists; pass --overwrite to replace it")

@@ -75,7 +75,19 @@ def targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
         raise PlicError(f"{' '.join(map(str, files))}: no .plic files found")
     if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
         return [(inputs[0], output)]
-    return [(path, output / f"{path.stem}.png") for path in inputs]
+    return check_distinct_outputs([(path, output / f"{path.stem}.png") for path in inputs])
+
+
+def check_distinct_outputs(jobs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """``jobs`` as given, unless two inputs would be written to the same output (PlicError:
+    the second would replace the first, or fail as already existing)."""
+    first_input = {}
+    for source, target in jobs:
+        if target in first_input:
+            raise PlicError(f"{source}: would be written to {target} like {first_input[target]}; "
+                            "rename one of them or run them separately")
+        first_input[target] = source
+    return jobs
 
 
 def run_decode(args) -> int:

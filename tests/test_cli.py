@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
-from plic import cli, edges
+from plic import cli, cli_decode, edges
+from plic.errors import PlicError
 
 
 def plic(*args, check=True):
@@ -188,3 +189,24 @@ def test_unwritable_outputs_fail_with_one_line(encoded, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"plic: {tmp_path / 'a-file' / 'parts'}/")
     assert "cannot be written" in err
+
+
+def test_inputs_with_the_same_name_are_refused_before_anything_is_written(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for suffix in (".jpg", ".png"):
+        (folder / f"rocket{suffix}").write_bytes((SHARED_IMAGES / "rocket.jpg").read_bytes())
+    assert cli.main(["encode", str(folder), "-o", str(tmp_path / "out"), "--overwrite", "--prompt", ""]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"plic: {folder / 'rocket.png'}: would be written to {tmp_path / 'out' / 'rocket.plic'} "
+                   f"like {folder / 'rocket.jpg'}; rename one of them or run them separately\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_decode_refuses_two_files_for_one_output(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.plic").write_bytes(b"")
+    with pytest.raises(PlicError, match=r"b/x.plic: would be written to .*out/x.png like .*a/x.plic"):
+        cli_decode.targets([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert [t.name for _, t in cli_decode.targets([tmp_path / "a"], tmp_path / "out")] == ["x.png"]
