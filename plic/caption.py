@@ -325,12 +325,8 @@ def model_search_dirs() -> list[Path]:
 
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
     """Names of the model folders (holding a config.json) directly inside ``search_dirs``."""
-    names = set()
-    for folder in model_search_dirs() if search_dirs is None else search_dirs:
-        folder = Path(folder)
-        if folder.is_dir():
-            names.update(p.name for p in folder.iterdir() if (p / "config.json").is_file())
-    return sorted(names)
+    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    return models.names_in(dirs, lambda entry: (entry / "config.json").is_file())
 
 
 def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None = None) -> Path:
@@ -338,9 +334,8 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     if not str(name).strip():
         raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
                            f"folder in models/captioners and choose it in {setting('path')}")
-    dirs = model_search_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
-    given = Path(str(name).strip()).expanduser()
-    candidates = [given] + ([d / given for d in dirs] if not given.is_absolute() else [])
+    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    candidates = models.candidate_paths(str(name).strip(), dirs)
     for folder in candidates:
         if folder.is_dir():
             if not (folder / "config.json").is_file():

@@ -24,6 +24,7 @@ import numpy as np
 
 from .deps import require
 from .errors import MissingDependencyError, PlicInputError
+from .models import models_dir_from_env
 
 SOURCES = ("faces", "text", "dino+sam")
 #: What a fresh install can run with no downloads (text only where Tesseract is installed).
@@ -213,7 +214,7 @@ def model_folders(models_dir: str | os.PathLike | None = None):
     """The Grounding DINO / SAM folders under ``models_dir`` or $PLIC_MODELS_DIR."""
     from .grounded_sam import ModelFolders
 
-    root = models_dir or os.environ.get("PLIC_MODELS_DIR")
+    root = models_dir or models_dir_from_env()
     if not root:
         raise PlicInputError(
             "dino+sam needs a models folder: pass models_dir (command line: --models-dir) or set "

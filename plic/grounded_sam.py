@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import models
 from .deps import require
 from .errors import ModelNotFoundError, PlicInputError
 
@@ -72,9 +73,7 @@ class Detection:
 
 def list_models(folders: tuple[Path, ...]) -> list[str]:
     """Model file names found in ``folders`` (sorted, no duplicates)."""
-    names = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir()
-             if p.suffix in MODEL_SUFFIXES and p.is_file()}
-    return sorted(names)
+    return models.names_in(folders, lambda entry: entry.suffix in MODEL_SUFFIXES and entry.is_file())
 
 
 def find_model(folders: tuple[Path, ...], name: str | None, what: str, url: str) -> Path:
