@@ -22,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import salient
 from .deps import require
 from .errors import MissingDependencyError, PlicInputError
+from .image import check_rgb
 from .models import models_dir_from_env
+# Detectors return the Candidates that plic.salient stores; re-exported for their callers.
+from .salient import USER_SCORE, Candidate, check_mask, count_sources, union_mask, user_candidates  # noqa: F401
 
 SOURCES = ("faces", "text", "dino+sam")
 #: What a fresh install can run with no downloads (text only where Tesseract is installed).
@@ -38,30 +42,6 @@ DEFAULT_TEXT_CONFIDENCE = 60
 DEFAULT_FACE_MIN_FRACTION = 0.05
 #: Faces are grown by this fraction of their box on each side (hair, chin, ears).
 FACE_MARGIN = 0.1
-USER_SCORE = 2.0  # above every detector score: a user's mask is dropped last
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One region worth keeping: where, how sure, and which pixels (``mask``, box-sized)."""
-
-    source: str  # "faces", "text", "dino+sam" or "user"
-    label: str
-    box: tuple[int, int, int, int]  # x, y, w, h in working-image pixels
-    score: float  # 0..1 for detectors; USER_SCORE for a user's mask
-    mask: np.ndarray | None = None  # (h, w) bool inside ``box``; None means the whole box
-
-    @property
-    def area(self) -> int:
-        return int(self.box[2] * self.box[3]) if self.mask is None else int(self.mask.sum())
-
-    def paint(self, canvas: np.ndarray) -> None:
-        """Set this candidate's pixels in the (H, W) bool ``canvas``."""
-        x, y, w, h = self.box
-        if self.mask is None:
-            canvas[y:y + h, x:x + w] = True
-        else:
-            canvas[y:y + h, x:x + w] |= self.mask
 
 
 @dataclass
@@ -75,18 +55,7 @@ class SalientResult:
 
     def counts(self) -> dict[str, int]:
         """Candidates per source."""
-        out: dict[str, int] = {}
-        for c in self.candidates:
-            out[c.source] = out.get(c.source, 0) + 1
-        return out
-
-
-def union_mask(candidates: list[Candidate], size: tuple[int, int]) -> np.ndarray:
-    """The (H, W) bool union of ``candidates`` for a working image of ``size`` = (w, h)."""
-    canvas = np.zeros((size[1], size[0]), dtype=bool)
-    for c in candidates:
-        c.paint(canvas)
-    return canvas
+        return count_sources(self.candidates)
 
 
 def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -224,19 +193,6 @@ def model_folders(models_dir: str | os.PathLike | None = None):
 
 # --- user masks and the whole step -------------------------------------------------------------
 
-def user_candidates(mask: np.ndarray) -> list[Candidate]:
-    """A user's (H, W) bool mask as one candidate per connected component."""
-    import cv2
-
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    found = []
-    for index in range(1, count):
-        x, y, w, h, _area = (int(v) for v in stats[index])
-        found.append(Candidate("user", "user mask", (x, y, w, h), USER_SCORE,
-                               labels[y:y + h, x:x + w] == index))
-    return found
-
-
 def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
                  folders=None, models_dir: str | os.PathLike | None = None, strict=True,
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
@@ -250,9 +206,6 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     recorded in ``notes``. ``folders`` (a
     plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam; ``dino_size`` is the
     short side Grounding DINO sees (800 as trained; smaller is faster and coarser)."""
-    from .image import check_rgb
-    from .salient import check_mask
-
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
     candidates: list[Candidate] = []
@@ -284,8 +237,6 @@ def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray 
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
     lists what each detector found, what was kept and the detectors skipped."""
-    from . import salient
-
     found = find_salient(rgb, sources, user_mask, strict=strict, **params)
     stored = salient.store(rgb, found.candidates, codec=codec, quality=quality,
                            budget=salient.Budget() if budget is None else budget)
@@ -300,8 +251,6 @@ AUTO = "auto"
 
 def add_salient_arguments(parser) -> None:
     """The salient options of `plic encode` (see :func:`salient_from_args`)."""
-    from . import salient
-
     group = parser.add_argument_group("salient regions (pixels kept verbatim)")
     group.add_argument("--salient", default=AUTO, metavar="SOURCES",
                        help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces and text "
@@ -353,8 +302,6 @@ def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLi
 
     Returns (mask_stream, regions, report). The budget also caps the salient bytes at the size
     of ``image_path`` (the original file) when given."""
-    from . import salient
-
     size = (rgb_working.shape[1], rgb_working.shape[0])
     auto = str(args.salient).strip().lower() == AUTO
     sources = DEFAULT_SOURCES if auto else parse_sources(args.salient)

@@ -10,11 +10,15 @@ the stored quality (lossless PNG -> lossless WebP -> WebP 90 ... ``min_quality``
 the least important candidates (lowest score first; among equal scores the largest first)
 until the bytes fit, and reports what it kept. Whatever the settings, the salient bytes never
 exceed the raw size of the working image (W x H x 3) nor ``Budget.max_bytes``.
+
+What may be kept arrives as :class:`Candidate` regions: from the detectors of :mod:`plic.detect`
+or, for a user's mask, from :func:`user_candidates`.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +27,7 @@ from PIL import Image
 from . import jbig2
 from .errors import PlicInputError
 from .fileformat import MAX_REGIONS, REGION_CODECS, SalientRegion
+from .image import check_rgb
 
 #: Default salient share: 0.5 bits per pixel of the working image. A lossless face of a 512x512
 #: portrait costs about 1.1 bpp, so by default it is stored as WebP (see :func:`quality_ladder`).
@@ -36,6 +41,57 @@ LOSSLESS_CODECS = ("png", "webp-lossless")
 _SECTION_OVERHEAD = 12  # type, length, crc of a .plic section
 _REGION_OVERHEAD = 13  # x, y, w, h, codec, length of one stored region
 _QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_parameters tries
+#: Score of a user's mask, above every detector's (0..1): a user's mask is dropped last.
+USER_SCORE = 2.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One region worth keeping: where, how sure, and which pixels (``mask``, box-sized)."""
+
+    source: str  # "faces", "text", "dino+sam" or "user"
+    label: str
+    box: tuple[int, int, int, int]  # x, y, w, h in working-image pixels
+    score: float  # 0..1 for detectors; USER_SCORE for a user's mask
+    mask: np.ndarray | None = None  # (h, w) bool inside ``box``; None means the whole box
+
+    @property
+    def area(self) -> int:
+        return int(self.box[2] * self.box[3]) if self.mask is None else int(self.mask.sum())
+
+    def paint(self, canvas: np.ndarray) -> None:
+        """Set this candidate's pixels in the (H, W) bool ``canvas``."""
+        x, y, w, h = self.box
+        if self.mask is None:
+            canvas[y:y + h, x:x + w] = True
+        else:
+            canvas[y:y + h, x:x + w] |= self.mask
+
+
+def union_mask(candidates: list[Candidate], size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) bool union of ``candidates`` for a working image of ``size`` = (w, h)."""
+    canvas = np.zeros((size[1], size[0]), dtype=bool)
+    for c in candidates:
+        c.paint(canvas)
+    return canvas
+
+
+def user_candidates(mask: np.ndarray) -> list[Candidate]:
+    """A user's (H, W) bool mask as one candidate per connected component."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    found = []
+    for index in range(1, count):
+        x, y, w, h, _area = (int(v) for v in stats[index])
+        found.append(Candidate("user", "user mask", (x, y, w, h), USER_SCORE,
+                               labels[y:y + h, x:x + w] == index))
+    return found
+
+
+def count_sources(candidates: list[Candidate]) -> dict[str, int]:
+    """How many of ``candidates`` each source gave, in the order the sources first appear."""
+    return dict(Counter(c.source for c in candidates))
 
 
 @dataclass(frozen=True)
@@ -84,8 +140,8 @@ class Report:
     salient_bytes: int = 0
     codec: str = "png"
     quality: int = 90
-    kept: list = field(default_factory=list)  # plic.detect.Candidate
-    dropped: list = field(default_factory=list)
+    kept: list[Candidate] = field(default_factory=list)
+    dropped: list[Candidate] = field(default_factory=list)
     regions: int = 0
     fraction: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -96,10 +152,7 @@ class Report:
 
     def counts(self, which: str = "kept") -> dict[str, int]:
         """Candidates per source in ``kept`` or ``dropped``."""
-        out: dict[str, int] = {}
-        for c in getattr(self, which):
-            out[c.source] = out.get(c.source, 0) + 1
-        return out
+        return count_sources(getattr(self, which))
 
     def summary(self) -> str:
         """A few lines for a log or a node's text output."""
@@ -264,23 +317,20 @@ class Stored:
         return SalientPart(self.mask_stream, tuple(self.regions))
 
 
-def keep_order(candidates: list) -> list:
+def keep_order(candidates: list[Candidate]) -> list[Candidate]:
     """Candidates most worth keeping first: highest score, then smallest area."""
     return sorted(candidates, key=lambda c: (-c.score, c.area))
 
 
-def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int = 90,
+def store(rgb: np.ndarray, candidates: list[Candidate], *, codec: str = "png", quality: int = 90,
           budget: Budget = Budget(), min_quality: int = DEFAULT_MIN_QUALITY, pad: int = DEFAULT_PAD,
           merge_gap: int = DEFAULT_MERGE_GAP) -> Stored:
-    """Store the pixels of ``rgb`` (the working image) under ``candidates`` (plic.detect.Candidate)
+    """Store the pixels of ``rgb`` (the working image) under ``candidates``
     within ``budget``. If every candidate fits at the cheapest step of :func:`quality_ladder`
     they are all kept, at the best step that fits; otherwise the longest prefix of
     :func:`keep_order` that fits at the cheapest step is kept, again at the best step that fits.
     (Costs are taken as growing with the count and with the quality; the result is always one
     that was checked to fit.)"""
-    from .detect import union_mask
-    from .image import check_rgb
-
     rgb = check_rgb(rgb)
     budget.check()
     size = (rgb.shape[1], rgb.shape[0])
@@ -338,8 +388,6 @@ def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = "png", quality: int 
 
     Pixels inside a box but outside the mask are zeroed, which costs almost nothing to store
     and is never shown (the decoder regenerates them). An empty mask stores nothing."""
-    from .detect import user_candidates
-
     mask = check_mask(mask, (rgb.shape[1], rgb.shape[0]))
     stored = store(rgb, user_candidates(mask), codec=codec, quality=quality, budget=budget, pad=pad)
     return stored.mask_stream, stored.regions
