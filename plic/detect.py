@@ -111,16 +111,17 @@ def detect_faces(rgb: np.ndarray, *, min_fraction: float = DEFAULT_FACE_MIN_FRAC
         image = gray[:, ::-1].copy() if flipped else gray
         rects, _levels, weights = _cascade(name).detectMultiScale3(
             image, scaleFactor=1.1, minNeighbors=5, minSize=(side, side), outputRejectLevels=True)
-        for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
+        for rect, weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
+            x, y, w, h = (int(v) for v in rect)
             x = width - x - w if flipped else x
-            found.append(Candidate("faces", label, _grow((int(x), int(y), int(w), int(h)), margin, width, height),
-                                   _cascade_score(weight)))
+            box = _grown((x, y, w, h), round(w * margin), round(h * margin), width, height)
+            found.append(Candidate("faces", label, box, _cascade_score(weight)))
     return found
 
 
-def _grow(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+def _grown(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` (x, y, w, h) grown by ``dx`` / ``dy`` on each side, clipped to the image."""
     x, y, w, h = box
-    dx, dy = round(w * margin), round(h * margin)
     x0, y0 = max(0, x - dx), max(0, y - dy)
     return x0, y0, min(width, x + w + dx) - x0, min(height, y + h + dy) - y0
 
@@ -153,8 +154,7 @@ def detect_text(rgb: np.ndarray, *, min_confidence: float = DEFAULT_TEXT_CONFIDE
         confidence = float(conf)
         if not str(text).strip() or confidence < min_confidence or w <= 0 or h <= 0:
             continue
-        x0, y0 = max(0, x - pad), max(0, y - pad)
-        box = (x0, y0, min(width, x + w + pad) - x0, min(height, y + h + pad) - y0)
+        box = _grown((x, y, w, h), pad, pad, width, height)
         found.append(Candidate("text", str(text).strip(), box, confidence / 100.0))
     return found
 
