@@ -35,7 +35,7 @@ from .codec import MAX_PROMPT_CHARS, clean_prompt
 from .deps import require, resolve_device
 from . import models
 from .errors import CaptionError, PlicInputError
-from .image import check_rgb
+from .image import check_rgb, to_working
 
 log = logging.getLogger("plic.caption")
 
@@ -129,10 +129,8 @@ def jpeg_data_uri(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE,
     """The image, its longest side scaled down to ``max_side``, as a ``data:image/jpeg`` URI."""
     from PIL import Image
 
-    image = Image.fromarray(check_rgb(rgb))
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(to_working(rgb, max_side)).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

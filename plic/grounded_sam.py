@@ -29,6 +29,7 @@ import numpy as np
 from . import models
 from .deps import require
 from .errors import ModelNotFoundError, PlicInputError
+from .image import resize
 
 #: The folder names under a models directory (and ComfyUI's folder_paths keys).
 DINO_FOLDER = "grounding-dino"
@@ -360,7 +361,7 @@ def _dino_input(rgb: np.ndarray, short_side: int, max_side: int):
     height, width = rgb.shape[:2]
     scale = min(short_side / min(height, width), max_side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    resized = resize(rgb, size, Image.BILINEAR).astype(np.float32) / 255.0
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     array = ((resized - mean) / std).astype(np.float32).transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))[None]
