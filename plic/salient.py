@@ -279,25 +279,38 @@ def pixels_cost(mask_stream: bytes | None, regions: list[SalientRegion]) -> int:
     return 2 * _SECTION_OVERHEAD + len(mask_stream) + spix
 
 
-def encode_mask(rgb: np.ndarray, mask: np.ndarray, codec: str = "png", quality: int = 90,
-                pad: int = DEFAULT_PAD, merge_gap: int = DEFAULT_MERGE_GAP,
-                crops: dict | None = None, quick: bool = False) -> tuple[bytes | None, list[SalientRegion]]:
-    """The JBIG2 mask stream and the regions for ``mask`` with no budget (None, [] if empty).
-    ``crops`` caches encoded boxes between calls on the same image. ``quick`` codes the mask
-    with one fixed set of JBIG2 parameters instead of searching for the smallest; the search
-    tries that set too, so its stream is never longer."""
-    if not mask.any():
-        return None, []
-    crops = {} if crops is None else crops
-    masked = np.where(mask[..., None], rgb, 0).astype(np.uint8)
-    regions = []
-    for x, y, w, h in region_boxes(mask, pad, merge_gap):
-        key = (x, y, w, h, codec, quality, mask[y:y + h, x:x + w].tobytes())
-        if key not in crops:
-            crops[key] = encode_crop(masked[y:y + h, x:x + w], codec, quality)
-        regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
-    mask_params = _QUICK_JBIG2 if quick else {}
-    return jbig2.encode_embedded(mask.astype(np.uint8), **mask_params), regions
+@dataclass
+class _Selection:
+    """What :func:`store` keeps for one prefix of its candidates: the mask, and all that does not
+    depend on the stored quality (worked out once, then priced at several ladder steps)."""
+
+    mask: np.ndarray  # (H, W) bool
+    allowed: bool  # within Budget.max_fraction
+    boxes: list[tuple[int, int, int, int]]
+    masked: np.ndarray | None  # the image, zero outside the mask
+    quick_stream: bytes | None  # the mask coded with _QUICK_JBIG2 (None when empty)
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, candidates: list[Candidate], max_fraction: float | None,
+           pad: int, merge_gap: int) -> "_Selection":
+        mask = union_mask(candidates, (rgb.shape[1], rgb.shape[0]))
+        allowed = max_fraction is None or mask.mean() <= max_fraction
+        if not (allowed and mask.any()):
+            return cls(mask, allowed, [], None, None)
+        return cls(mask, True, region_boxes(mask, pad, merge_gap),
+                   np.where(mask[..., None], rgb, 0).astype(np.uint8),
+                   jbig2.encode_embedded(mask.astype(np.uint8), **_QUICK_JBIG2))
+
+    def regions(self, codec: str, quality: int, crops: dict) -> list[SalientRegion]:
+        """Each box's pixels as an image in ``codec``; ``crops`` caches encoded boxes across
+        selections and steps of the same image."""
+        regions = []
+        for x, y, w, h in self.boxes:
+            key = (x, y, w, h, codec, quality, self.mask[y:y + h, x:x + w].tobytes())
+            if key not in crops:
+                crops[key] = encode_crop(self.masked[y:y + h, x:x + w], codec, quality)
+            regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
+        return regions
 
 
 @dataclass
@@ -337,26 +350,33 @@ def store(rgb: np.ndarray, candidates: list[Candidate], *, codec: str = "png", q
     limit = budget.limit_bytes(size)
     ordered = keep_order(candidates)
     ladder = quality_ladder(codec, quality, min_quality)
-    cache: dict[tuple[int, int], tuple] = {}
+    selections: dict[int, _Selection] = {}
+    fitting: dict[tuple[int, int], bool] = {}
     crops: dict = {}
 
-    def attempt(count: int, step: int):
-        """(fits, mask, stream, regions, cost) keeping the first ``count`` at ladder ``step``."""
-        if (count, step) not in cache:
-            mask = union_mask(ordered[:count], size)
-            fraction_ok = budget.max_fraction is None or mask.mean() <= budget.max_fraction
-            stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops, quick=True) if fraction_ok else (None, [])
-            cost = pixels_cost(stream, regions)
-            cache[(count, step)] = (fraction_ok and cost <= limit, mask, stream, regions, cost)
-        return cache[(count, step)]
+    def selection(count: int) -> _Selection:
+        if count not in selections:
+            selections[count] = _Selection.of(rgb, ordered[:count], budget.max_fraction, pad, merge_gap)
+        return selections[count]
+
+    def fits(count: int, step: int) -> bool:
+        """Whether the first ``count`` candidates fit at ladder ``step`` (mask coded quickly)."""
+        if (count, step) not in fitting:
+            chosen = selection(count)
+            cost = pixels_cost(chosen.quick_stream, chosen.regions(*ladder[step], crops))
+            fitting[(count, step)] = chosen.allowed and cost <= limit
+        return fitting[(count, step)]
 
     cheapest = len(ladder) - 1
     count = len(ordered)
-    if not attempt(count, cheapest)[0]:
-        count = _longest_fitting_prefix(lambda k: attempt(k, cheapest)[0], count)
-    step = cheapest - _longest_fitting_prefix(lambda s: attempt(count, cheapest - s)[0], cheapest + 1)
-    _fits, mask, _, _, _ = attempt(count, step)
-    stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops)  # cost <= the quick one
+    if not fits(count, cheapest):
+        count = _longest_fitting_prefix(lambda k: fits(k, cheapest), count)
+    step = cheapest - _longest_fitting_prefix(lambda s: fits(count, cheapest - s), cheapest + 1)
+    chosen = selection(count)
+    mask = chosen.mask
+    # The full parameter search also tries the quick set, so this stream is never longer.
+    stream = jbig2.encode_embedded(mask.astype(np.uint8)) if chosen.boxes else None
+    regions = chosen.regions(*ladder[step], crops)
     cost = pixels_cost(stream, regions)
     report = Report(size=size, limit_bytes=limit, salient_bytes=cost, codec=ladder[step][0],
                     quality=ladder[step][1], kept=ordered[:count], dropped=ordered[count:],
