@@ -252,16 +252,21 @@ def encode_crop(pixels: np.ndarray, codec: str = "png", quality: int = 90) -> by
     elif codec == "webp":
         image.save(buffer, format="WEBP", quality=quality, method=6)
     else:
-        raise PlicInputError(f"unknown salient codec {codec!r}; use one of {sorted(REGION_CODECS.values())}")
+        _check_codec(codec)
     return buffer.getvalue()
+
+
+def _check_codec(codec: str) -> None:
+    if codec not in REGION_CODECS.values():
+        raise PlicInputError(f"unknown salient codec {codec!r} (--salient-codec, or the codec input of "
+                             f"PLIC Salient Regions); use one of {sorted(REGION_CODECS.values())}")
 
 
 def quality_ladder(codec: str, quality: int, min_quality: int = DEFAULT_MIN_QUALITY) -> list[tuple[str, int]]:
     """The (codec, quality) steps :func:`store` tries, best first: the requested one, the other
     lossless codec when it was lossless, then WebP from ``quality`` (90 after lossless) down to
     ``min_quality`` in steps of 10."""
-    if codec not in REGION_CODECS.values():
-        raise PlicInputError(f"unknown salient codec {codec!r}; use one of {sorted(REGION_CODECS.values())}")
+    _check_codec(codec)
     if codec in LOSSLESS_CODECS:
         steps = [(codec, quality)] + [(c, quality) for c in LOSSLESS_CODECS if c != codec]
         start = 90
