@@ -84,7 +84,7 @@ def find_model(folders: tuple[Path, ...], name: str | None, what: str, url: str)
         for path in candidates:
             if path.is_file():
                 return path
-    wanted = name or f"a {what} checkpoint (*.pth)"
+    wanted = name or f"a {what} checkpoint ({', '.join('*' + suffix for suffix in MODEL_SUFFIXES)})"
     where = ", ".join(str(f) for f in folders)
     raise ModelNotFoundError(f"{what}: {wanted} not found; put it in {where} (download: {url})")
 
