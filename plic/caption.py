@@ -246,7 +246,7 @@ class OpenAICaptioner:
 
     def _error(self, exc: Exception, tries: int) -> CaptionError:
         """The user's view of an ``openai`` exception: what happened and which setting to change."""
-        import openai
+        openai = _openai()
 
         where = f"the server at {self.server}"
         status = getattr(exc, "status_code", None)
