@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from . import salient
 from .deps import require
 from .errors import MissingDependencyError, PlicInputError
-from .image import check_rgb
+from .grounded_sam import GroundedSAM, ModelFolders
+from .image import check_rgb, load_rgb
 from .models import models_dir_from_env
 # Detectors return the Candidates that plic.salient stores; re-exported for their callers.
 from .salient import USER_SCORE, Candidate, check_mask, count_sources, union_mask, user_candidates  # noqa: F401
@@ -166,8 +168,6 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
                   text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                   sam_model: str | None = None, dino_size: int = 800) -> list[Candidate]:
     """Grounding DINO boxes for ``prompt``, masked by Segment Anything (see plic.grounded_sam)."""
-    from .grounded_sam import GroundedSAM
-
     model = GroundedSAM.load(folders, dino_model, sam_model)
     found = []
     for det in model.detect(rgb, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
@@ -181,8 +181,6 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
 
 def model_folders(models_dir: str | os.PathLike | None = None):
     """The Grounding DINO / SAM folders under ``models_dir`` or $PLIC_MODELS_DIR."""
-    from .grounded_sam import ModelFolders
-
     root = models_dir or models_dir_from_env()
     if not root:
         raise PlicInputError(
@@ -280,8 +278,6 @@ def add_salient_arguments(parser) -> None:
 def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the mask") -> np.ndarray:
     """A (H, W) bool mask of the original image's shape scaled (nearest) to the working
     ``size`` = (width, height); a mask of another shape is refused."""
-    from PIL import Image
-
     height, width = mask.shape[:2]
     if abs(width / height - size[0] / size[1]) > 0.02:
         raise PlicInputError(f"{what} is {width}x{height}, which is not the image's shape "
@@ -292,8 +288,6 @@ def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the ma
 
 def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """A mask image (white >= 128 = keep) of the image's shape, at the working ``size``."""
-    from .image import load_rgb
-
     return load_mask_array(load_rgb(path)[..., 0] >= 128, size, f"{path}: the mask")
 
 
