@@ -34,6 +34,12 @@ def comfy_module(name: str):
         return None
 
 
+def comfy_device() -> str:
+    """The device ComfyUI computes on, or "auto" outside ComfyUI."""
+    management = comfy_module("comfy.model_management")
+    return str(management.get_torch_device()) if management is not None else "auto"
+
+
 def image_to_rgb_list(image) -> list[np.ndarray]:
     """ComfyUI IMAGE (float tensor [B,H,W,C] in 0..1) to a list of RGB uint8 arrays."""
     array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)

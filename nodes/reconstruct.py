@@ -9,7 +9,7 @@ from plic import codec, models
 from plic import reconstruct as core
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, PAYLOAD, PIPELINE, comfy_module, rgb_list_to_image
+from .common import CATEGORY, PAYLOAD, PIPELINE, comfy_device, comfy_module, rgb_list_to_image
 
 
 def model_dirs(kind: str) -> list[Path]:
@@ -19,12 +19,6 @@ def model_dirs(kind: str) -> list[Path]:
     if folder_paths is not None:
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
     return models.search_dirs(kind)
-
-
-def comfy_device() -> str:
-    """The device ComfyUI computes on, or "auto" outside ComfyUI."""
-    management = comfy_module("comfy.model_management")
-    return str(management.get_torch_device()) if management is not None else "auto"
 
 
 class PlicDiffusersLoader:
