@@ -11,7 +11,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from plic.errors import PlicError
+from plic.errors import PlicError, PlicInputError
 
 CATEGORY = "PLIC"
 
@@ -84,6 +84,16 @@ def masks_to_tensor(masks: Iterable[np.ndarray]):
     import torch
 
     return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))
+
+
+def check_one_size(parts, node: str, verb: str) -> None:
+    """Refuse unpacked files (anything with ``width`` and ``height``) of different working
+    sizes: one IMAGE batch holds one size. ``verb`` says what to do with them one at a time."""
+    sizes = sorted({(part.width, part.height) for part in parts})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{width}x{height}" for width, height in sizes)
+        raise PlicInputError(f"{node}: the batch mixes sizes ({listed}); {verb} such files one at "
+                             "a time")
 
 
 def map_batch(items: list[T], fn: Callable[[T], R]) -> list[R]:

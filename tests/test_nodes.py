@@ -219,3 +219,10 @@ def test_folders_default_to_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert comfy_directory("output") == tmp_path / "output"
     assert importlib.util.find_spec("folder_paths") is None
+
+
+def test_unpack_refuses_a_batch_of_two_sizes(astronaut):
+    small = compress(as_image(load_shared("astronaut.png", 128)), max_side=128)[-1]["result"][0]
+    large = compress(as_image(astronaut))[-1]["result"][0]
+    with pytest.raises(PlicInputError, match=r"PLIC Unpack: the batch mixes sizes \(128x128, 256x256\)"):
+        PlicUnpack().run(large + small)
