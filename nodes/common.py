@@ -11,7 +11,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from plic.errors import PlicError, PlicInputError
+from plic.errors import PlicInputError
 
 CATEGORY = "PLIC"
 
@@ -46,7 +46,7 @@ def image_to_rgb_list(image) -> list[np.ndarray]:
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise PlicError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(array.shape)}")
+        raise PlicInputError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(array.shape)}")
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     rgb = np.clip(np.rint(array[..., :3] * 255.0), 0, 255).astype(np.uint8)
@@ -73,10 +73,17 @@ def mask_to_list(mask, count: int) -> list[np.ndarray]:
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise PlicError(f"expected a MASK [B,H,W], got shape {tuple(array.shape)}")
-    if array.shape[0] not in (1, count):
-        raise PlicError(f"{array.shape[0]} masks for {count} images; give one mask or one per image")
+        raise PlicInputError(f"expected a MASK [B,H,W], got shape {tuple(array.shape)}")
+    check_batch(array.shape[0], count, "masks")
     return [array[min(i, array.shape[0] - 1)] > 0.5 for i in range(count)]
+
+
+def check_batch(have: int, count: int, what: str, node: str = "") -> None:
+    """Refuse ``have`` items of ``what`` for a batch of ``count`` images unless one item serves
+    every image or there is one per image. ``node`` (e.g. "PLIC Pack") starts the message."""
+    if have not in (1, count):
+        raise PlicInputError(f"{node + ': ' if node else ''}{have} {what} for {count} images; give "
+                             "one for all of them or one per image, from the same image batch")
 
 
 def masks_to_tensor(masks: Iterable[np.ndarray]):

@@ -10,17 +10,13 @@ from plic import hints
 from plic.codec import DEFAULT_DECODE_HINTS
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, PAYLOAD, image_to_rgb_list, mask_to_list
+from .common import CATEGORY, PAYLOAD, check_batch, image_to_rgb_list, mask_to_list
 
 
 def _batched(name: str, tensor, count: int):
     """``tensor`` with a batch of ``count``: a batch of one is repeated; others must match."""
-    if tensor.shape[0] == count:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(count, *tensor.shape[1:])
-    raise PlicInputError(f"{name} holds {tensor.shape[0]} items for {count} images; give one or "
-                         f"one per image")
+    check_batch(tensor.shape[0], count, name, "PLIC Restore Salient")
+    return tensor.expand(count, *tensor.shape[1:])
 
 
 def _check_size(what: str, tensor, height: int, width: int) -> None:
