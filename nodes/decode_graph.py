@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from plic import hints
-from plic.codec import DEFAULT_DECODE_HINTS
+from plic.reconstruct import DecodeSettings
 from plic.errors import PlicInputError
 
 from .common import CATEGORY, PAYLOAD, check_batch, image_to_rgb_list, mask_to_list
@@ -105,9 +105,8 @@ class PlicDecodeSettings:
     def run(self, plic):
         if not plic:
             raise PlicInputError("PLIC Decode Settings: the payload is empty")
-        merged = {**DEFAULT_DECODE_HINTS, **plic[0].decode_hints}
-        return (int(merged["seed"]), int(merged["steps"]), str(merged["negative_prompt"]),
-                float(merged["controlnet_scale"]))
+        chosen = DecodeSettings().resolve(plic[0].decode_hints)
+        return (chosen.seed, chosen.steps, chosen.negative_prompt, chosen.controlnet_scale)
 
 
 NODE_CLASS_MAPPINGS = {"PlicRestoreSalient": PlicRestoreSalient, "PlicInpaintHint": PlicInpaintHint,
