@@ -135,4 +135,5 @@ class PlicSalientRegions:
 
 
 NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicSalientRegions": "PLIC Salient Regions"}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PlicSalientRegions": "PLIC Salient Regions (keep faces, text, masked pixels exactly)"}
