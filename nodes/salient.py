@@ -44,7 +44,7 @@ def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np
     colour and dropped ones in grey."""
     import cv2
 
-    preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8)).copy()
+    preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8))  # a new array
     for candidates, colour_of in ((report.dropped, lambda c: DROPPED_COLOUR),
                                   (report.kept, lambda c: COLOURS.get(c.source, (255, 255, 255)))):
         for c in candidates:
