@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plic import codec, random_models, sd15_configs  # noqa: E402
+from plic import codec, random_models  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402
 
@@ -65,10 +65,8 @@ def build_pipeline(tiny: bool, device: str, dtype, variant: str):
     import torch
 
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = random_models.load_tokenizer(random_models.save_tokenizer(Path(folder)))
-    vocab = len(random_models.character_vocabulary()) if tiny else 49408
-    configs = sd15_configs.tiny(vocab) if tiny else sd15_configs.full()
-    pipe = random_models.pipeline(random_models.build(configs, tokenizer, device=device, dtype=dtype))
+        components = random_models.build_sd15(Path(folder), tiny=tiny, device=device, dtype=dtype)
+    pipe = random_models.pipeline(components)
     pipe.set_progress_bar_config(disable=True)
     if variant == "channels_last":
         for model in (pipe.unet, pipe.vae, *pipe.controlnet.nets):

@@ -10,7 +10,7 @@ from pathlib import Path
 from plic import caption as cap
 from plic.codec import MAX_PROMPT_CHARS
 
-from .common import CATEGORY, comfy_module, image_to_rgb_list, map_batch
+from .common import CATEGORY, comfy_device, comfy_module, image_to_rgb_list, map_batch
 
 BACKENDS = ["openai", "local", "manual"]
 #: First entry of the local-model list: no folder chosen (the default, valid in every install).
@@ -40,12 +40,6 @@ def local_model_input() -> tuple:
              "tooltip": "Image-to-text model folder (BLIP, GIT, Florence-2...) in models/captioners "
                         "or models/LLM (outside ComfyUI: $PLIC_MODELS_DIR/captioners), for the "
                         "local back end."})
-
-
-def torch_device() -> str:
-    """ComfyUI's device for models when it runs, else "auto"."""
-    management = comfy_module("comfy.model_management")
-    return str(management.get_torch_device()) if management is not None else "auto"
 
 
 class PlicCaption:
@@ -110,7 +104,7 @@ class PlicCaption:
             return cap.ManualCaptioner(manual_text, limit=max_chars)
         if backend == "local":
             name = "" if local_model == NO_LOCAL_MODEL else local_model
-            return cap.LocalCaptioner(name, device=torch_device(), limit=max_chars,
+            return cap.LocalCaptioner(name, device=comfy_device(), limit=max_chars,
                                       search_dirs=model_dirs())
         return cap.OpenAICaptioner(model, base_url=base_url, api_key_env=api_key_env,
                                    timeout=timeout, max_retries=max_retries, limit=max_chars)

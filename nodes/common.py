@@ -11,7 +11,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from plic.errors import PlicError
+from plic.errors import PlicInputError
 
 CATEGORY = "PLIC"
 
@@ -34,13 +34,19 @@ def comfy_module(name: str):
         return None
 
 
+def comfy_device() -> str:
+    """The device ComfyUI computes on, or "auto" outside ComfyUI."""
+    management = comfy_module("comfy.model_management")
+    return str(management.get_torch_device()) if management is not None else "auto"
+
+
 def image_to_rgb_list(image) -> list[np.ndarray]:
     """ComfyUI IMAGE (float tensor [B,H,W,C] in 0..1) to a list of RGB uint8 arrays."""
     array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise PlicError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(array.shape)}")
+        raise PlicInputError(f"expected an IMAGE batch [B,H,W,C], got shape {tuple(array.shape)}")
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     rgb = np.clip(np.rint(array[..., :3] * 255.0), 0, 255).astype(np.uint8)
@@ -67,10 +73,17 @@ def mask_to_list(mask, count: int) -> list[np.ndarray]:
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise PlicError(f"expected a MASK [B,H,W], got shape {tuple(array.shape)}")
-    if array.shape[0] not in (1, count):
-        raise PlicError(f"{array.shape[0]} masks for {count} images; give one mask or one per image")
+        raise PlicInputError(f"expected a MASK [B,H,W], got shape {tuple(array.shape)}")
+    check_batch(array.shape[0], count, "masks")
     return [array[min(i, array.shape[0] - 1)] > 0.5 for i in range(count)]
+
+
+def check_batch(have: int, count: int, what: str, node: str = "") -> None:
+    """Refuse ``have`` items of ``what`` for a batch of ``count`` images unless one item serves
+    every image or there is one per image. ``node`` (e.g. "PLIC Pack") starts the message."""
+    if have not in (1, count):
+        raise PlicInputError(f"{node + ': ' if node else ''}{have} {what} for {count} images; give "
+                             "one for all of them or one per image, from the same image batch")
 
 
 def masks_to_tensor(masks: Iterable[np.ndarray]):
@@ -78,6 +91,16 @@ def masks_to_tensor(masks: Iterable[np.ndarray]):
     import torch
 
     return torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))
+
+
+def check_one_size(parts, node: str, verb: str) -> None:
+    """Refuse unpacked files (anything with ``width`` and ``height``) of different working
+    sizes: one IMAGE batch holds one size. ``verb`` says what to do with them one at a time."""
+    sizes = sorted({(part.width, part.height) for part in parts})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{width}x{height}" for width, height in sizes)
+        raise PlicInputError(f"{node}: the batch mixes sizes ({listed}); {verb} such files one at "
+                             "a time")
 
 
 def map_batch(items: list[T], fn: Callable[[T], R]) -> list[R]:

@@ -7,20 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from plic import hints
-from plic.codec import DEFAULT_DECODE_HINTS
+from plic.reconstruct import DecodeSettings
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, PAYLOAD, image_to_rgb_list, mask_to_list
+from .common import CATEGORY, PAYLOAD, check_batch, image_to_rgb_list, mask_to_list
 
 
 def _batched(name: str, tensor, count: int):
     """``tensor`` with a batch of ``count``: a batch of one is repeated; others must match."""
-    if tensor.shape[0] == count:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(count, *tensor.shape[1:])
-    raise PlicInputError(f"{name} holds {tensor.shape[0]} items for {count} images; give one or "
-                         f"one per image")
+    check_batch(tensor.shape[0], count, name, "PLIC Restore Salient")
+    return tensor.expand(count, *tensor.shape[1:])
 
 
 def _check_size(what: str, tensor, height: int, width: int) -> None:
@@ -109,9 +105,8 @@ class PlicDecodeSettings:
     def run(self, plic):
         if not plic:
             raise PlicInputError("PLIC Decode Settings: the payload is empty")
-        merged = {**DEFAULT_DECODE_HINTS, **plic[0].decode_hints}
-        return (int(merged["seed"]), int(merged["steps"]), str(merged["negative_prompt"]),
-                float(merged["controlnet_scale"]))
+        chosen = DecodeSettings().resolve(plic[0].decode_hints)
+        return (chosen.seed, chosen.steps, chosen.negative_prompt, chosen.controlnet_scale)
 
 
 NODE_CLASS_MAPPINGS = {"PlicRestoreSalient": PlicRestoreSalient, "PlicInpaintHint": PlicInpaintHint,

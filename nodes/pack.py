@@ -4,7 +4,7 @@ from plic import codec, fileformat
 from plic.caption import split_prompts
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT
+from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, check_batch
 
 
 class PlicPack:
@@ -57,12 +57,8 @@ def per_image(value, count: int, what: str) -> list:
     if value is None:
         return [value] * count
     items = list(value)
-    if len(items) == 1:
-        return items * count
-    if len(items) != count:
-        raise PlicInputError(f"PLIC Pack: {len(items)} {what} for {count} images; make every "
-                             "input from the same image batch")
-    return items
+    check_batch(len(items), count, what, "PLIC Pack")
+    return items * count if len(items) == 1 else items
 
 
 NODE_CLASS_MAPPINGS = {"PlicPack": PlicPack}

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from plic import codec, models
 from plic import reconstruct as core
-from plic.errors import PlicInputError
 
-from .common import CATEGORY, PAYLOAD, PIPELINE, comfy_module, rgb_list_to_image
+from .common import CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_module, rgb_list_to_image
 
 
 def model_dirs(kind: str) -> list[Path]:
@@ -19,12 +18,6 @@ def model_dirs(kind: str) -> list[Path]:
     if folder_paths is not None:
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
     return models.search_dirs(kind)
-
-
-def comfy_device() -> str:
-    """The device ComfyUI computes on, or "auto" outside ComfyUI."""
-    management = comfy_module("comfy.model_management")
-    return str(management.get_torch_device()) if management is not None else "auto"
 
 
 class PlicDiffusersLoader:
@@ -124,11 +117,7 @@ class PlicReconstruct:
 
     def run(self, pipeline, plic, steps, seed, guidance_scale):
         parts = [codec.unpack(item) for item in plic]
-        sizes = {(p.width, p.height) for p in parts}
-        if len(sizes) > 1:
-            raise PlicInputError("PLIC Reconstruct: the batch mixes sizes "
-                                 f"({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
-                                 "decode such files one at a time")
+        check_one_size(parts, "PLIC Reconstruct", "decode")
         settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
                                        guidance_scale=guidance_scale)
         _free_comfy_memory(str(pipeline.options.device))

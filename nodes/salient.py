@@ -44,7 +44,7 @@ def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np
     colour and dropped ones in grey."""
     import cv2
 
-    preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8)).copy()
+    preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8))  # a new array
     for candidates, colour_of in ((report.dropped, lambda c: DROPPED_COLOUR),
                                   (report.kept, lambda c: COLOURS.get(c.source, (255, 255, 255)))):
         for c in candidates:
@@ -135,4 +135,5 @@ class PlicSalientRegions:
 
 
 NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicSalientRegions": "PLIC Salient Regions"}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PlicSalientRegions": "PLIC Salient Regions (keep faces, text, masked pixels exactly)"}

@@ -5,7 +5,7 @@ import numpy as np
 from plic import codec
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, PAYLOAD, map_batch, masks_to_tensor, rgb_list_to_image
+from .common import CATEGORY, PAYLOAD, check_one_size, map_batch, masks_to_tensor, rgb_list_to_image
 
 
 class PlicUnpack:
@@ -39,11 +39,8 @@ class PlicUnpack:
 
     def run(self, plic):
         parts = map_batch(list(plic), codec.unpack)
+        check_one_size(parts, "PLIC Unpack", "unpack")
         first = parts[0]
-        if any((p.width, p.height) != (first.width, first.height) for p in parts):
-            sizes = ", ".join(sorted({f"{p.width}x{p.height}" for p in parts}))
-            raise PlicInputError(f"PLIC Unpack: the batch mixes sizes ({sizes}); unpack such files "
-                                 "one at a time")
         if any(p.prompt != first.prompt for p in parts):
             raise PlicInputError("PLIC Unpack: the batch holds different prompts; unpack such files "
                                  "one at a time")

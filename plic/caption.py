@@ -35,7 +35,7 @@ from .codec import MAX_PROMPT_CHARS, clean_prompt
 from .deps import require, resolve_device
 from . import models
 from .errors import CaptionError, PlicInputError
-from .image import check_rgb
+from .image import check_rgb, to_working
 
 log = logging.getLogger("plic.caption")
 
@@ -129,10 +129,8 @@ def jpeg_data_uri(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE,
     """The image, its longest side scaled down to ``max_side``, as a ``data:image/jpeg`` URI."""
     from PIL import Image
 
-    image = Image.fromarray(check_rgb(rgb))
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(to_working(rgb, max_side)).save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -248,7 +246,7 @@ class OpenAICaptioner:
 
     def _error(self, exc: Exception, tries: int) -> CaptionError:
         """The user's view of an ``openai`` exception: what happened and which setting to change."""
-        import openai
+        openai = _openai()
 
         where = f"the server at {self.server}"
         status = getattr(exc, "status_code", None)
@@ -325,12 +323,8 @@ def model_search_dirs() -> list[Path]:
 
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
     """Names of the model folders (holding a config.json) directly inside ``search_dirs``."""
-    names = set()
-    for folder in model_search_dirs() if search_dirs is None else search_dirs:
-        folder = Path(folder)
-        if folder.is_dir():
-            names.update(p.name for p in folder.iterdir() if (p / "config.json").is_file())
-    return sorted(names)
+    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    return models.names_in(dirs, lambda entry: (entry / "config.json").is_file())
 
 
 def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None = None) -> Path:
@@ -338,9 +332,8 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     if not str(name).strip():
         raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
                            f"folder in models/captioners and choose it in {setting('path')}")
-    dirs = model_search_dirs() if search_dirs is None else [Path(d) for d in search_dirs]
-    given = Path(str(name).strip()).expanduser()
-    candidates = [given] + ([d / given for d in dirs] if not given.is_absolute() else [])
+    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    candidates = models.candidate_paths(str(name).strip(), dirs)
     for folder in candidates:
         if folder.is_dir():
             if not (folder / "config.json").is_file():

@@ -21,9 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from . import salient
 from .deps import require
 from .errors import MissingDependencyError, PlicInputError
+from .grounded_sam import GroundedSAM, ModelFolders
+from .image import check_rgb, load_rgb
+from .models import models_dir_from_env
+# Detectors return the Candidates that plic.salient stores; re-exported for their callers.
+from .salient import USER_SCORE, Candidate, check_mask, count_sources, union_mask, user_candidates  # noqa: F401
 
 SOURCES = ("faces", "text", "dino+sam")
 #: What a fresh install can run with no downloads (text only where Tesseract is installed).
@@ -37,30 +44,6 @@ DEFAULT_TEXT_CONFIDENCE = 60
 DEFAULT_FACE_MIN_FRACTION = 0.05
 #: Faces are grown by this fraction of their box on each side (hair, chin, ears).
 FACE_MARGIN = 0.1
-USER_SCORE = 2.0  # above every detector score: a user's mask is dropped last
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One region worth keeping: where, how sure, and which pixels (``mask``, box-sized)."""
-
-    source: str  # "faces", "text", "dino+sam" or "user"
-    label: str
-    box: tuple[int, int, int, int]  # x, y, w, h in working-image pixels
-    score: float  # 0..1 for detectors; USER_SCORE for a user's mask
-    mask: np.ndarray | None = None  # (h, w) bool inside ``box``; None means the whole box
-
-    @property
-    def area(self) -> int:
-        return int(self.box[2] * self.box[3]) if self.mask is None else int(self.mask.sum())
-
-    def paint(self, canvas: np.ndarray) -> None:
-        """Set this candidate's pixels in the (H, W) bool ``canvas``."""
-        x, y, w, h = self.box
-        if self.mask is None:
-            canvas[y:y + h, x:x + w] = True
-        else:
-            canvas[y:y + h, x:x + w] |= self.mask
 
 
 @dataclass
@@ -74,18 +57,7 @@ class SalientResult:
 
     def counts(self) -> dict[str, int]:
         """Candidates per source."""
-        out: dict[str, int] = {}
-        for c in self.candidates:
-            out[c.source] = out.get(c.source, 0) + 1
-        return out
-
-
-def union_mask(candidates: list[Candidate], size: tuple[int, int]) -> np.ndarray:
-    """The (H, W) bool union of ``candidates`` for a working image of ``size`` = (w, h)."""
-    canvas = np.zeros((size[1], size[0]), dtype=bool)
-    for c in candidates:
-        c.paint(canvas)
-    return canvas
+        return count_sources(self.candidates)
 
 
 def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -141,16 +113,17 @@ def detect_faces(rgb: np.ndarray, *, min_fraction: float = DEFAULT_FACE_MIN_FRAC
         image = gray[:, ::-1].copy() if flipped else gray
         rects, _levels, weights = _cascade(name).detectMultiScale3(
             image, scaleFactor=1.1, minNeighbors=5, minSize=(side, side), outputRejectLevels=True)
-        for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
+        for rect, weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
+            x, y, w, h = (int(v) for v in rect)
             x = width - x - w if flipped else x
-            found.append(Candidate("faces", label, _grow((int(x), int(y), int(w), int(h)), margin, width, height),
-                                   _cascade_score(weight)))
+            box = _grown((x, y, w, h), round(w * margin), round(h * margin), width, height)
+            found.append(Candidate("faces", label, box, _cascade_score(weight)))
     return found
 
 
-def _grow(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+def _grown(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` (x, y, w, h) grown by ``dx`` / ``dy`` on each side, clipped to the image."""
     x, y, w, h = box
-    dx, dy = round(w * margin), round(h * margin)
     x0, y0 = max(0, x - dx), max(0, y - dy)
     return x0, y0, min(width, x + w + dx) - x0, min(height, y + h + dy) - y0
 
@@ -183,8 +156,7 @@ def detect_text(rgb: np.ndarray, *, min_confidence: float = DEFAULT_TEXT_CONFIDE
         confidence = float(conf)
         if not str(text).strip() or confidence < min_confidence or w <= 0 or h <= 0:
             continue
-        x0, y0 = max(0, x - pad), max(0, y - pad)
-        box = (x0, y0, min(width, x + w + pad) - x0, min(height, y + h + pad) - y0)
+        box = _grown((x, y, w, h), pad, pad, width, height)
         found.append(Candidate("text", str(text).strip(), box, confidence / 100.0))
     return found
 
@@ -196,8 +168,6 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
                   text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                   sam_model: str | None = None, dino_size: int = 800) -> list[Candidate]:
     """Grounding DINO boxes for ``prompt``, masked by Segment Anything (see plic.grounded_sam)."""
-    from .grounded_sam import GroundedSAM
-
     model = GroundedSAM.load(folders, dino_model, sam_model)
     found = []
     for det in model.detect(rgb, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
@@ -211,9 +181,7 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
 
 def model_folders(models_dir: str | os.PathLike | None = None):
     """The Grounding DINO / SAM folders under ``models_dir`` or $PLIC_MODELS_DIR."""
-    from .grounded_sam import ModelFolders
-
-    root = models_dir or os.environ.get("PLIC_MODELS_DIR")
+    root = models_dir or models_dir_from_env()
     if not root:
         raise PlicInputError(
             "dino+sam needs a models folder: pass models_dir (command line: --models-dir) or set "
@@ -222,19 +190,6 @@ def model_folders(models_dir: str | os.PathLike | None = None):
 
 
 # --- user masks and the whole step -------------------------------------------------------------
-
-def user_candidates(mask: np.ndarray) -> list[Candidate]:
-    """A user's (H, W) bool mask as one candidate per connected component."""
-    import cv2
-
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    found = []
-    for index in range(1, count):
-        x, y, w, h, _area = (int(v) for v in stats[index])
-        found.append(Candidate("user", "user mask", (x, y, w, h), USER_SCORE,
-                               labels[y:y + h, x:x + w] == index))
-    return found
-
 
 def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
                  folders=None, models_dir: str | os.PathLike | None = None, strict=True,
@@ -249,9 +204,6 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     recorded in ``notes``. ``folders`` (a
     plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam; ``dino_size`` is the
     short side Grounding DINO sees (800 as trained; smaller is faster and coarser)."""
-    from .image import check_rgb
-    from .salient import check_mask
-
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
     candidates: list[Candidate] = []
@@ -283,8 +235,6 @@ def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray 
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
     lists what each detector found, what was kept and the detectors skipped."""
-    from . import salient
-
     found = find_salient(rgb, sources, user_mask, strict=strict, **params)
     stored = salient.store(rgb, found.candidates, codec=codec, quality=quality,
                            budget=salient.Budget() if budget is None else budget)
@@ -299,8 +249,6 @@ AUTO = "auto"
 
 def add_salient_arguments(parser) -> None:
     """The salient options of `plic encode` (see :func:`salient_from_args`)."""
-    from . import salient
-
     group = parser.add_argument_group("salient regions (pixels kept verbatim)")
     group.add_argument("--salient", default=AUTO, metavar="SOURCES",
                        help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces and text "
@@ -330,8 +278,6 @@ def add_salient_arguments(parser) -> None:
 def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the mask") -> np.ndarray:
     """A (H, W) bool mask of the original image's shape scaled (nearest) to the working
     ``size`` = (width, height); a mask of another shape is refused."""
-    from PIL import Image
-
     height, width = mask.shape[:2]
     if abs(width / height - size[0] / size[1]) > 0.02:
         raise PlicInputError(f"{what} is {width}x{height}, which is not the image's shape "
@@ -342,8 +288,6 @@ def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the ma
 
 def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """A mask image (white >= 128 = keep) of the image's shape, at the working ``size``."""
-    from .image import load_rgb
-
     return load_mask_array(load_rgb(path)[..., 0] >= 128, size, f"{path}: the mask")
 
 
@@ -352,8 +296,6 @@ def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLi
 
     Returns (mask_stream, regions, report). The budget also caps the salient bytes at the size
     of ``image_path`` (the original file) when given."""
-    from . import salient
-
     size = (rgb_working.shape[1], rgb_working.shape[0])
     auto = str(args.salient).strip().lower() == AUTO
     sources = DEFAULT_SOURCES if auto else parse_sources(args.salient)

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import models
 from .deps import require
 from .errors import ModelNotFoundError, PlicInputError
+from .image import resize
 
 #: The folder names under a models directory (and ComfyUI's folder_paths keys).
 DINO_FOLDER = "grounding-dino"
@@ -72,9 +74,7 @@ class Detection:
 
 def list_models(folders: tuple[Path, ...]) -> list[str]:
     """Model file names found in ``folders`` (sorted, no duplicates)."""
-    names = {p.name for folder in folders if folder.is_dir() for p in folder.iterdir()
-             if p.suffix in MODEL_SUFFIXES and p.is_file()}
-    return sorted(names)
+    return models.names_in(folders, lambda entry: entry.suffix in MODEL_SUFFIXES and entry.is_file())
 
 
 def find_model(folders: tuple[Path, ...], name: str | None, what: str, url: str) -> Path:
@@ -84,7 +84,7 @@ def find_model(folders: tuple[Path, ...], name: str | None, what: str, url: str)
         for path in candidates:
             if path.is_file():
                 return path
-    wanted = name or f"a {what} checkpoint (*.pth)"
+    wanted = name or f"a {what} checkpoint ({', '.join('*' + suffix for suffix in MODEL_SUFFIXES)})"
     where = ", ".join(str(f) for f in folders)
     raise ModelNotFoundError(f"{what}: {wanted} not found; put it in {where} (download: {url})")
 
@@ -361,7 +361,7 @@ def _dino_input(rgb: np.ndarray, short_side: int, max_side: int):
     height, width = rgb.shape[:2]
     scale = min(short_side / min(height, width), max_side / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    resized = resize(rgb, size, Image.BILINEAR).astype(np.float32) / 255.0
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     array = ((resized - mean) / std).astype(np.float32).transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))[None]

@@ -4,13 +4,15 @@ Layout (ComfyUI's): an SD1.5 diffusers pipeline folder under ``models/diffusers/
 ControlNets under ``models/controlnet/`` (each a diffusers folder or a single checkpoint file).
 Inside ComfyUI the nodes pass ``folder_paths``' folders; outside it the ``plic`` command and
 scripts pass a models folder or set ``PLIC_MODELS_DIR``. Nothing here touches the network.
+The local captioners (:mod:`plic.caption`) and Grounding DINO / SAM (:mod:`plic.grounded_sam`)
+list and look up their own models with :func:`names_in` and :func:`candidate_paths`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .errors import ModelNotFoundError
 
@@ -66,11 +68,18 @@ def _missing(folder: Path, required: Sequence[tuple[str, tuple[str, ...]]]) -> l
             if not any(any(folder.glob(pattern)) for pattern in patterns)]
 
 
-def _candidates(name: str, dirs: Iterable[Path]) -> list[Path]:
-    """Where ``name`` may be: itself when it is a path, then ``<dir>/<name>`` for each dir."""
+def candidate_paths(name: str | os.PathLike, dirs: Iterable[Path]) -> list[Path]:
+    """Where the model ``name`` may be, in order: ``name`` itself (a path), then, unless it is
+    absolute, ``<dir>/<name>`` for each of ``dirs``."""
     given = Path(name).expanduser()
-    out = [given] if given.is_absolute() or given.exists() else []
-    return out + [Path(d) / name for d in dirs]
+    return [given] + ([Path(d) / given for d in dirs] if not given.is_absolute() else [])
+
+
+def names_in(dirs: Iterable[Path], accept: Callable[[Path], bool]) -> list[str]:
+    """Sorted names (no duplicates) of the entries directly inside ``dirs`` that ``accept``
+    takes; folders that do not exist are skipped. What model dropdowns list."""
+    return sorted({entry.name for folder in map(Path, dirs) if folder.is_dir()
+                   for entry in folder.iterdir() if accept(entry)})
 
 
 def _not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNotFoundError:
@@ -83,7 +92,7 @@ def find_pipeline(name: str, dirs: Sequence[Path]) -> Path:
     ``dirs``), checked complete. Raises ModelNotFoundError naming each missing file."""
     if not name:
         raise _not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
-    for folder in _candidates(name, dirs):
+    for folder in candidate_paths(name, dirs):
         if folder.is_dir():
             missing = _missing(folder, PIPELINE_FILES)
             if missing:
@@ -102,7 +111,7 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
     checkpoint file. ``role`` names it in errors (e.g. "inpaint ControlNet")."""
     if not name:
         raise _not_found(f"The {role}", "", dirs, "Choose a ControlNet.")
-    for path in _candidates(name, dirs):
+    for path in candidate_paths(name, dirs):
         if path.is_dir():
             missing = _missing(path, CONTROLNET_FILES)
             if missing:
@@ -122,14 +131,12 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
 def list_models(dirs: Iterable[Path], kind: str) -> list[str]:
     """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``) or
     ControlNet folders and checkpoint files (``kind="controlnet"``) found in ``dirs``."""
-    names: set[str] = set()
-    for folder in dirs:
-        if not Path(folder).is_dir():
-            continue
-        for entry in Path(folder).iterdir():
-            if kind == "diffusers" and (entry / "model_index.json").is_file():
-                names.add(entry.name)
-            elif kind == "controlnet" and ((entry / "config.json").is_file()
-                                           or entry.suffix.lower() in SINGLE_FILE_SUFFIXES):
-                names.add(entry.name)
-    return sorted(names)
+
+    def accept(entry: Path) -> bool:
+        if kind == "diffusers":
+            return (entry / "model_index.json").is_file()
+        if kind == "controlnet":
+            return (entry / "config.json").is_file() or entry.suffix.lower() in SINGLE_FILE_SUFFIXES
+        return False
+
+    return names_in(dirs, accept)

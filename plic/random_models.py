@@ -89,10 +89,12 @@ def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu
     )
 
 
-def build_tiny(folder: Path, seed: int = 0) -> Components:
-    """Tiny random components; the tokenizer files go to ``folder``."""
-    vocab_size = len(character_vocabulary())
-    return build(sd15_configs.tiny(vocab_size), load_tokenizer(save_tokenizer(folder)), seed)
+def build_sd15(folder: Path, *, tiny: bool, seed: int = 0, device: str = "cpu",
+               dtype=None) -> Components:
+    """Random SD1.5 components, full size or ``tiny``, with the tokenizer of
+    :func:`character_vocabulary` (its files go to ``folder``); see :func:`build`."""
+    configs = sd15_configs.tiny(len(character_vocabulary())) if tiny else sd15_configs.full()
+    return build(configs, load_tokenizer(save_tokenizer(folder)), seed, device, dtype)
 
 
 def pipeline(components: Components):

@@ -4,7 +4,8 @@ The reference (shared reference, "Decoding") ran diffusers' ``StableDiffusionCon
 with ``control_v11p_sd15_inpaint`` and a color+canny ControlNet, UniPC, 60 steps, ControlNet scale
 1.0, a fixed negative prompt and a fixed seed. :class:`Reconstructor` does the same from the
 models on disk (offline, see :mod:`plic.models`), then puts the stored salient pixels back
-exactly. Loaded pipelines are cached per (models, device, precision, offload).
+exactly. One loaded pipeline is cached: loading other models, or the same ones with another
+device, precision or offload, replaces it.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ _CACHE: dict[tuple, object] = {}
 
 
 def cached_pipeline(paths: ModelPaths, options: LoadOptions = LoadOptions()):
-    """:func:`load_pipeline`, loaded once per (paths, options) and kept until :func:`release`."""
+    """:func:`load_pipeline`, loaded once for (paths, options) and kept until :func:`release`
+    or until a pipeline for other (paths, options) is asked for (only one is held)."""
     key = (paths, options)
     if key not in _CACHE:
         release()  # one pipeline at a time: SD1.5 + two ControlNets is several GB

@@ -10,11 +10,15 @@ the stored quality (lossless PNG -> lossless WebP -> WebP 90 ... ``min_quality``
 the least important candidates (lowest score first; among equal scores the largest first)
 until the bytes fit, and reports what it kept. Whatever the settings, the salient bytes never
 exceed the raw size of the working image (W x H x 3) nor ``Budget.max_bytes``.
+
+What may be kept arrives as :class:`Candidate` regions: from the detectors of :mod:`plic.detect`
+or, for a user's mask, from :func:`user_candidates`.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +27,7 @@ from PIL import Image
 from . import jbig2
 from .errors import PlicInputError
 from .fileformat import MAX_REGIONS, REGION_CODECS, SalientRegion
+from .image import check_rgb
 
 #: Default salient share: 0.5 bits per pixel of the working image. A lossless face of a 512x512
 #: portrait costs about 1.1 bpp, so by default it is stored as WebP (see :func:`quality_ladder`).
@@ -36,6 +41,57 @@ LOSSLESS_CODECS = ("png", "webp-lossless")
 _SECTION_OVERHEAD = 12  # type, length, crc of a .plic section
 _REGION_OVERHEAD = 13  # x, y, w, h, codec, length of one stored region
 _QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_parameters tries
+#: Score of a user's mask, above every detector's (0..1): a user's mask is dropped last.
+USER_SCORE = 2.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One region worth keeping: where, how sure, and which pixels (``mask``, box-sized)."""
+
+    source: str  # "faces", "text", "dino+sam" or "user"
+    label: str
+    box: tuple[int, int, int, int]  # x, y, w, h in working-image pixels
+    score: float  # 0..1 for detectors; USER_SCORE for a user's mask
+    mask: np.ndarray | None = None  # (h, w) bool inside ``box``; None means the whole box
+
+    @property
+    def area(self) -> int:
+        return int(self.box[2] * self.box[3]) if self.mask is None else int(self.mask.sum())
+
+    def paint(self, canvas: np.ndarray) -> None:
+        """Set this candidate's pixels in the (H, W) bool ``canvas``."""
+        x, y, w, h = self.box
+        if self.mask is None:
+            canvas[y:y + h, x:x + w] = True
+        else:
+            canvas[y:y + h, x:x + w] |= self.mask
+
+
+def union_mask(candidates: list[Candidate], size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) bool union of ``candidates`` for a working image of ``size`` = (w, h)."""
+    canvas = np.zeros((size[1], size[0]), dtype=bool)
+    for c in candidates:
+        c.paint(canvas)
+    return canvas
+
+
+def user_candidates(mask: np.ndarray) -> list[Candidate]:
+    """A user's (H, W) bool mask as one candidate per connected component."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    found = []
+    for index in range(1, count):
+        x, y, w, h, _area = (int(v) for v in stats[index])
+        found.append(Candidate("user", "user mask", (x, y, w, h), USER_SCORE,
+                               labels[y:y + h, x:x + w] == index))
+    return found
+
+
+def count_sources(candidates: list[Candidate]) -> dict[str, int]:
+    """How many of ``candidates`` each source gave, in the order the sources first appear."""
+    return dict(Counter(c.source for c in candidates))
 
 
 @dataclass(frozen=True)
@@ -84,8 +140,8 @@ class Report:
     salient_bytes: int = 0
     codec: str = "png"
     quality: int = 90
-    kept: list = field(default_factory=list)  # plic.detect.Candidate
-    dropped: list = field(default_factory=list)
+    kept: list[Candidate] = field(default_factory=list)
+    dropped: list[Candidate] = field(default_factory=list)
     regions: int = 0
     fraction: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -96,10 +152,7 @@ class Report:
 
     def counts(self, which: str = "kept") -> dict[str, int]:
         """Candidates per source in ``kept`` or ``dropped``."""
-        out: dict[str, int] = {}
-        for c in getattr(self, which):
-            out[c.source] = out.get(c.source, 0) + 1
-        return out
+        return count_sources(getattr(self, which))
 
     def summary(self) -> str:
         """A few lines for a log or a node's text output."""
@@ -199,16 +252,21 @@ def encode_crop(pixels: np.ndarray, codec: str = "png", quality: int = 90) -> by
     elif codec == "webp":
         image.save(buffer, format="WEBP", quality=quality, method=6)
     else:
-        raise PlicInputError(f"unknown salient codec {codec!r}; use one of {sorted(REGION_CODECS.values())}")
+        _check_codec(codec)
     return buffer.getvalue()
+
+
+def _check_codec(codec: str) -> None:
+    if codec not in REGION_CODECS.values():
+        raise PlicInputError(f"unknown salient codec {codec!r} (--salient-codec, or the codec input of "
+                             f"PLIC Salient Regions); use one of {sorted(REGION_CODECS.values())}")
 
 
 def quality_ladder(codec: str, quality: int, min_quality: int = DEFAULT_MIN_QUALITY) -> list[tuple[str, int]]:
     """The (codec, quality) steps :func:`store` tries, best first: the requested one, the other
     lossless codec when it was lossless, then WebP from ``quality`` (90 after lossless) down to
     ``min_quality`` in steps of 10."""
-    if codec not in REGION_CODECS.values():
-        raise PlicInputError(f"unknown salient codec {codec!r}; use one of {sorted(REGION_CODECS.values())}")
+    _check_codec(codec)
     if codec in LOSSLESS_CODECS:
         steps = [(codec, quality)] + [(c, quality) for c in LOSSLESS_CODECS if c != codec]
         start = 90
@@ -226,25 +284,38 @@ def pixels_cost(mask_stream: bytes | None, regions: list[SalientRegion]) -> int:
     return 2 * _SECTION_OVERHEAD + len(mask_stream) + spix
 
 
-def encode_mask(rgb: np.ndarray, mask: np.ndarray, codec: str = "png", quality: int = 90,
-                pad: int = DEFAULT_PAD, merge_gap: int = DEFAULT_MERGE_GAP,
-                crops: dict | None = None, quick: bool = False) -> tuple[bytes | None, list[SalientRegion]]:
-    """The JBIG2 mask stream and the regions for ``mask`` with no budget (None, [] if empty).
-    ``crops`` caches encoded boxes between calls on the same image. ``quick`` codes the mask
-    with one fixed set of JBIG2 parameters instead of searching for the smallest; the search
-    tries that set too, so its stream is never longer."""
-    if not mask.any():
-        return None, []
-    crops = {} if crops is None else crops
-    masked = np.where(mask[..., None], rgb, 0).astype(np.uint8)
-    regions = []
-    for x, y, w, h in region_boxes(mask, pad, merge_gap):
-        key = (x, y, w, h, codec, quality, mask[y:y + h, x:x + w].tobytes())
-        if key not in crops:
-            crops[key] = encode_crop(masked[y:y + h, x:x + w], codec, quality)
-        regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
-    mask_params = _QUICK_JBIG2 if quick else {}
-    return jbig2.encode_embedded(mask.astype(np.uint8), **mask_params), regions
+@dataclass
+class _Selection:
+    """What :func:`store` keeps for one prefix of its candidates: the mask, and all that does not
+    depend on the stored quality (worked out once, then priced at several ladder steps)."""
+
+    mask: np.ndarray  # (H, W) bool
+    allowed: bool  # within Budget.max_fraction
+    boxes: list[tuple[int, int, int, int]]
+    masked: np.ndarray | None  # the image, zero outside the mask
+    quick_stream: bytes | None  # the mask coded with _QUICK_JBIG2 (None when empty)
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, candidates: list[Candidate], max_fraction: float | None,
+           pad: int, merge_gap: int) -> "_Selection":
+        mask = union_mask(candidates, (rgb.shape[1], rgb.shape[0]))
+        allowed = max_fraction is None or mask.mean() <= max_fraction
+        if not (allowed and mask.any()):
+            return cls(mask, allowed, [], None, None)
+        return cls(mask, True, region_boxes(mask, pad, merge_gap),
+                   np.where(mask[..., None], rgb, 0).astype(np.uint8),
+                   jbig2.encode_embedded(mask.astype(np.uint8), **_QUICK_JBIG2))
+
+    def regions(self, codec: str, quality: int, crops: dict) -> list[SalientRegion]:
+        """Each box's pixels as an image in ``codec``; ``crops`` caches encoded boxes across
+        selections and steps of the same image."""
+        regions = []
+        for x, y, w, h in self.boxes:
+            key = (x, y, w, h, codec, quality, self.mask[y:y + h, x:x + w].tobytes())
+            if key not in crops:
+                crops[key] = encode_crop(self.masked[y:y + h, x:x + w], codec, quality)
+            regions.append(SalientRegion(x, y, w, h, codec, crops[key]))
+        return regions
 
 
 @dataclass
@@ -264,49 +335,53 @@ class Stored:
         return SalientPart(self.mask_stream, tuple(self.regions))
 
 
-def keep_order(candidates: list) -> list:
+def keep_order(candidates: list[Candidate]) -> list[Candidate]:
     """Candidates most worth keeping first: highest score, then smallest area."""
     return sorted(candidates, key=lambda c: (-c.score, c.area))
 
 
-def store(rgb: np.ndarray, candidates: list, *, codec: str = "png", quality: int = 90,
+def store(rgb: np.ndarray, candidates: list[Candidate], *, codec: str = "png", quality: int = 90,
           budget: Budget = Budget(), min_quality: int = DEFAULT_MIN_QUALITY, pad: int = DEFAULT_PAD,
           merge_gap: int = DEFAULT_MERGE_GAP) -> Stored:
-    """Store the pixels of ``rgb`` (the working image) under ``candidates`` (plic.detect.Candidate)
+    """Store the pixels of ``rgb`` (the working image) under ``candidates``
     within ``budget``. If every candidate fits at the cheapest step of :func:`quality_ladder`
     they are all kept, at the best step that fits; otherwise the longest prefix of
     :func:`keep_order` that fits at the cheapest step is kept, again at the best step that fits.
     (Costs are taken as growing with the count and with the quality; the result is always one
     that was checked to fit.)"""
-    from .detect import union_mask
-    from .image import check_rgb
-
     rgb = check_rgb(rgb)
     budget.check()
     size = (rgb.shape[1], rgb.shape[0])
     limit = budget.limit_bytes(size)
     ordered = keep_order(candidates)
     ladder = quality_ladder(codec, quality, min_quality)
-    cache: dict[tuple[int, int], tuple] = {}
+    selections: dict[int, _Selection] = {}
+    fitting: dict[tuple[int, int], bool] = {}
     crops: dict = {}
 
-    def attempt(count: int, step: int):
-        """(fits, mask, stream, regions, cost) keeping the first ``count`` at ladder ``step``."""
-        if (count, step) not in cache:
-            mask = union_mask(ordered[:count], size)
-            fraction_ok = budget.max_fraction is None or mask.mean() <= budget.max_fraction
-            stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops, quick=True) if fraction_ok else (None, [])
-            cost = pixels_cost(stream, regions)
-            cache[(count, step)] = (fraction_ok and cost <= limit, mask, stream, regions, cost)
-        return cache[(count, step)]
+    def selection(count: int) -> _Selection:
+        if count not in selections:
+            selections[count] = _Selection.of(rgb, ordered[:count], budget.max_fraction, pad, merge_gap)
+        return selections[count]
+
+    def fits(count: int, step: int) -> bool:
+        """Whether the first ``count`` candidates fit at ladder ``step`` (mask coded quickly)."""
+        if (count, step) not in fitting:
+            chosen = selection(count)
+            cost = pixels_cost(chosen.quick_stream, chosen.regions(*ladder[step], crops))
+            fitting[(count, step)] = chosen.allowed and cost <= limit
+        return fitting[(count, step)]
 
     cheapest = len(ladder) - 1
     count = len(ordered)
-    if not attempt(count, cheapest)[0]:
-        count = _longest_fitting_prefix(lambda k: attempt(k, cheapest)[0], count)
-    step = cheapest - _longest_fitting_prefix(lambda s: attempt(count, cheapest - s)[0], cheapest + 1)
-    _fits, mask, _, _, _ = attempt(count, step)
-    stream, regions = encode_mask(rgb, mask, *ladder[step], pad, merge_gap, crops)  # cost <= the quick one
+    if not fits(count, cheapest):
+        count = _longest_fitting_prefix(lambda k: fits(k, cheapest), count)
+    step = cheapest - _longest_fitting_prefix(lambda s: fits(count, cheapest - s), cheapest + 1)
+    chosen = selection(count)
+    mask = chosen.mask
+    # The full parameter search also tries the quick set, so this stream is never longer.
+    stream = jbig2.encode_embedded(mask.astype(np.uint8)) if chosen.boxes else None
+    regions = chosen.regions(*ladder[step], crops)
     cost = pixels_cost(stream, regions)
     report = Report(size=size, limit_bytes=limit, salient_bytes=cost, codec=ladder[step][0],
                     quality=ladder[step][1], kept=ordered[:count], dropped=ordered[count:],
@@ -338,8 +413,6 @@ def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = "png", quality: int 
 
     Pixels inside a box but outside the mask are zeroed, which costs almost nothing to store
     and is never shown (the decoder regenerates them). An empty mask stores nothing."""
-    from .detect import user_candidates
-
     mask = check_mask(mask, (rgb.shape[1], rgb.shape[0]))
     stored = store(rgb, user_candidates(mask), codec=codec, quality=quality, budget=budget, pad=pad)
     return stored.mask_stream, stored.regions

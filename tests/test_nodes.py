@@ -219,3 +219,21 @@ def test_folders_default_to_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert comfy_directory("output") == tmp_path / "output"
     assert importlib.util.find_spec("folder_paths") is None
+
+
+def test_unpack_refuses_a_batch_of_two_sizes(astronaut):
+    small = compress(as_image(load_shared("astronaut.png", 128)), max_side=128)[-1]["result"][0]
+    large = compress(as_image(astronaut))[-1]["result"][0]
+    with pytest.raises(PlicInputError, match=r"PLIC Unpack: the batch mixes sizes \(128x128, 256x256\)"):
+        PlicUnpack().run(large + small)
+
+
+def test_mask_to_list_repeats_one_mask_and_refuses_a_batch_that_fits_no_image():
+    from nodes.common import mask_to_list
+
+    mask = torch.zeros(1, 4, 5)
+    mask[0, 1, 2] = 1
+    masks = mask_to_list(mask, 3)
+    assert len(masks) == 3 and all(m.dtype == bool and m.sum() == 1 and m[1, 2] for m in masks)
+    with pytest.raises(PlicInputError, match="2 masks for 3 images"):
+        mask_to_list(torch.zeros(2, 4, 5), 3)

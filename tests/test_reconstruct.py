@@ -150,6 +150,11 @@ def test_restore_salient_node_rejects_other_sizes():
         PlicRestoreSalient().run(torch.rand(1, 8, 8, 3), torch.rand(1, 6, 5, 3), torch.zeros(1, 6, 5))
 
 
+def test_restore_salient_node_rejects_a_batch_that_fits_no_image():
+    with pytest.raises(PlicInputError, match="PLIC Restore Salient: 2 salient_pixels for 3 images"):
+        PlicRestoreSalient().run(torch.rand(3, 6, 5, 3), torch.rand(2, 6, 5, 3), torch.zeros(1, 6, 5))
+
+
 def test_inpaint_hint_node_marks_pixels_to_regenerate(plic_file):
     unpacked = codec.unpack(plic_file)
     pixels = torch.from_numpy(unpacked.salient_pixels[None] / 255.0).float()

@@ -1,5 +1,7 @@
 """The web extension: every .js file parses, and its logic module passes its node unit tests."""
 
+import inspect
+import re
 import shutil
 import subprocess
 
@@ -41,3 +43,21 @@ def test_the_extension_imports_comfyui_the_usual_way():
     source = (REPO / "web" / "plic.js").read_text()
     assert 'from "../../scripts/app.js"' in source
     assert "./plic_format.js" in source
+
+
+def _js_names(constant: str) -> list[str]:
+    """The node class names a constant of web/plic_format.js lists (an array or one string)."""
+    source = (REPO / "web" / "plic_format.js").read_text()
+    match = re.search(rf"export const {constant} = (\[[^\]]*\]|\"[^\"]*\");", source)
+    assert match, f"{constant} not found in plic_format.js"
+    return re.findall(r'"([^"]+)"', match.group(1))
+
+
+def test_the_extension_names_real_node_classes():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    readout, upload = _js_names("READOUT_NODES"), _js_names("UPLOAD_NODE")
+    assert set(readout + upload) <= set(NODE_CLASS_MAPPINGS), "a name the editor never sees"
+    shows_ui = {name for name, cls in NODE_CLASS_MAPPINGS.items()
+                if '{"ui":' in inspect.getsource(getattr(cls, cls.FUNCTION))}
+    assert shows_ui == set(readout)

@@ -25,7 +25,7 @@ def build_models_tree(models_dir: Path) -> Path:
 
     from plic import random_models
 
-    components = random_models.build_tiny(models_dir.parent / "tokenizer-src", seed=0)
+    components = random_models.build_sd15(models_dir.parent / "tokenizer-src", tiny=True, seed=0)
     random_models.save_models_tree(components, models_dir, PIPELINE, (INPAINT, COLOR_CANNY))
     net = components.controlnets[1]
     single = models_dir / "controlnet" / COLOR_CANNY_FILE
