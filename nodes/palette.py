@@ -21,7 +21,7 @@ class PlicPalette:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images to compress (a batch is fine)."}),
-            "size": ("INT", {"default": palette_mod.DEFAULT_SIZE, "min": 1, "max": 256,
+            "size": ("INT", {"default": palette_mod.DEFAULT_SIZE, "min": 1, "max": palette_mod.MAX_SIZE,
                              "tooltip": "Side of the square palette in pixels (reference 32). "
                                         "Larger keeps more colour detail and costs more bytes."}),
             "webp_quality": ("INT", {"default": palette_mod.DEFAULT_QUALITY, "min": 0, "max": 100,

@@ -129,7 +129,9 @@ def run_encode(args) -> int:
             data = fileformat.dumps(plic)
             write_atomic(target, data, overwrite=args.overwrite)
         except PlicError as exc:
-            print(f"plic: {one_line(exc)}", file=sys.stderr)
+            message = one_line(exc)  # name the image when the error does not (caption, size...)
+            print(f"plic: {message if str(path) in message or str(target) in message else f'{path}: {message}'}",
+                  file=sys.stderr)
             failures += 1
             continue
         bpp = codec.bits_per_pixel(len(data), plic.working_size)

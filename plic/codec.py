@@ -17,7 +17,7 @@ from . import hints, jbig2
 from . import palette as palette_mod
 from . import salient as salient_mod
 from .errors import PlicFormatError, PlicInputError
-from .fileformat import PlicFile, SalientRegion
+from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_SIDE, PlicFile, SalientRegion
 from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
 
 #: Prompts are cut to this many characters before use (reference).
@@ -76,9 +76,16 @@ class SalientPart:
 
 
 def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tuple[int, int], np.ndarray]:
-    """The original size (width, height) of ``rgb`` and its working image."""
+    """The original size (width, height) of ``rgb`` and its working image, both within what a
+    .plic file can hold (PlicInputError otherwise)."""
     original = check_rgb(rgb)
-    return (original.shape[1], original.shape[0]), to_working(original, max_side)
+    height, width = original.shape[:2]
+    if max(width, height) > MAX_ORIGINAL_SIDE:
+        raise PlicInputError(f"the image is {width}x{height}; PLIC stores images of at most "
+                             f"{MAX_ORIGINAL_SIDE} pixels a side: scale it down first")
+    if not 1 <= max_side <= MAX_WORKING_SIDE:
+        raise PlicInputError(f"max side {max_side} is outside 1..{MAX_WORKING_SIDE}")
+    return (width, height), to_working(original, max_side)
 
 
 def edges_part(work: np.ndarray, original_size: tuple[int, int] | None = None, *,

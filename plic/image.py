@@ -15,8 +15,6 @@ from .errors import PlicInputError
 
 #: Longest side of the working image in the reference pipeline.
 DEFAULT_MAX_SIDE = 1024
-#: Largest original image we accept (pixels); protects against decompression bombs.
-MAX_INPUT_PIXELS = 256 * 1024 * 1024
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -26,14 +24,14 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_INPUT_PIXELS:
-                raise PlicInputError(f"{path}: {im.width}x{im.height} is larger than PLIC accepts")
+        with Image.open(path) as im:  # PIL refuses decompression bombs here
             im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
     except FileNotFoundError:
         raise PlicInputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise PlicInputError(f"{path}: too large to open safely ({exc}); scale it down first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise PlicInputError(f"{path}: cannot read this image ({exc})") from None
 
 

@@ -159,6 +159,15 @@ def test_unreadable_images_are_reported_and_the_rest_encoded(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rocket.plic"]
 
 
+def test_an_image_too_wide_for_the_format_is_named(tmp_path):
+    Image.new("RGB", (70000, 2), "white").save(tmp_path / "wide.png")
+    result = plic("encode", tmp_path / "wide.png", "-o", tmp_path / "out", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"plic: {tmp_path / 'wide.png'}: the image is 70000x2; PLIC stores images of "
+                             "at most 65535 pixels a side: scale it down first\n")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
     plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path, "--prompt", "first")
     result = plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path, "--prompt", "second", check=False)

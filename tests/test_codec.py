@@ -183,3 +183,10 @@ def test_empty_image_is_refused():
 ])
 def test_clean_prompt(text, limit, expected):
     assert codec.clean_prompt(text, limit) == expected
+
+
+def test_images_beyond_the_format_are_refused_before_encoding():
+    with pytest.raises(PlicInputError, match="at most 65535 pixels a side"):
+        codec.encode_image(np.zeros((2, 70000, 3), np.uint8))
+    with pytest.raises(PlicInputError, match="max side 20000"):
+        codec.encode_image(np.zeros((8, 8, 3), np.uint8), settings=codec.EncodeSettings(max_side=20000))
