@@ -1,6 +1,5 @@
 """PLIC Unpack: a payload back to the images and text ComfyUI's ControlNet and inpaint nodes take."""
 
-import numpy as np
 
 from plic import codec
 from plic.errors import PlicInputError
@@ -44,8 +43,7 @@ class PlicUnpack:
         if any(p.prompt != first.prompt for p in parts):
             raise PlicInputError("PLIC Unpack: the batch holds different prompts; unpack such files "
                                  "one at a time")
-        kept = [np.zeros((p.height, p.width), bool) if p.salient_mask is None else p.salient_mask
-                for p in parts]
+        kept = [p.keep_mask() for p in parts]
         return (
             first.prompt,
             rgb_list_to_image([p.color_canny_hint for p in parts]),

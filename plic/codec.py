@@ -203,6 +203,12 @@ class Unpacked:
     salient_pixels: np.ndarray  # (H, W, 3) uint8, zero outside the mask
     decode_hints: dict = field(default_factory=dict)
 
+    def keep_mask(self) -> np.ndarray:
+        """(H, W) bool: the salient mask, all False when nothing is kept."""
+        if self.salient_mask is None:
+            return np.zeros((self.height, self.width), bool)
+        return self.salient_mask.astype(bool)
+
     def inpaint_hint(self) -> np.ndarray:
         """Float32 (H, W, 3): kept pixels in 0..1, pixels to regenerate at -1."""
         return hints.inpaint(self.salient_pixels, self.salient_mask)

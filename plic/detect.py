@@ -29,8 +29,7 @@ from .errors import MissingDependencyError, PlicInputError
 from .grounded_sam import GroundedSAM, ModelFolders
 from .image import check_rgb, load_rgb
 from .models import models_dir_from_env
-# Detectors return the Candidates that plic.salient stores; re-exported for their callers.
-from .salient import USER_SCORE, Candidate, check_mask, count_sources, union_mask, user_candidates  # noqa: F401
+from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
 
 SOURCES = ("faces", "text", "dino+sam")
 #: What a fresh install can run with no downloads (text only where Tesseract is installed).

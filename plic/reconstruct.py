@@ -191,8 +191,7 @@ def pipeline_inputs(unpacked: Unpacked, size: tuple[int, int]) -> dict:
     (inpaint hint with -1 to regenerate, as a tensor; the color+canny hint)."""
     import torch
 
-    keep = (np.zeros((unpacked.height, unpacked.width), bool) if unpacked.salient_mask is None
-            else unpacked.salient_mask.astype(bool))
+    keep = unpacked.keep_mask()
     init = np.where(keep[..., None], unpacked.salient_pixels, unpacked.palette_full)
     hint = _nearest(unpacked.inpaint_hint(), size)
     return {

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import IMAGE_NAMES, SHARED_IMAGES, load_shared
 from plic import detect, fileformat, salient
-from plic.detect import Candidate
+from plic.salient import Candidate
 from plic.errors import PlicInputError
 
 
@@ -94,7 +94,7 @@ def test_empty_selection_stores_nothing():
 def test_everything_salient_is_dropped_by_the_default_budget_and_kept_without_one():
     rgb = load_shared("chelsea.png")
     everything = np.ones(rgb.shape[:2], bool)
-    report = salient.store(rgb, detect.user_candidates(everything)).report
+    report = salient.store(rgb, salient.user_candidates(everything)).report
     assert report.dropped and "dropped 1 user" in report.summary()
     stream, regions = salient.pack(rgb, everything, budget=salient.UNLIMITED)
     mask, pixels = salient.unpack(stream, regions, (rgb.shape[1], rgb.shape[0]))
