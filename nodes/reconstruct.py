@@ -113,9 +113,12 @@ class PlicReconstruct:
             "guidance_scale": ("FLOAT", {"default": core.DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0,
                                          "step": 0.1,
                                          "tooltip": "Classifier-free guidance (the reference: 7.5)."}),
+            "keep_loaded": ("BOOLEAN", {"default": True,
+                                        "tooltip": "Keep the pipeline in memory for the next run (fast). "
+                                                   "Off: give its memory back to ComfyUI after this run."}),
         }}
 
-    def run(self, pipeline, plic, steps, seed, guidance_scale):
+    def run(self, pipeline, plic, steps, seed, guidance_scale, keep_loaded=True):
         parts = [codec.unpack(item) for item in plic]
         check_one_size(parts, "PLIC Reconstruct", "decode")
         settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
@@ -123,6 +126,8 @@ class PlicReconstruct:
         _free_comfy_memory(str(pipeline.options.device))
         progress = _Progress(sum(settings.resolve(p.decode_hints).steps for p in parts))
         images = [pipeline.reconstruct(p, settings, on_step=progress.step) for p in parts]
+        if not keep_loaded:
+            core.release()  # the loader's output stays valid: the next run loads again
         management = comfy_module("comfy.model_management")
         if management is not None:
             management.soft_empty_cache()

@@ -60,6 +60,15 @@ def test_reconstruct_node_restores_salient_pixels_at_working_size(loaded, plic_f
     np.testing.assert_array_equal(rgb[keep], unpacked.salient_pixels[keep])
 
 
+def test_reconstruct_node_gives_memory_back_unless_kept_loaded(loaded, plic_file):
+    PlicReconstruct().run(loaded, [plic_file], 1, -1, 7.5, keep_loaded=True)
+    assert core._CACHE
+    PlicReconstruct().run(loaded, [plic_file], 1, -1, 7.5, keep_loaded=False)
+    assert not core._CACHE
+    (image,) = PlicReconstruct().run(loaded, [plic_file], 1, -1, 7.5)  # loads again
+    assert image.shape[0] == 1 and core._CACHE
+
+
 def test_same_seed_same_image_other_seed_other_image(loaded, plic_file):
     unpacked = codec.unpack(plic_file)
     first = loaded.reconstruct(unpacked, core.DecodeSettings(seed=11))
