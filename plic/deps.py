@@ -6,15 +6,16 @@ from types import ModuleType
 from .errors import MissingDependencyError
 
 
-def require(module: str, *, package: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip package."""
+def require(module: str, *, package: str, purpose: str, install: str | None = None) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the pip package and the
+    pip arguments that install it (``install``, by default just the package)."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
             f"{purpose} needs the Python package '{package}', which is not installed "
             f"({exc}). Install it into the Python that runs PLIC (for ComfyUI: its embedded "
-            f"Python): pip install {package}"
+            f"Python): pip install {install or package}"
         ) from exc
 
 

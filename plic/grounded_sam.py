@@ -126,7 +126,9 @@ def _import_groundingdino() -> types.ModuleType:
       checkpoints load unchanged) and calls the encoder directly.
     """
     groundingdino = require("groundingdino", package="groundingdino-py",
-                            purpose="Salient regions with Grounding DINO")
+                            purpose="Salient regions with Grounding DINO",
+                            # its own requirements pin old packages (supervision 0.6, opencv-python)
+                            install="--no-deps --no-build-isolation groundingdino-py addict yapf timm")
     try:
         import matplotlib  # noqa: F401  (groundingdino's visualizer needs it)
     except ImportError:
