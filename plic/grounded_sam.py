@@ -128,7 +128,8 @@ def _import_groundingdino() -> types.ModuleType:
     groundingdino = require("groundingdino", package="groundingdino-py",
                             purpose="Salient regions with Grounding DINO",
                             # its own requirements pin old packages (supervision 0.6, opencv-python)
-                            install="--no-deps --no-build-isolation groundingdino-py addict yapf timm")
+                            install="addict yapf timm && pip install --no-deps --no-build-isolation "
+                                    "groundingdino-py")
     try:
         import matplotlib  # noqa: F401  (groundingdino's visualizer needs it)
     except ImportError:

@@ -20,6 +20,6 @@ def test_grounding_dino_hint_installs_it_without_its_pinned_dependencies(monkeyp
     from plic import grounded_sam
 
     monkeypatch.setitem(sys.modules, "groundingdino", None)  # as if it were not installed
-    with pytest.raises(MissingDependencyError, match="pip install --no-deps --no-build-isolation "
-                                                     "groundingdino-py addict yapf timm$"):
+    with pytest.raises(MissingDependencyError, match="pip install addict yapf timm && pip install "
+                                                     "--no-deps --no-build-isolation groundingdino-py$"):
         grounded_sam._import_groundingdino()
