@@ -10,7 +10,7 @@ from pathlib import Path
 from plic import caption as cap
 from plic.codec import MAX_PROMPT_CHARS
 
-from .common import CATEGORY, comfy_device, comfy_module, image_to_rgb_list, map_batch
+from .common import CATEGORY, comfy_device, comfy_model_dirs, image_to_rgb_list, map_batch
 
 BACKENDS = ["openai", "local", "manual"]
 #: First entry of the local-model list: no folder chosen (the default, valid in every install).
@@ -19,18 +19,10 @@ FOLDER_KEY = "plic_captioners"
 
 
 def model_dirs() -> list[Path] | None:
-    """ComfyUI's captioner folders (models/captioners, registered here as "plic_captioners", and
+    """ComfyUI's captioner folders (models/captioners, known as "plic_captioners", and
     models/LLM); None outside ComfyUI, where plic.caption searches $PLIC_MODELS_DIR."""
-    folder_paths = comfy_module("folder_paths")
-    if folder_paths is None:
-        return None
-    if FOLDER_KEY not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(FOLDER_KEY, str(Path(folder_paths.models_dir) / "captioners"))
-    dirs = []
-    for key in (FOLDER_KEY, "LLM"):
-        if key in folder_paths.folder_names_and_paths:
-            dirs.extend(Path(p) for p in folder_paths.get_folder_paths(key))
-    return dirs
+    captioners = comfy_model_dirs(FOLDER_KEY, "captioners")
+    return None if captioners is None else captioners + comfy_model_dirs("LLM")
 
 
 def local_model_input() -> tuple:

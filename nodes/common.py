@@ -40,6 +40,18 @@ def comfy_device() -> str:
     return str(management.get_torch_device()) if management is not None else "auto"
 
 
+def comfy_model_dirs(key: str, subfolder: str | None = None) -> list[Path] | None:
+    """ComfyUI's folders for the model kind ``key`` (first registered as models/<subfolder or
+    key> when ComfyUI does not know it yet, so extra_model_paths.yaml can add more); None
+    outside ComfyUI."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return None
+    if key not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(key, str(Path(folder_paths.models_dir) / (subfolder or key)))
+    return [Path(p) for p in folder_paths.get_folder_paths(key)]
+
+
 def image_to_rgb_list(image) -> list[np.ndarray]:
     """ComfyUI IMAGE (float tensor [B,H,W,C] in 0..1) to a list of RGB uint8 arrays."""
     array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)

@@ -8,16 +8,15 @@ from pathlib import Path
 from plic import codec, models
 from plic import reconstruct as core
 
-from .common import CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_module, rgb_list_to_image
+from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_model_dirs,
+                     comfy_module, rgb_list_to_image)
 
 
 def model_dirs(kind: str) -> list[Path]:
     """ComfyUI's folders for ``kind`` ("diffusers" or "controlnet"); outside ComfyUI the
     ``PLIC_MODELS_DIR`` ones."""
-    folder_paths = comfy_module("folder_paths")
-    if folder_paths is not None:
-        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
-    return models.search_dirs(kind)
+    dirs = comfy_model_dirs(kind)
+    return models.search_dirs(kind) if dirs is None else dirs
 
 
 class PlicDiffusersLoader:

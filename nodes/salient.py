@@ -3,7 +3,6 @@ byte budget."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from plic import salient as salient_mod
 from plic.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
 
-from .common import (CATEGORY, SALIENT, comfy_module, image_to_rgb_list, map_batch, mask_to_list,
+from .common import (CATEGORY, SALIENT, comfy_model_dirs, comfy_module, image_to_rgb_list, map_batch, mask_to_list,
                      masks_to_tensor, rgb_list_to_image)
 
 #: Outline colours of the preview, by source.
@@ -27,16 +26,13 @@ def model_folders():
     folders under $PLIC_MODELS_DIR."""
     from plic.grounded_sam import DINO_FOLDER, SAM_FOLDER, TEXT_ENCODER_FOLDER, ModelFolders
 
-    folder_paths = comfy_module("folder_paths")
-    if folder_paths is None:
+    dino = comfy_model_dirs(DINO_FOLDER)
+    if dino is None:
         return detect.model_folders()
-    for name in (DINO_FOLDER, SAM_FOLDER):
-        if name not in getattr(folder_paths, "folder_names_and_paths", {}):
-            folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
-    dino = tuple(Path(p) for p in folder_paths.get_folder_paths(DINO_FOLDER))
-    text = (Path(folder_paths.models_dir) / TEXT_ENCODER_FOLDER,) + tuple(p / TEXT_ENCODER_FOLDER for p in dino)
-    return ModelFolders(dino=dino, sam=tuple(Path(p) for p in folder_paths.get_folder_paths(SAM_FOLDER)),
-                        text_encoder=text)
+    # the BERT text encoder: models/bert-base-uncased, or inside a grounding-dino folder
+    models_root = comfy_module("folder_paths").models_dir
+    text = (Path(models_root) / TEXT_ENCODER_FOLDER,) + tuple(p / TEXT_ENCODER_FOLDER for p in dino)
+    return ModelFolders(dino=tuple(dino), sam=tuple(comfy_model_dirs(SAM_FOLDER)), text_encoder=text)
 
 
 def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np.ndarray:
