@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, caption, codec, detect, fileformat, jbig2
-from .cli_decode import add_decode_parser, check_distinct_outputs
+from . import __version__, batch, caption, codec, detect, fileformat, jbig2
+from .cli_decode import add_decode_parser
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -95,52 +95,34 @@ def _fail(source: Path | str, reason: str) -> PlicError:
 
 # -- encode ------------------------------------------------------------------------------------
 
-def expand_images(paths: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the image files directly inside them, sorted."""
-    out = []
-    for path in paths:
-        if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(path)
-    return out
-
-
 def run_encode(args) -> int:
     settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality)
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
-    images = expand_images(args.images)
-    if not images:
-        raise _fail(" ".join(map(str, args.images)), "no images found")
-    jobs = check_distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
-    failures = 0
-    for path, target in jobs:
-        try:
-            if target.exists() and not args.overwrite:
-                raise _fail(target, "already exists; pass --overwrite to replace it")
-            rgb = load_rgb(path)
-            original_size, work = codec.working_image(rgb, settings.max_side)
-            mask_stream, regions, report = detect.salient_from_args(args, work, path)
-            prompt = captioner.caption(rgb) if captioner is not None else args.prompt
-            plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
-                                        salient=codec.SalientPart(mask_stream, tuple(regions)))
-            data = fileformat.dumps(plic)
-            write_atomic(target, data, overwrite=args.overwrite)
-        except PlicError as exc:
-            message = one_line(exc)  # name the image when the error does not (caption, size...)
-            print(f"plic: {message if str(path) in message or str(target) in message else f'{path}: {message}'}",
-                  file=sys.stderr)
-            failures += 1
-            continue
-        bpp = codec.bits_per_pixel(len(data), plic.working_size)
-        ratio = path.stat().st_size / len(data)
-        print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
-              f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
-        if report.kept or report.dropped or report.notes:
-            print("  " + report.summary().replace("\n", "\n  "))
-    return 1 if failures else 0
+    images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
+    jobs = batch.distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
+    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner))
+
+
+def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner) -> None:
+    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step kept."""
+    if target.exists() and not args.overwrite:
+        raise _fail(target, "already exists; pass --overwrite to replace it")
+    rgb = load_rgb(path)
+    original_size, work = codec.working_image(rgb, settings.max_side)
+    mask_stream, regions, report = detect.salient_from_args(args, work, path)
+    prompt = captioner.caption(rgb) if captioner is not None else args.prompt
+    plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
+                                salient=codec.SalientPart(mask_stream, tuple(regions)))
+    data = fileformat.dumps(plic)
+    write_atomic(target, data, overwrite=args.overwrite)
+    bpp = codec.bits_per_pixel(len(data), plic.working_size)
+    ratio = path.stat().st_size / len(data)
+    print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
+          f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
+    if report.kept or report.dropped or report.notes:
+        print("  " + report.summary().replace("\n", "\n  "))
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -274,9 +256,7 @@ def smallest_reference_sizes(rgb: np.ndarray) -> dict[str, int]:
 
 
 def run_bench(args) -> int:
-    images = expand_images([args.folder])
-    if not images:
-        raise _fail(args.folder, "no images found")
+    images = batch.expand([args.folder], IMAGE_SUFFIXES, "images")
     settings = codec.EncodeSettings(max_side=args.max_side)
     columns = ["image", "width", "height", "edges", "palette", "total", "bpp", "jpeg_q1", "webp_q0",
                "ratio_to_file"]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import codec, fileformat, models
+from . import batch, codec, fileformat, models
 from . import reconstruct as core
-from .errors import PlicError, one_line
+from .errors import PlicError
 from .image import resize
 
 
@@ -65,29 +65,13 @@ def model_paths(args) -> core.ModelPaths:
                                                       "color+canny ControlNet"))
 
 
-def targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
+def targets(files: list[Path], output: Path) -> list[batch.Job]:
     """(input, output PNG) pairs: ``output`` itself for one file given as a .png, else
     ``output/<stem>.png`` for every .plic file (folders expanded)."""
-    inputs = []
-    for path in files:
-        inputs.extend(sorted(path.glob("*.plic")) if path.is_dir() else [path])
-    if not inputs:
-        raise PlicError(f"{' '.join(map(str, files))}: no .plic files found")
+    inputs = batch.expand(files, {".plic"}, ".plic files")
     if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
         return [(inputs[0], output)]
-    return check_distinct_outputs([(path, output / f"{path.stem}.png") for path in inputs])
-
-
-def check_distinct_outputs(jobs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
-    """``jobs`` as given, unless two inputs would be written to the same output (PlicError:
-    the second would replace the first, or fail as already existing)."""
-    first_input = {}
-    for source, target in jobs:
-        if target in first_input:
-            raise PlicError(f"{source}: would be written to {target} like {first_input[target]}; "
-                            "rename one of them or run them separately")
-        first_input[target] = source
-    return jobs
+    return batch.distinct_outputs([(path, output / f"{path.stem}.png") for path in inputs])
 
 
 def run_decode(args) -> int:
@@ -99,14 +83,8 @@ def run_decode(args) -> int:
     reconstructor = core.Reconstructor(
         model_paths(args), core.LoadOptions(args.device, args.precision, args.cpu_offload))
     settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance)
-    failures = 0
-    for source, target in jobs:
-        try:
-            decode_one(reconstructor, settings, source, target, args)
-        except PlicError as exc:
-            print(f"plic: {one_line(exc)}", file=sys.stderr)
-            failures += 1
-    return 1 if failures else 0
+    return batch.run_each(jobs, lambda source, target: decode_one(reconstructor, settings, source,
+                                                                  target, args))
 
 
 def decode_one(reconstructor: core.Reconstructor, settings: core.DecodeSettings, source: Path,
