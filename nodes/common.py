@@ -106,8 +106,11 @@ def masks_to_tensor(masks: Iterable[np.ndarray]):
 
 
 def check_one_size(parts, node: str, verb: str) -> None:
-    """Refuse unpacked files (anything with ``width`` and ``height``) of different working
-    sizes: one IMAGE batch holds one size. ``verb`` says what to do with them one at a time."""
+    """Refuse an empty batch, and unpacked files (anything with ``width`` and ``height``) of
+    different working sizes: one IMAGE batch holds one size. ``verb`` says what to do with them
+    one at a time."""
+    if not parts:
+        raise PlicInputError(f"{node}: the payload is empty; connect PLIC Load or PLIC Pack")
     sizes = sorted({(part.width, part.height) for part in parts})
     if len(sizes) > 1:
         listed = ", ".join(f"{width}x{height}" for width, height in sizes)

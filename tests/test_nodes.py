@@ -237,3 +237,10 @@ def test_mask_to_list_repeats_one_mask_and_refuses_a_batch_that_fits_no_image():
     assert len(masks) == 3 and all(m.dtype == bool and m.sum() == 1 and m[1, 2] for m in masks)
     with pytest.raises(PlicInputError, match="2 masks for 3 images"):
         mask_to_list(torch.zeros(2, 4, 5), 3)
+
+
+def test_an_empty_payload_is_refused_by_name():
+    from nodes.unpack import PlicUnpack
+
+    with pytest.raises(PlicInputError, match="PLIC Unpack: the payload is empty"):
+        PlicUnpack().run([])
