@@ -27,7 +27,7 @@ from . import salient
 from .deps import require
 from .errors import MissingDependencyError, PlicInputError
 from .grounded_sam import GroundedSAM, ModelFolders
-from .image import check_rgb, load_rgb
+from .image import check_rgb, load_rgb, resize
 from .models import models_dir_from_env
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
 
@@ -281,8 +281,7 @@ def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the ma
     if abs(width / height - size[0] / size[1]) > 0.02:
         raise PlicInputError(f"{what} is {width}x{height}, which is not the image's shape "
                              f"(working size {size[0]}x{size[1]}); give a mask of the image's size")
-    image = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
-    return np.asarray(image.resize(size, Image.NEAREST)) >= 128
+    return resize(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, size, Image.NEAREST) >= 128
 
 
 def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:

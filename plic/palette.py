@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import PlicInputError
-from .image import check_rgb
+from .image import check_rgb, resize
 
 #: Reference settings: 32x32 bicubic, WebP quality 80.
 DEFAULT_SIZE = 32
@@ -24,9 +24,9 @@ def encode(rgb: np.ndarray, size: int = DEFAULT_SIZE, quality: int = DEFAULT_QUA
         raise PlicInputError(f"palette size must be between 1 and {MAX_SIZE}, got {size}")
     if not 0 <= quality <= 100:
         raise PlicInputError(f"palette WebP quality must be between 0 and 100, got {quality}")
-    small = Image.fromarray(check_rgb(rgb)).resize((size, size), Image.BICUBIC)
+    small = resize(check_rgb(rgb), (size, size), Image.BICUBIC)
     buffer = io.BytesIO()
-    small.save(buffer, format="WEBP", quality=quality, method=6)
+    Image.fromarray(small).save(buffer, format="WEBP", quality=quality, method=6)
     return buffer.getvalue()
 
 
@@ -43,4 +43,4 @@ def decode(data: bytes) -> np.ndarray:
 
 def upscale(palette: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The palette stretched to ``size`` = (width, height) with nearest-neighbour, as the reference."""
-    return np.asarray(Image.fromarray(palette).resize(size, Image.NEAREST), dtype=np.uint8)
+    return resize(palette, size, Image.NEAREST)

@@ -24,6 +24,7 @@ from PIL import Image
 from .codec import DEFAULT_DECODE_HINTS, Unpacked
 from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
+from .image import resize
 from . import sd15_configs
 
 log = logging.getLogger(__name__)
@@ -242,10 +243,7 @@ def generate(pipe, unpacked: Unpacked, settings: DecodeSettings = DecodeSettings
     images = []
     for image in result.images:
         rgb = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-        if size != (unpacked.width, unpacked.height):
-            rgb = np.asarray(Image.fromarray(rgb).resize((unpacked.width, unpacked.height),
-                                                         Image.LANCZOS))
-        images.append(rgb)
+        images.append(resize(rgb, (unpacked.width, unpacked.height)))  # Lanczos, no-op at size
     return images
 
 
