@@ -55,6 +55,10 @@ class EdgesPart:
     working_size: tuple[int, int]
     stream: bytes
     bitmap: np.ndarray
+    #: What rate control (plic.ratecontrol) needs to search again: the working image the edges
+    #: were found in and the Canny thresholds used.
+    work: np.ndarray | None = None
+    canny: tuple[int, int] = (edges_mod.DEFAULT_LOW, edges_mod.DEFAULT_HIGH)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class PalettePart:
 
     data: bytes
     small: np.ndarray
+    quality: int = palette_mod.DEFAULT_QUALITY  # the WebP quality ``data`` was stored at
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,14 @@ def edges_part(work: np.ndarray, original_size: tuple[int, int] | None = None, *
     """Canny edges of the working image ``work``, packed. ``original_size`` defaults to its size."""
     size = (work.shape[1], work.shape[0])
     bitmap = edges_mod.canny(work, low, high)
-    return EdgesPart(tuple(original_size or size), size, edges_mod.pack(bitmap), bitmap)
+    return EdgesPart(tuple(original_size or size), size, edges_mod.pack(bitmap), bitmap, work, (low, high))
 
 
 def palette_part(work: np.ndarray, size: int = palette_mod.DEFAULT_SIZE,
                  quality: int = palette_mod.DEFAULT_QUALITY) -> PalettePart:
     """The palette of the working image ``work``, encoded, with the decoded image it stores."""
     data = palette_mod.encode(work, size, quality)
-    return PalettePart(data, palette_mod.decode(data))
+    return PalettePart(data, palette_mod.decode(data), quality)
 
 
 def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",

@@ -23,11 +23,32 @@ def canny(rgb: np.ndarray, low: int = DEFAULT_LOW, high: int = DEFAULT_HIGH) -> 
     return (edges > 0).astype(np.uint8)
 
 
-def pack(bitmap: np.ndarray) -> bytes:
-    """Encode a binary map (1 = edge) as a JBIG2 embedded stream, losslessly."""
-    return jbig2.encode_embedded(bitmap)
+def pack(bitmap: np.ndarray, effort: str = "default") -> bytes:
+    """Encode a binary map (1 = edge) as a JBIG2 embedded stream, losslessly; ``effort`` is
+    how hard the coder looks for its best parameters (see plic.jbig2.choose_parameters)."""
+    return jbig2.encode_embedded(bitmap, effort=effort)
 
 
 def unpack(stream: bytes, *, max_pixels: int = 1 << 28) -> np.ndarray:
     """Decode a JBIG2 stream written by :func:`pack` back to the (H, W) uint8 0/1 map."""
     return jbig2.decode(stream, max_pixels=max_pixels)
+
+
+def fragments(bitmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fragments of an edge map: its 8-connected components. Returns the (H, W) int32
+    labels (0 = no edge) and the length of each label in pixels (index 0 holds 0). Canny
+    edges are one pixel thin, so a fragment's pixel count is its length."""
+    import cv2
+
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(bitmap, dtype=np.uint8), connectivity=8)
+    lengths = np.bincount(labels.ravel(), minlength=count)
+    lengths[0] = 0
+    return labels, lengths
+
+
+def keep_long(labels: np.ndarray, lengths: np.ndarray, min_length: int) -> np.ndarray:
+    """The (H, W) uint8 edge map of the fragments (see :func:`fragments`) at least
+    ``min_length`` pixels long."""
+    keep = lengths >= max(1, min_length)
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
