@@ -27,7 +27,9 @@ class PlicCannyEdges:
                                             "down to it (Lanczos), never up. The reference uses 1024."}),
             "low_threshold": ("INT", {"default": edges_mod.DEFAULT_LOW, "min": 0, "max": 1000,
                                       "tooltip": "Canny's lower hysteresis threshold (reference 100). "
-                                                 "Higher values keep fewer, stronger edges."}),
+                                                 "Higher values keep fewer, stronger edges. The "
+                                                 "ControlNets were used with 1..255 (docs/ratecontrol.md); "
+                                                 "for a smaller file prefer PLIC Pack's target_bpp."}),
             "high_threshold": ("INT", {"default": edges_mod.DEFAULT_HIGH, "min": 0, "max": 1000,
                                        "tooltip": "Canny's upper hysteresis threshold (reference 200); "
                                                   "must not be below the lower one."}),

@@ -1,21 +1,26 @@
-"""PLIC Pack: a prompt, edges, palette and optional salient pixels into one PLIC payload."""
+"""PLIC Pack: a prompt, edges, palette and optional salient pixels into one PLIC payload,
+optionally brought to a size by rate control (plic.ratecontrol)."""
 
-from plic import codec, fileformat
+from plic import codec, fileformat, ratecontrol
 from plic.caption import split_prompts
 from plic.errors import PlicInputError
 
-from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, check_batch
+from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, check_batch, rgb_list_to_image
 
 
 class PlicPack:
     DESCRIPTION = ("Packs the prompt, the edges, the palette and (optionally) the salient pixels "
                    "of each image into one PLIC payload, and shows its size on the node. "
-                   "Connect the payload to PLIC Save.")
+                   "Connect the payload to PLIC Save. With a target (bpp or bytes) it searches "
+                   "its own settings to reach it: shortest edge fragments dropped first, then "
+                   "higher Canny thresholds, then palette and salient quality; 'removed_edges' "
+                   "shows what went (red).")
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = (PAYLOAD,)
-    RETURN_NAMES = ("plic",)
-    OUTPUT_TOOLTIPS = ("The compressed images, one payload per image, for PLIC Save or PLIC Unpack.",)
+    RETURN_TYPES = (PAYLOAD, "IMAGE")
+    RETURN_NAMES = ("plic", "removed_edges")
+    OUTPUT_TOOLTIPS = ("The compressed images, one payload per image, for PLIC Save or PLIC Unpack.",
+                       "The stored edges in black and those rate control removed in red, on white.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -33,22 +38,55 @@ class PlicPack:
                 "salient": (SALIENT, {"tooltip": "Optional: salient pixels (faces, small text) to "
                                                  "store exactly, made from the same images at the "
                                                  "same max side."}),
+                "target_bpp": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 24.0, "step": 0.005,
+                                         "tooltip": "Bring each whole file to at most this many bits per "
+                                                    "working-image pixel (0 = off: the paper's settings). "
+                                                    f"Try {ratecontrol.SUGGESTED_BPP} for texture-heavy photos."}),
+                "target_bytes": ("INT", {"default": 0, "min": 0, "max": fileformat.MAX_FILE_BYTES,
+                                         "tooltip": "The same as a size in bytes (0 = off); with both, "
+                                                    "the smaller wins."}),
             },
         }
 
-    def run(self, prompt, edges, palette, salient=None):
+    def run(self, prompt, edges, palette, salient=None, target_bpp=0.0, target_bytes=0):
         count = len(edges)
         prompts = split_prompts(prompt, count) if isinstance(prompt, str) else per_image(prompt, count, "prompts")
         palettes = per_image(palette, count, "palettes")
         salients = per_image(salient, count, "salient selections")
-        payloads = []
+        payloads, notes, previews = [], [], []
         for index, (text, edge, colours, kept) in enumerate(zip(prompts, edges, palettes, salients)):
             if not codec.clean_prompt(text or ""):
                 raise PlicInputError(f"PLIC Pack: the prompt for image {index + 1} is empty; type a "
                                      "short description of the image or connect a caption node")
-            payloads.append(codec.pack_parts(prompt=text, edges=edge, palette=colours, salient=kept))
+            goal = ratecontrol.target_bytes(edge.working_size, target_bpp or None, target_bytes or None)
+            if goal is None:
+                payload = codec.pack_parts(prompt=text, edges=edge, palette=colours, salient=kept)
+                note = None if edge.work is None else ratecontrol.webp_warning(
+                    len(fileformat.dumps(payload)), edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
+                after = edge.bitmap
+            else:
+                fitted = fit_part(text, edge, colours, kept, goal)
+                payload, note, after = fitted.plic, fitted.summary(), fitted.after
+            payloads.append(payload)
+            previews.append(ratecontrol.removed_preview(edge.bitmap, after))
+            notes += [f"image {index + 1}: {note}"] if note else []
         reports = [codec.size_report(len(fileformat.dumps(p)), p) for p in payloads]
-        return {"ui": {"plic": reports}, "result": (payloads,)}
+        return {"ui": {"plic": reports, "text": ["\n".join(notes)] if notes else []},
+                "result": (payloads, rgb_list_to_image(previews))}
+
+
+def fit_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | None,
+             salient: codec.SalientPart | None, goal: int) -> ratecontrol.Result:
+    """Rate control for one image from the parts PLIC Pack was given."""
+    if edge.work is None or palette is None:
+        raise PlicInputError("PLIC Pack: a target needs the edges from PLIC Canny Edges and a palette "
+                             "from PLIC Palette (it searches their settings again)")
+    settings = codec.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1],
+                                    palette_size=palette.small.shape[0], palette_quality=palette.quality)
+    if salient is not None:
+        codec.check_salient_fits(salient, edge.working_size)
+    return ratecontrol.fit(edge.work, edge.original_size, goal, prompt=prompt, settings=settings,
+                           salient=salient, palette=palette)
 
 
 def per_image(value, count: int, what: str) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import __version__, batch, caption, codec, detect, fileformat, jbig2
+from . import __version__, batch, caption, codec, detect, fileformat, jbig2, ratecontrol
 from .cli_decode import add_decode_parser
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette-quality", type=int, default=codec.EncodeSettings.palette_quality, metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
+    add_target_arguments(p)
     caption.add_caption_arguments(p)
     detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
@@ -77,14 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE.plic")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
+    p.add_argument("--image", type=Path, metavar="IMAGE",
+                   help="the image the file was made from: adds a panel of the edges rate control "
+                        "removed (red) from the Canny map at --canny")
+    p.add_argument("--canny", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                   default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
+                   help="thresholds the encode started from (default %(default)s)")
     p.set_defaults(run=run_preview)
 
     add_decode_parser(sub)
 
-    p = sub.add_parser("bench", help="section sizes of every image in a folder, next to JPEG and WebP")
+    p = sub.add_parser("bench", help="every image in a folder at the paper's settings and at a target, "
+                                     "next to JPEG, WebP and AVIF at their lowest quality")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("--csv", type=Path, metavar="FILE.csv", help="also write the table as CSV")
     p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N")
+    p.add_argument("--target-bpp", type=float, default=ratecontrol.SUGGESTED_BPP, metavar="BPP",
+                   help="target of the 'target' column (default %(default)s)")
     p.set_defaults(run=run_bench)
     return parser
 
@@ -113,16 +123,37 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     original_size, work = codec.working_image(rgb, settings.max_side)
     mask_stream, regions, report = detect.salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
-    plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
-                                salient=codec.SalientPart(mask_stream, tuple(regions)))
-    data = fileformat.dumps(plic)
+    salient = codec.SalientPart(mask_stream, tuple(regions))
+    size = (work.shape[1], work.shape[0])
+    goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
+    if goal is None:
+        plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings, salient=salient)
+        data, notes = fileformat.dumps(plic), []
+        warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
+        notes += [warning] if warning else []
+    else:
+        fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings, salient=salient)
+        plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
           f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
     if report.kept or report.dropped or report.notes:
-        print("  " + report.summary().replace("\n", "\n  "))
+        notes.insert(0, report.summary())
+    for note in notes:
+        print("  " + note.replace("\n", "\n  "))
+
+
+def add_target_arguments(parser) -> None:
+    """The rate control options of `plic encode` (see plic.ratecontrol)."""
+    group = parser.add_argument_group("rate control (default: the paper's fixed settings)")
+    group.add_argument("--target-bpp", type=float, metavar="BPP",
+                       help="bring each whole file to at most BPP bits per working-image pixel: "
+                            "drops the shortest edge fragments first, then raises the Canny "
+                            "thresholds (up to 127/255), then lowers palette and salient quality")
+    group.add_argument("--target-bytes", type=int, metavar="N",
+                       help="the same as a size in bytes (with --target-bpp, the smaller wins)")
 
 
 # -- info --------------------------------------------------------------------------------------
@@ -202,8 +233,10 @@ def run_export(args) -> int:
     return 0
 
 
-def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int) -> Image.Image:
-    """Hint, palette, edges and salient mask side by side, each labelled with its size."""
+def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
+                  before: np.ndarray | None = None) -> Image.Image:
+    """Hint, palette, edges and salient mask side by side, each labelled with its size; with
+    ``before`` (the edge map the encoder started from) also the edges rate control removed."""
     parts = codec.unpack(plic, source)
     sizes = plic.section_sizes()
     edges = np.repeat(((1 - parts.edges) * 255).astype(np.uint8)[..., None], 3, axis=-1)
@@ -215,6 +248,9 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int) -> I
         (f"edges {sizes.get('edges', 0)} B", edges),
         (f"salient {sizes.get('salient_mask', 0) + sizes.get('salient_pixels', 0)} B", kept),
     ]
+    if before is not None:
+        share = parts.edges.sum() / max(1, int(before.sum()))
+        panels.append((f"removed edges (red), {share:.0%} kept", ratecontrol.removed_preview(before, parts.edges)))
     width, height = parts.width, parts.height
     scale = min(1.0, 384 / max(width, height))
     tile = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -234,7 +270,8 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int) -> I
 
 def run_preview(args) -> int:
     plic = fileformat.load(args.file)
-    picture = preview_image(plic, str(args.file), args.file.stat().st_size)
+    before = None if args.image is None else starting_edges(args.image, plic, tuple(args.canny))
+    picture = preview_image(plic, str(args.file), args.file.stat().st_size, before)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     write_atomic(args.output, buffer.getvalue(), overwrite=args.overwrite)
@@ -242,41 +279,45 @@ def run_preview(args) -> int:
     return 0
 
 
+def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int]) -> np.ndarray:
+    """The Canny map of ``image`` at the working size of ``plic``: what its encoder started from."""
+    _, work = codec.working_image(load_rgb(image), max(plic.working_size))
+    if (work.shape[1], work.shape[0]) != tuple(plic.working_size):
+        raise _fail(image, f"is {work.shape[1]}x{work.shape[0]} at the working size, but the file "
+                           f"is {plic.working_size[0]}x{plic.working_size[1]}: give the image it was made from")
+    return codec.edges_part(work, low=canny[0], high=canny[1]).bitmap
+
+
 # -- bench -------------------------------------------------------------------------------------
-
-def smallest_reference_sizes(rgb: np.ndarray) -> dict[str, int]:
-    """Bytes of the working image as JPEG at quality 1 and WebP at quality 0 (reference points)."""
-    sizes = {}
-    for name, options in (("jpeg_q1", {"format": "JPEG", "quality": 1}),
-                          ("webp_q0", {"format": "WEBP", "quality": 0, "method": 6})):
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, **options)
-        sizes[name] = len(buffer.getvalue())
-    return sizes
-
 
 def run_bench(args) -> int:
     images = batch.expand([args.folder], IMAGE_SUFFIXES, "images")
     settings = codec.EncodeSettings(max_side=args.max_side)
-    columns = ["image", "width", "height", "edges", "palette", "total", "bpp", "jpeg_q1", "webp_q0",
-               "ratio_to_file"]
+    columns = ["image", "width", "height", "paper", "paper_bpp", "target", "target_bpp", "edges_kept",
+               "jpeg_q1", "webp_q0", "avif_q0", "ratio_to_file"]
     rows = []
     for path in images:
         original_size, work = codec.working_image(load_rgb(path), settings.max_side)
-        plic = codec.encode_working(work, original_size, settings=settings)
-        total = len(fileformat.dumps(plic))
-        sizes = plic.section_sizes()
-        rows.append({"image": path.name, "width": plic.working_size[0], "height": plic.working_size[1],
-                     "edges": sizes["edges"], "palette": sizes["palette"], "total": total,
-                     "bpp": round(codec.bits_per_pixel(total, plic.working_size), 4),
-                     **smallest_reference_sizes(work),
-                     "ratio_to_file": round(path.stat().st_size / total, 1)})
+        size = (work.shape[1], work.shape[0])
+        fitted = ratecontrol.fit(work, original_size, ratecontrol.target_bytes(size, args.target_bpp),
+                                 settings=settings)
+        bpp = lambda n: round(codec.bits_per_pixel(n, size), 4)
+        rows.append({"image": path.name, "width": size[0], "height": size[1],
+                     "paper": fitted.start_bytes, "paper_bpp": bpp(fitted.start_bytes),
+                     "target": len(fitted.data), "target_bpp": bpp(len(fitted.data)),
+                     "edges_kept": round(fitted.kept_share, 3),
+                     **ratecontrol.reference_sizes(work),
+                     "ratio_to_file": round(path.stat().st_size / fitted.start_bytes, 1)})
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
     for row in rows:
         print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
-    bpps = sorted(r["bpp"] for r in rows)
-    print(f"median bpp {bpps[len(bpps) // 2]:.4f} over {len(rows)} images (prompt not included)")
+    for column in ("paper_bpp", "target_bpp"):
+        bpps = sorted(r[column] for r in rows)
+        print(f"median {column} {bpps[len(bpps) // 2]:.4f} over {len(rows)} images (prompt not included)")
+    print(f"target: --target-bpp {args.target_bpp}; paper: Canny 100/200, palette 32x32 WebP q80")
+    if not ratecontrol.avif_available():
+        print("avif_q0: None, this Pillow was built without AVIF")
     if args.csv:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)

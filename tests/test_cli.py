@@ -31,7 +31,7 @@ def encoded(tmp_path_factory):
 
 def test_encode_a_folder_prints_bytes_bpp_and_ratio(encoded):
     out, stdout = encoded
-    lines = [line for line in stdout.strip().splitlines() if not line.startswith("  salient: ")]
+    lines = [line for line in stdout.strip().splitlines() if not line.startswith("  ")]  # notes
     assert len(lines) == len(IMAGE_NAMES)
     for name, line in zip(IMAGE_NAMES, lines):
         stem = name.rsplit(".", 1)[0]
@@ -111,12 +111,17 @@ def test_bench_prints_a_table_and_csv(tmp_path):
     for name in ("rocket.jpg", "page.png"):
         (folder / name).write_bytes((SHARED_IMAGES / name).read_bytes())
     result = plic("bench", folder, "--csv", tmp_path / "t.csv")
-    assert "jpeg_q1" in result.stdout.splitlines()[0]
+    assert result.stdout.split()[:12] == ["image", "width", "height", "paper", "paper_bpp", "target",
+                                          "target_bpp", "edges_kept", "jpeg_q1", "webp_q0", "avif_q0",
+                                          "ratio_to_file"]
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert [r["image"] for r in rows] == ["page.png", "rocket.jpg"]
-    for row in rows:
-        assert int(row["total"]) > int(row["edges"]) > 0
+    for row in rows:  # both are over 0.05 bpp at the paper's settings
+        target = int(0.05 * int(row["width"]) * int(row["height"]) / 8)
+        assert int(row["paper"]) > target >= int(row["target"]) > 0
+        assert 0 < float(row["edges_kept"]) < 1
         assert int(row["jpeg_q1"]) > 0 and int(row["webp_q0"]) > 0
+        assert row["avif_q0"] == "" if "without AVIF" in result.stdout else int(row["avif_q0"]) > 0
 
 
 def damaged(folder, kind):
