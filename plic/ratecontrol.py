@@ -216,20 +216,42 @@ def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt
                     start_canny, palette.quality, first.salient_codec, structure_length=structure)
     if len(start_data) <= target:
         return result
-    last = first
-    for step in _steps(first, work, settings, pricer.size):
-        last = step
-        lengths = np.unique(pricer.fragments(step.canny)[2][1:])
-        limit = int(lengths.max(initial=0)) + 1 if step.max_drop is None else step.max_drop
-        # min_length candidates, fewest dropped first: 0 keeps all, u + 1 drops lengths <= u
-        cutoffs = np.array([0] + [int(u) + 1 for u in lengths if u + 1 < limit] + [limit])
-        if pricer.price(step, int(cutoffs[-1])) <= target:
-            kept = _kept_pixels(pricer.fragments(step.canny)[2], cutoffs)
-            return _finish(result, pricer, step, _fewest_dropped(lambda c: pricer.price(step, c),
-                                                                 cutoffs, kept, target))
-    done = _finish(result, pricer, replace(last, max_drop=structure), structure)
-    done.reason = _why(done, pricer, last)
-    return done
+    step, last = _first_fitting(first, pricer, settings, target)
+    if step is None:
+        done = _finish(result, pricer, replace(last, max_drop=structure), structure)
+        done.reason = _why(done, last)
+        return done
+    cutoffs = _cutoffs(pricer, step)
+    kept = _kept_pixels(pricer.fragments(step.canny)[2], cutoffs)
+    return _finish(result, pricer, step, _fewest_dropped(lambda c: pricer.price(step, c), cutoffs, kept, target))
+
+
+def _cutoffs(pricer: _Pricer, step: _Step) -> np.ndarray:
+    """The min_length values worth trying for ``step``, fewest dropped first: 0 keeps every
+    fragment, u + 1 drops those of length u and less; the last drops all ``step`` may drop."""
+    lengths = np.unique(pricer.fragments(step.canny)[2][1:])
+    limit = int(lengths.max(initial=0)) + 1 if step.max_drop is None else step.max_drop
+    return np.array([0] + [int(u) + 1 for u in lengths if u + 1 < limit] + [limit])
+
+
+def _first_fitting(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings, target: int):
+    """(the first step of the search that fits once it drops all it may, the last step tried);
+    the step is None when none fits. Each step of a stage removes more than the one before, so
+    a stage whose last step does not fit is passed over after that one trial."""
+    def fits(step: _Step) -> bool:
+        return pricer.price(step, int(_cutoffs(pricer, step)[-1])) <= target
+
+    if fits(first):
+        return first, first
+    base = first
+    for options, make in _stages(first, pricer, settings):
+        if not options:
+            continue
+        last = make(base, options[-1])
+        if fits(last):
+            return next((step for step in map(lambda o: make(base, o), options[:-1]) if fits(step)), last), last
+        base = last
+    return None, base
 
 
 def _kept_pixels(lengths: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
@@ -275,7 +297,7 @@ def _finish(result: Result, pricer: _Pricer, step: _Step, min_length: int) -> Re
                    salient_codec=step.salient_codec, min_length=min_length, searched=True)
 
 
-def _why(done: Result, pricer: _Pricer, step: _Step) -> str:
+def _why(done: Result, step: _Step) -> str:
     """Why even an empty edge map would not bring the file to the target."""
     sizes = done.plic.section_sizes()
     salient = sizes.get("salient_mask", 0) + sizes.get("salient_pixels", 0)
@@ -296,22 +318,18 @@ def _salient_codec(part: codec.SalientPart | None) -> str | None:
     return "+".join(kinds)
 
 
-def _steps(first: _Step, work, settings: codec.EncodeSettings, size):
-    """Every step of the search after ``first``, in the order of the module's docstring."""
-    yield first
-    step = first
-    for canny in THRESHOLD_LADDER:
-        if canny[1] > step.canny[1] and canny[0] >= step.canny[0]:
-            step = replace(step, canny=canny)
-            yield step
-    for quality in PALETTE_QUALITIES:
-        if quality < step.palette.quality:
-            step = replace(step, palette=codec.palette_part(work, settings.palette_size, quality))
-            yield step
-    for part, label in _cheaper_salient(step.salient, size):
-        step = replace(step, salient=part, salient_codec=label)
-        yield step
-    yield replace(step, max_drop=None)
+def _stages(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings):
+    """The stages of the search after ``first`` (module docstring): (options, make) pairs, where
+    make(base, option) is the step of that option on top of ``base``, the previous stage's last
+    step. Options are worked out only when the search reaches their stage."""
+    yield ([t for t in THRESHOLD_LADDER if t[1] > first.canny[1] and t[0] >= first.canny[0]],
+           lambda base, canny: replace(base, canny=canny))
+    yield ([q for q in PALETTE_QUALITIES if q < first.palette.quality],
+           lambda base, quality: replace(base, palette=codec.palette_part(pricer.work, settings.palette_size,
+                                                                          quality)))
+    yield (list(_cheaper_salient(first.salient, pricer.size)),
+           lambda base, option: replace(base, salient=option[0], salient_codec=option[1]))
+    yield [None], lambda base, _: replace(base, max_drop=None)
 
 
 def _cheaper_salient(part: codec.SalientPart | None, size):
