@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_IMAGES, load_shared, read_pbm
+from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
 from plic import codec, edges, fileformat, jbig2, ratecontrol, salient
 from plic.errors import PlicInputError
 
@@ -35,6 +35,15 @@ def test_the_target_is_met_and_the_file_decodes_as_a_normal_plic(name, tmp_path)
     subprocess.run(["jbig2dec", "-t", "pbm", "-o", str(tmp_path / "e.pbm"), str(tmp_path / "e.jb2")], check=True)
     np.testing.assert_array_equal(read_pbm((tmp_path / "e.pbm").read_bytes()), result.after)
     assert "kept" in result.summary() and "longest fragment removed" in result.summary()
+
+
+@pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_every_shared_image_meets_the_target_or_says_why(name):
+    _, result = fit_shared(name)
+    if result.start_bytes <= result.target:
+        assert not result.searched and result.data and result.kept_share == 1.0
+    assert len(result.data) <= result.target or result.reason
+    assert len(result.data) <= 1.05 * result.target  # no salient regions here: always reachable
 
 
 def test_a_file_already_small_enough_is_left_at_the_paper_settings():
