@@ -108,6 +108,16 @@ def test_thresholds_stay_within_the_range_the_controlnets_were_used_with():
         assert (low, high) in ratecontrol.THRESHOLD_LADDER and high <= 255
 
 
+@pytest.mark.parametrize("name", ("forest-path.jpg", "astronaut.png"))
+def test_higher_thresholds_keep_a_subset_of_the_edges(name):
+    """What the preview draws as removed is always an edge of the starting map."""
+    work = load_shared(name)
+    start = edges.canny(work, 100, 200).astype(bool)
+    for low, high in ratecontrol.THRESHOLD_LADDER[1:]:
+        raised = edges.canny(work, low, high).astype(bool)
+        assert raised.sum() < start.sum() and not (raised & ~start).any()
+
+
 def test_a_target_below_what_the_salient_regions_take_is_refused_with_the_reason():
     work = load_shared("astronaut.png", 512)
     size = (512, 512)
