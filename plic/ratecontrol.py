@@ -327,23 +327,25 @@ def _stages(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings):
     yield ([q for q in PALETTE_QUALITIES if q < first.palette.quality],
            lambda base, quality: replace(base, palette=codec.palette_part(pricer.work, settings.palette_size,
                                                                           quality)))
-    yield (list(_cheaper_salient(first.salient, pricer.size)),
-           lambda base, option: replace(base, salient=option[0], salient_codec=option[1]))
+    yield _cheaper_salient(first.salient, pricer.size)
     yield [None], lambda base, _: replace(base, max_drop=None)
 
 
 def _cheaper_salient(part: codec.SalientPart | None, size):
-    """The salient pixels of ``part`` stored at each cheaper step of the salient quality ladder,
-    every region kept; (part, codec label) pairs."""
+    """(options, make) of the salient stage: the cheaper steps of the salient quality ladder
+    and the step that stores the pixels of ``part`` at one of them, every region kept."""
     if part is None or part.mask_stream is None:
-        return
+        return [], None
     mask, pixels = salient_mod.unpack(part.mask_stream, list(part.regions), size)
     lossless = all(r.codec in salient_mod.LOSSLESS_CODECS for r in part.regions)
-    start = ("png", 90) if lossless else ("webp", 90)
-    for kind, quality in salient_mod.quality_ladder(*start)[1:]:
+
+    def make(base: _Step, option: tuple[str, int]) -> _Step:
+        kind, quality = option
         stream, regions = salient_mod.pack(pixels, mask, codec=kind, quality=quality)
         label = kind if kind in salient_mod.LOSSLESS_CODECS else f"{kind} q{quality}"
-        yield codec.SalientPart(stream, tuple(regions)), label
+        return replace(base, salient=codec.SalientPart(stream, tuple(regions)), salient_codec=label)
+
+    return salient_mod.quality_ladder("png" if lossless else "webp", 90)[1:], make
 
 
 # -- telling users, and comparing with the usual codecs ------------------------------------------
