@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__, batch, caption, codec, detect, fileformat, jbig2, ratecontrol
 from .cli_decode import add_decode_parser
+from .edges import canny as canny_map
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -285,7 +286,7 @@ def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int
     if (work.shape[1], work.shape[0]) != tuple(plic.working_size):
         raise _fail(image, f"is {work.shape[1]}x{work.shape[0]} at the working size, but the file "
                            f"is {plic.working_size[0]}x{plic.working_size[1]}: give the image it was made from")
-    return codec.edges_part(work, low=canny[0], high=canny[1]).bitmap
+    return canny_map(work, *canny)
 
 
 # -- bench -------------------------------------------------------------------------------------
