@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__, batch, caption, codec, detect, fileformat, jbig2
 from .cli_decode import add_decode_parser
+from .cli_eval import add_eval_parsers
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_preview)
 
     add_decode_parser(sub)
+    add_eval_parsers(sub)
 
     p = sub.add_parser("bench", help="section sizes of every image in a folder, next to JPEG and WebP")
     p.add_argument("folder", type=Path, metavar="DIR")
