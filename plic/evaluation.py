@@ -40,15 +40,14 @@ class Result:
 def evaluate_image(evaluator: Evaluator, name: str, original: np.ndarray, reconstruction: np.ndarray,
                    plic_bytes: int | None = None, working_size: tuple[int, int] | None = None,
                    codecs=compare.CODECS) -> list[Result]:
-    """Rows for the original (no-reference scores only make sense for it, so it gets all
-    scores against itself), the reconstruction and, given ``plic_bytes``, each codec at that
-    size. Codecs encode the original at the reconstruction's size; bpp counts the pixels of
+    """Rows for the original (its no-reference scores), the reconstruction and, given
+    ``plic_bytes``, each codec at that size. Codecs encode the original at the reconstruction's size; bpp counts the pixels of
     ``working_size`` (the .plic's) or of the reconstruction."""
     reconstruction = check_rgb(reconstruction, f"{name}: reconstruction")
     reference = same_size(original, reconstruction)
     size = working_size or (reconstruction.shape[1], reconstruction.shape[0])
     results = [
-        Result(name, "original", None, None, None, evaluator(reference, reference), picture=reference),
+        Result(name, "original", None, None, None, evaluator.no_reference(reference), picture=reference),
         Result(name, PLIC_METHOD, plic_bytes, bits_per_pixel(plic_bytes, size) if plic_bytes else None,
                None, evaluator(reference, reconstruction), picture=reconstruction),
     ]

@@ -52,6 +52,7 @@ METRICS: tuple[tuple[str, bool, bool], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _, _ in METRICS)
 HIGHER_IS_BETTER = {name: higher for name, higher, _ in METRICS}
+NO_REFERENCE = tuple(name for name, _, needs_original in METRICS if not needs_original)
 MODEL_METRICS = ("dinov2", "lpips")
 
 
@@ -230,6 +231,10 @@ class Evaluator:
     def __call__(self, original: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
         """Every chosen metric of ``reconstruction`` against ``original``."""
         return {name: self._functions[name](original, reconstruction) for name in self.metrics}
+
+    def no_reference(self, rgb: np.ndarray) -> dict[str, float]:
+        """The chosen metrics that judge an image alone (BRISQUE, CPBD), e.g. for the original."""
+        return {name: self._functions[name](None, rgb) for name in self.metrics if name in NO_REFERENCE}
 
 
 def format_scores(scores: dict[str, float]) -> str:
