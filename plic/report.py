@@ -130,7 +130,7 @@ body { font-family: sans-serif; margin: 16px; background: #fff; color: #111; }
 table { border-collapse: collapse; margin: 8px 0 24px; font-size: 13px; }
 th, td { border: 1px solid #bbb; padding: 3px 6px; text-align: right; }
 th { background: #eee; }
-.strip { display: flex; gap: 8px; margin-bottom: 16px; flex-wrap: nowrap; }
+.strip { display: flex; gap: 8px; margin-bottom: 16px; flex-wrap: wrap; }
 .strip figure { margin: 0; }
 .strip figcaption { font-size: 12px; max-width: 260px; }
 .missing { width: 192px; height: 192px; background: #606060; color: #fff; display: flex;
