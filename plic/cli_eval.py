@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from . import batch, compare, evaluation, fileformat, metrics, models, report
-from .errors import PlicError, PlicInputError
+from .errors import ModelNotFoundError, PlicError, PlicInputError
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
 
@@ -129,8 +129,12 @@ def run_eval(args) -> int:
         existing = [args.output / n for n in report.FILES if (args.output / n).exists()]
         if existing:
             raise PlicError(f"{existing[0]}: already exists; pass --overwrite to replace it")
-    evaluator = metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
-                                       lpips_name=args.lpips, device=args.device)
+    try:
+        evaluator = metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
+                                           lpips_name=args.lpips, device=args.device)
+    except ModelNotFoundError as exc:
+        others = ",".join(m for m in args.metrics if m not in metrics.MODEL_METRICS)
+        raise ModelNotFoundError(f"{exc} Without the model, leave its metric out: --metrics {others}") from None
     codecs = [compare.codec_by_name(n) for n in args.codecs]
     results = []
     for original, reconstruction, plic_path in pairs:

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from . import compare
 from .codec import bits_per_pixel
 from .image import check_rgb, resize
-from .metrics import Evaluator, same_size
+from .metrics import Evaluator, reference_for
 
 PLIC_METHOD = "plic"
 
@@ -44,7 +44,7 @@ def evaluate_image(evaluator: Evaluator, name: str, original: np.ndarray, recons
     ``plic_bytes``, each codec at that size. Codecs encode the original at the reconstruction's size; bpp counts the pixels of
     ``working_size`` (the .plic's) or of the reconstruction."""
     reconstruction = check_rgb(reconstruction, f"{name}: reconstruction")
-    reference = same_size(original, reconstruction)
+    reference = reference_for(original, reconstruction)
     size = working_size or (reconstruction.shape[1], reconstruction.shape[0])
     results = [
         Result(name, "original", None, None, None, evaluator.no_reference(reference), picture=reference),

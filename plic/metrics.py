@@ -56,7 +56,7 @@ NO_REFERENCE = tuple(name for name, _, needs_original in METRICS if not needs_or
 MODEL_METRICS = ("dinov2", "lpips")
 
 
-def same_size(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+def reference_for(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
     """``original`` scaled (Lanczos) to the reconstruction's size when they differ."""
     original, reconstruction = check_rgb(original, "original"), check_rgb(reconstruction, "reconstruction")
     return resize(original, (reconstruction.shape[1], reconstruction.shape[0]))
@@ -64,7 +64,7 @@ def same_size(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
 
 def psnr(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """Peak signal-to-noise ratio over the RGB channels in dB (infinite for identical images)."""
-    a = same_size(original, reconstruction).astype(np.float64)
+    a = reference_for(original, reconstruction).astype(np.float64)
     mse = float(np.mean((a - reconstruction.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
@@ -73,7 +73,7 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """Mean SSIM (Wang et al. 2004) of the luma (ITU-R 601), Gaussian window sigma 1.5 (11x11),
     K1 = 0.01, K2 = 0.03, over the pixels whose window lies inside the image."""
     ndimage = require("scipy", package="scipy", purpose="SSIM").ndimage
-    a = quality.gray_uint8(same_size(original, reconstruction)).astype(np.float64)
+    a = quality.gray_uint8(reference_for(original, reconstruction)).astype(np.float64)
     b = quality.gray_uint8(reconstruction).astype(np.float64)
     blur = functools.partial(ndimage.gaussian_filter, sigma=1.5, truncate=3.5)
     mu_a, mu_b = blur(a), blur(b)
@@ -107,7 +107,7 @@ class DinoSimilarity:
 
     def __call__(self, original: np.ndarray, reconstruction: np.ndarray) -> float:
         torch = _torch()
-        a, b = self.embed(same_size(original, reconstruction)), self.embed(reconstruction)
+        a, b = self.embed(reference_for(original, reconstruction)), self.embed(reconstruction)
         return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
@@ -140,7 +140,7 @@ class Lpips:
                     .div(127.5).sub(1).to(self.device))
 
         with torch.inference_mode():
-            return float(self.model(tensor(same_size(original, reconstruction)), tensor(reconstruction)))
+            return float(self.model(tensor(reference_for(original, reconstruction)), tensor(reconstruction)))
 
 
 def load_alexnet_features(path: Path, torch) -> dict:
