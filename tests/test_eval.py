@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,17 +18,10 @@ from conftest import REPO
 from metric_models import metric_models_dir  # noqa: F401  (fixture)
 from plic import compare, fileformat, report
 from plic.image import load_rgb
+from test_cli import plic  # the `plic` command as a subprocess
 
 EXAMPLE = REPO / "plic" / "data" / "example.png"
 METHODS = ["original", "plic", "jpeg", "webp", "avif"]
-
-
-def plic(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "plic", *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:
