@@ -17,7 +17,7 @@ _make_plic_importable()
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
 _MODULES = ("caption", "edges", "palette", "salient", "pack", "files", "unpack", "reconstruct",
-            "decode_graph")
+            "decode_graph", "evaluate")
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

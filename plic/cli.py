@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__, batch, caption, codec, detect, fileformat, jbig2, ratecontrol
 from .cli_decode import add_decode_parser
+from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_preview)
 
     add_decode_parser(sub)
+    add_eval_parsers(sub)
 
     p = sub.add_parser("bench", help="every image in a folder at the paper's settings and at a target, "
                                      "next to JPEG, WebP and AVIF at their lowest quality")

@@ -62,7 +62,7 @@ def search_dirs(kind: str, models_dir: str | os.PathLike | None = None) -> list[
     return [root / kind for root in roots]
 
 
-def _missing(folder: Path, required: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
+def missing_files(folder: Path, required: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:
     """Descriptions of the required files ``folder`` lacks."""
     return [label for label, patterns in required
             if not any(any(folder.glob(pattern)) for pattern in patterns)]
@@ -82,7 +82,7 @@ def names_in(dirs: Iterable[Path], accept: Callable[[Path], bool]) -> list[str]:
                    for entry in folder.iterdir() if accept(entry)})
 
 
-def _not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNotFoundError:
+def not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNotFoundError:
     looked = ", ".join(str(d) for d in dirs) or "(no folder: give a models folder or set " + MODELS_ENV + ")"
     return ModelNotFoundError(f"{what} '{name}' was not found; looked in: {looked}. {hint}")
 
@@ -91,17 +91,17 @@ def find_pipeline(name: str, dirs: Sequence[Path]) -> Path:
     """The SD1.5 diffusers pipeline folder ``name`` (a path, or a folder name under one of
     ``dirs``), checked complete. Raises ModelNotFoundError naming each missing file."""
     if not name:
-        raise _not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
+        raise not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
     for folder in candidate_paths(name, dirs):
         if folder.is_dir():
-            missing = _missing(folder, PIPELINE_FILES)
+            missing = missing_files(folder, PIPELINE_FILES)
             if missing:
                 raise ModelNotFoundError(
                     f"The SD1.5 pipeline folder {folder} is incomplete: missing "
                     f"{', '.join(missing)}. Copy the whole diffusers folder of an SD1.5 model "
                     f"(e.g. stable-diffusion-v1-5) there.")
             return folder
-    raise _not_found("The SD1.5 pipeline folder", name, dirs,
+    raise not_found("The SD1.5 pipeline folder", name, dirs,
                      "Put a diffusers SD1.5 folder (with model_index.json, unet/, vae/, "
                      "text_encoder/, tokenizer/, scheduler/) into models/diffusers.")
 
@@ -110,10 +110,10 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
     """The ControlNet ``name``: a diffusers folder (config.json + weights) or a single
     checkpoint file. ``role`` names it in errors (e.g. "inpaint ControlNet")."""
     if not name:
-        raise _not_found(f"The {role}", "", dirs, "Choose a ControlNet.")
+        raise not_found(f"The {role}", "", dirs, "Choose a ControlNet.")
     for path in candidate_paths(name, dirs):
         if path.is_dir():
-            missing = _missing(path, CONTROLNET_FILES)
+            missing = missing_files(path, CONTROLNET_FILES)
             if missing:
                 raise ModelNotFoundError(
                     f"The {role} folder {path} is incomplete: missing {', '.join(missing)}.")
@@ -124,7 +124,7 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
                     f"The {role} {path} is not a checkpoint (expected one of "
                     f"{', '.join(SINGLE_FILE_SUFFIXES)}) or a diffusers folder.")
             return path
-    raise _not_found(f"The {role}", name, dirs,
+    raise not_found(f"The {role}", name, dirs,
                      "Put its diffusers folder or single checkpoint file into models/controlnet.")
 
 

@@ -9,6 +9,7 @@ command -v jbig2dec >/dev/null || missing+=(jbig2dec)
 command -v pbmtojbg >/dev/null || missing+=(jbigkit-bin)
 command -v tesseract >/dev/null || missing+=(tesseract-ocr)
 command -v node >/dev/null || missing+=(nodejs)
+command -v chromium >/dev/null || missing+=(chromium)  # opens plic eval's HTML report in tests
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -28,5 +29,7 @@ if ! cmp -s constraints.txt .venv/.constraints 2>/dev/null; then
   # beside it the packages its inference code imports.
   "${pip[@]}" addict yapf timm
   "${pip[@]}" --no-deps --no-build-isolation groundingdino-py
+  # BRISQUE reads only the trained SVR the brisque package ships; its code and pins are not used.
+  "${pip[@]}" --no-deps brisque
   cp constraints.txt .venv/.constraints
 fi

@@ -3,7 +3,8 @@
 /** Node classes that show a readout after they run (file sizes, or the node's report text such
  * as PLIC Salient Regions' "kept 1 faces ..." and PLIC Caption's prompts), and the one with an
  * upload button. */
-export const READOUT_NODES = ["PlicPack", "PlicSave", "PlicSalientRegions", "PlicCaption"];
+export const READOUT_NODES = ["PlicPack", "PlicSave", "PlicSalientRegions", "PlicCaption",
+  "PlicEvaluate", "PlicSameSizeCodecs"];
 export const UPLOAD_NODE = "PlicLoad";
 export const PLIC_EXTENSION = ".plic";
 
