@@ -239,13 +239,24 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
     )
 
 
-def clean_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str:
-    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters."""
-    text = " ".join(str(text).split())
+def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
+    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters
+    (1..:data:`MAX_PROMPT_CHARS`, PlicInputError otherwise). None is no prompt: ""."""
+    check_prompt_limit(limit)
+    text = " ".join(("" if text is None else str(text)).split())
     if len(text) <= limit:
         return text
     cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
     return cut[:limit].rstrip(" ,;:")
+
+
+def check_prompt_limit(limit: int) -> int:
+    """``limit`` unless it is outside 1..:data:`MAX_PROMPT_CHARS`, the one prompt limit every
+    captioner and PLIC Pack applies (PlicInputError)."""
+    if not 1 <= int(limit) <= MAX_PROMPT_CHARS:
+        raise PlicInputError(f"prompt limit {limit} is outside 1..{MAX_PROMPT_CHARS}: a .plic prompt "
+                             f"holds at most {MAX_PROMPT_CHARS} characters")
+    return int(limit)
 
 
 def bits_per_pixel(n_bytes: int, size: tuple[int, int]) -> float:
