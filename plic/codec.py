@@ -59,11 +59,13 @@ class EdgesPart:
 
 @dataclass(frozen=True)
 class PalettePart:
-    """The colour palette of one image: the WebP ``data`` stored in the file and the decoded
-    ``small`` (s, s, 3) uint8 image it holds."""
+    """The colour palette of one image: the WebP ``data`` stored in the file, the decoded
+    ``small`` (s, s, 3) uint8 image it holds and the ``working_size`` (width, height) of the
+    image it was made from (None: not known)."""
 
     data: bytes
     small: np.ndarray
+    working_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def palette_part(work: np.ndarray, size: int = palette_mod.DEFAULT_SIZE,
                  quality: int = palette_mod.DEFAULT_QUALITY) -> PalettePart:
     """The palette of the working image ``work``, encoded, with the decoded image it stores."""
     data = palette_mod.encode(work, size, quality)
-    return PalettePart(data, palette_mod.decode(data))
+    return PalettePart(data, palette_mod.decode(data), (work.shape[1], work.shape[0]))
 
 
 def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
@@ -112,8 +114,14 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); a salient
-    part must belong to an image of the edges' working size (PlicInputError otherwise)."""
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); the palette
+    and a salient part must be made from a working image of the edges' size (PlicInputError
+    otherwise)."""
+    if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
+        raise PlicInputError(f"the palette was made from a {palette.working_size[0]}x"
+                             f"{palette.working_size[1]} working image but the edges from a "
+                             f"{edges.working_size[0]}x{edges.working_size[1]} one; give both the "
+                             "same max side")
     if salient is not None:
         check_salient_fits(salient, edges.working_size)
     return PlicFile(
