@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
-from plic import cli, cli_decode, edges
+from plic import cli, cli_decode, edges, fileformat
 from plic.errors import PlicError
 
 
@@ -219,3 +219,20 @@ def test_decode_refuses_two_files_for_one_output(tmp_path):
     with pytest.raises(PlicError, match=r"b/x.plic: would be written to .*out/x.png like .*a/x.plic"):
         cli_decode.targets([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert [t.name for _, t in cli_decode.targets([tmp_path / "a"], tmp_path / "out")] == ["x.png"]
+
+
+def test_a_mask_alone_is_kept_losslessly_beyond_the_default_budget(tmp_path, capsys):
+    """Issue 11 item 6: --salient none --salient-mask keeps the mask's pixels as PNG although
+    they take far more than the 0.5 bpp detectors get (as the README says)."""
+    mask = np.zeros((512, 512), np.uint8)
+    mask[40:400, 60:460] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ["encode", str(SHARED_IMAGES / "astronaut.png"), "-o", str(tmp_path), "--prompt", "x",
+            "--salient", "none", "--salient-mask", str(tmp_path / "mask.png")]
+    assert cli.main(args) == 0
+    assert "instead of png" not in capsys.readouterr().out
+    plic = fileformat.load(tmp_path / "astronaut.plic")
+    assert {r.codec for r in plic.salient_regions} == {"png"}
+    assert plic.section_sizes()["salient_pixels"] * 8 / (512 * 512) > 0.5
+    assert cli.main(args + ["--overwrite", "--salient-budget", "0.5"]) == 0  # asked for: applied
+    assert "stored as webp" in capsys.readouterr().out
