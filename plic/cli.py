@@ -101,7 +101,7 @@ def run_encode(args) -> int:
                                     palette_quality=args.palette_quality)
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
-    jobs = batch.distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
+    jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner))
 
 
