@@ -13,8 +13,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,12 +306,11 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temporary(path)
     except OSError as exc:
         raise _output_error(path, exc) from None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closes the descriptor whatever happens
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -328,6 +327,19 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file ``.<name>.<random>.tmp`` beside ``path``, opened for writing: (descriptor,
+    path). It is created with mode 0o666 so the process umask gives it the usual permissions,
+    as for any new file (the umask is never changed: other threads create files too)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _output_error(path: Path, exc: OSError) -> PlicOutputError:
@@ -347,9 +359,3 @@ def _rename_no_replace(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

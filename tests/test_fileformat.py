@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -204,3 +205,54 @@ def test_reader_only_ever_raises_the_documented_error(data):
         assert str(exc).startswith("<bytes>: not a valid .plic file: ")
     else:  # whatever parses must serialise back to the same bytes
         assert fileformat.dumps(plic) == data
+
+
+def test_writing_never_changes_the_process_umask(tmp_path):
+    """Issue 11 item 13: ComfyUI's server writes from threads; a umask changed for a moment
+    races every other thread's file creation. The written file still gets the usual mode."""
+    import os
+    import sys
+
+    calls = []
+
+    def watch(frame, event, arg):
+        if event == "c_call" and arg is os.umask:
+            calls.append(event)
+
+    sys.setprofile(watch)
+    try:
+        fileformat.write_atomic(tmp_path / "x.plic", b"data")
+        fileformat.save(sample(), tmp_path / "y.plic")
+    finally:
+        sys.setprofile(None)
+    assert calls == []
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "x.plic").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_failed_write_closes_its_file_and_leaves_nothing(tmp_path):
+    """A write that fails half-way (file size limit: as a full disk) leaks no descriptor."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, resource, signal
+from pathlib import Path
+from plic import fileformat
+from plic.errors import PlicOutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(3):
+    try:
+        fileformat.write_atomic(Path({str(tmp_path)!r}) / "big.plic", b"x" * 100000)
+    except PlicOutputError as exc:
+        assert "big.plic: cannot be written (File too large)" in str(exc), exc
+    else:
+        raise AssertionError("the write did not fail")
+assert len(os.listdir("/proc/self/fd")) == before
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[1])
+    assert list(tmp_path.iterdir()) == []
