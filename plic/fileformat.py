@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import secrets
 import struct
@@ -45,6 +46,14 @@ MAX_FILE_BYTES = 256 << 20
 MAX_PROMPT_BYTES = 4096
 MAX_HINT_BYTES = 16384
 MAX_REGIONS = 4096
+
+#: Decode hints a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
+#: Other keys are kept and may be ignored. Seeds are those torch takes; steps at most the
+#: diffusion schedule's 1000; the ControlNet scale 0..10 as ComfyUI's strength.
+MAX_SEED = 2**64 - 1
+MAX_STEPS = 1000
+MAX_CONTROLNET_SCALE = 10.0
+SCHEDULERS = ("unipc",)
 
 #: Codecs for the stored pixels of a salient region (SPIX ``codec`` byte).
 REGION_CODECS = {1: "png", 2: "webp", 3: "webp-lossless"}
@@ -114,9 +123,41 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
 
 def _hints_json(hints: dict) -> bytes:
     try:
-        return json.dumps(hints, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return json.dumps(check_decode_hints(hints), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
     except TypeError as exc:
         raise ValueError(f"decode hints must be JSON values: {exc}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_HINT_RULES = {
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
+    "steps": (lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
+    "controlnet_scale": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+                         and 0 <= v <= MAX_CONTROLNET_SCALE, f"a number in 0..{MAX_CONTROLNET_SCALE:g}"),
+    "scheduler": (lambda v: v in SCHEDULERS, f"one of {list(SCHEDULERS)}"),
+}
+
+
+def check_decode_hints(hints: dict) -> dict:
+    """``hints`` unless a key a version-1 decoder understands has a value it cannot use
+    (ValueError naming the hint and what it must be); other keys pass as they are."""
+    if not isinstance(hints, dict):
+        raise ValueError("decode hints must be a JSON object")
+    for key, (valid, what) in _HINT_RULES.items():
+        if key in hints and not valid(hints[key]):
+            raise ValueError(f"decode hint {key!r} is {_shown(hints[key])}; it must be {what}")
+    return hints
+
+
+def _shown(value) -> str:
+    """A hint's value for an error message, cut short."""
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # Checks of section contents, shared by the writer and the reader (docs/format.md, "Limits").
@@ -254,10 +295,12 @@ def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
     elif kind == SALIENT_PIXELS:
         plic.salient_regions = _unpack_regions(payload, plic.working_size)
     elif kind == DECODE_HINTS:
-        hints = json.loads(_checked_hints(payload).decode("utf-8"))
-        if not isinstance(hints, dict):
-            raise ValueError("decode hints must be a JSON object")
-        plic.decode_hints = hints
+        hints = json.loads(_checked_hints(payload).decode("utf-8"), parse_constant=_no_constant)
+        plic.decode_hints = check_decode_hints(hints)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"decode hints hold {name}, which is not JSON")
 
 
 def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:

@@ -1,5 +1,6 @@
 """The .plic container: round trips, every kind of damage, limits, and a fuzz test of the reader."""
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -256,3 +257,29 @@ assert len(os.listdir("/proc/self/fd")) == before
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    cwd=Path(__file__).resolve().parents[1])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (b'{"seed": "abc"}', "decode hint 'seed' is \"abc\"; it must be an integer in 0..18446744073709551615"),
+    (b'{"seed": NaN}', "decode hints hold NaN, which is not JSON"),
+    (b'{"seed": -1}', "decode hint 'seed' is -1"),
+    (b'{"steps": 1e9}', "decode hint 'steps' is 1000000000.0; it must be an integer in 1..1000"),
+    (b'{"steps": true}', "decode hint 'steps' is true"),
+    (b'{"controlnet_scale": 1e308}', "decode hint 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
+    (b'{"controlnet_scale": Infinity}', "Infinity, which is not JSON"),
+    (b'{"negative_prompt": 5}', "decode hint 'negative_prompt' is 5; it must be a string"),
+    (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc'\\]"),
+])
+def test_decode_hints_are_validated_when_read(payload, problem):
+    """Issue 11 item 8: a hint the decoder cannot use fails at read time, naming file and hint."""
+    with pytest.raises(PlicFormatError, match=f"^x.plic: not a valid .plic file: section 'HINT': {problem}"):
+        fileformat.loads(rebuilt(sections=[(b"HINT", payload)]), "x.plic")
+    hints = json.loads(payload, parse_constant=float)
+    with pytest.raises(ValueError, match="decode hint"):  # the writer refuses it too
+        fileformat.dumps(PlicFile((10, 10), (10, 10), decode_hints=hints))
+
+
+def test_usable_and_unknown_decode_hints_are_kept():
+    hints = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
+             "negative_prompt": "", "base_model": "any value"}
+    assert fileformat.loads(rebuilt(sections=[(b"HINT", json.dumps(hints).encode())])).decode_hints == hints
