@@ -266,7 +266,7 @@ assert len(os.listdir("/proc/self/fd")) == before
     (b'{"steps": 1e9}', "decode hint 'steps' is 1000000000.0; it must be an integer in 1..1000"),
     (b'{"steps": true}', "decode hint 'steps' is true"),
     (b'{"controlnet_scale": 1e308}', "decode hint 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
-    (b'{"controlnet_scale": Infinity}', "Infinity, which is not JSON"),
+    (b'{"controlnet_scale": Infinity}', "decode hints hold Infinity, which is not JSON"),
     (b'{"negative_prompt": 5}', "decode hint 'negative_prompt' is 5; it must be a string"),
     (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc'\\]"),
 ])
