@@ -115,7 +115,10 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
     plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
                                 salient=codec.SalientPart(mask_stream, tuple(regions)))
-    data = fileformat.dumps(plic)
+    try:
+        data = fileformat.dumps(plic)
+    except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
+        raise _fail(path, str(exc)) from None
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)

@@ -46,6 +46,11 @@ MAX_FILE_BYTES = 256 << 20
 MAX_PROMPT_BYTES = 4096
 MAX_HINT_BYTES = 16384
 MAX_REGIONS = 4096
+#: A working image beyond FREE_PIXELS (2048x2048) needs a file of at least one byte per
+#: PIXELS_PER_BYTE pixels (real photos' edges alone take one byte per ~400), so what a reader
+#: allocates for the working image is bounded by what the file holds.
+FREE_PIXELS = 1 << 22
+PIXELS_PER_BYTE = 4096
 
 #: Decode hints a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
 #: Other keys are kept and may be ignored. Seeds are those torch takes; steps at most the
@@ -216,7 +221,18 @@ def dumps(plic: PlicFile) -> bytes:
     data = b"".join(parts)
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"the file would be {len(data)} bytes, at most {MAX_FILE_BYTES} allowed")
+    _check_pixels_held(plic.working_size, len(data), lambda problem: ValueError(
+        f"{problem}: the image has too little detail for this working size; use a smaller max side"))
     return data
+
+
+def _check_pixels_held(working, n_bytes: int, error) -> None:
+    """Raise ``error(problem)`` when a file of ``n_bytes`` declares more working pixels than
+    FREE_PIXELS and PIXELS_PER_BYTE allow."""
+    width, height = working
+    if width * height > max(FREE_PIXELS, PIXELS_PER_BYTE * n_bytes):
+        raise error(f"a {width}x{height} working image needs a file of at least "
+                    f"{-(-width * height // PIXELS_PER_BYTE)} bytes, this one has {n_bytes}")
 
 
 def _check_sizes(original, working, error):
@@ -249,6 +265,7 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
     if count > MAX_SECTIONS:
         fail(f"{count} sections, at most {MAX_SECTIONS} allowed")
     _check_sizes((ow, oh), (ww, wh), lambda problem: PlicFormatError(source, problem))
+    _check_pixels_held((ww, wh), len(data), lambda problem: PlicFormatError(source, problem))
 
     plic = PlicFile(original_size=(ow, oh), working_size=(ww, wh))
     seen = set()

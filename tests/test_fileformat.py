@@ -283,3 +283,18 @@ def test_usable_and_unknown_decode_hints_are_kept():
     hints = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
              "negative_prompt": "", "base_model": "any value"}
     assert fileformat.loads(rebuilt(sections=[(b"HINT", json.dumps(hints).encode())])).decode_hints == hints
+
+
+def test_a_reader_allocates_only_what_the_file_holds():
+    """Issue 11 item 9: a header declaring 16384x16384 made preview take 3.5 GB."""
+    def header_only(width, height):
+        header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 0, width, height, width, height)
+        return header + struct.pack(">I", zlib.crc32(header))
+
+    with pytest.raises(PlicFormatError, match="^big.plic: not a valid .plic file: a 16384x16384 "
+                                              "working image needs a file of at least 65536 bytes, "
+                                              "this one has 32"):
+        fileformat.loads(header_only(16384, 16384), "big.plic")
+    assert fileformat.loads(header_only(2048, 2048)).working_size == (2048, 2048)
+    with pytest.raises(ValueError, match="too little detail for this working size"):
+        fileformat.dumps(PlicFile((4096, 4096), (4096, 4096)))
