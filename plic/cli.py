@@ -10,7 +10,9 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +28,31 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = build_parser().parse_args(argv)
+            return args.run(args)
     except PlicError as exc:
         print(f"plic: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("plic: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (plic info F | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line, without its source location."""
+    print(f"plic: warning: {one_line(message)}", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\x1b``), so a file's
+    prompt cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="list the sections of a .plic file with their sizes")
     p.add_argument("file", type=Path, metavar="FILE.plic")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not decode the sections (by default a file export or preview would "
+                        "refuse fails here too)")
     p.set_defaults(run=run_info)
 
     p = sub.add_parser("export", help="write the parts of a .plic file as standard files")
@@ -150,6 +170,8 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
 
 def run_info(args) -> int:
     plic = fileformat.load(args.file)
+    if not args.no_check:
+        codec.unpack(plic, str(args.file))
     info = describe(plic, args.file.stat().st_size)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -161,7 +183,7 @@ def run_info(args) -> int:
         print(f"  {name:<16}{row['bytes']:>10}{row['bpp']:>10.4f}")
     print(f"  {'total (file)':<16}{info['total_bytes']:>10}{info['total_bpp']:>10.4f}")
     if info["prompt"]:
-        print(f"  prompt: {info['prompt']}")
+        print(f"  prompt: {printable(info['prompt'])}")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from . import edges as edges_mod
 from . import hints, jbig2
@@ -225,18 +225,12 @@ class Unpacked:
 def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
     """Decode every section of ``plic``. Bad section contents raise PlicFormatError(source)."""
     width, height = plic.working_size
-    try:
-        if plic.edges is None:
-            edge_map = np.zeros((height, width), dtype=np.uint8)
-        else:
-            edge_map = edges_mod.unpack(plic.edges, max_pixels=width * height)
-            if edge_map.shape != (height, width):
-                raise ValueError(f"edge map is {edge_map.shape[1]}x{edge_map.shape[0]}, "
-                                 f"expected {width}x{height}")
-        small = None if plic.palette is None else palette_mod.decode(plic.palette)
-        mask, kept = salient_mod.unpack(plic.salient_mask, plic.salient_regions, (width, height))
-    except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
-        raise PlicFormatError(source, str(exc)) from None
+    edge_map = (np.zeros((height, width), dtype=np.uint8) if plic.edges is None
+                else _decoded(source, "edges (EDGE)", _edge_map, plic.edges, (width, height)))
+    small = None if plic.palette is None else _decoded(source, "palette (PALT)", palette_mod.decode,
+                                                       plic.palette)
+    mask, kept = _decoded(source, "salient mask and pixels (SMSK, SPIX)", salient_mod.unpack,
+                          plic.salient_mask, plic.salient_regions, (width, height))
     full = (np.zeros((height, width, 3), dtype=np.uint8) if small is None
             else palette_mod.upscale(small, (width, height)))
     return Unpacked(
@@ -245,6 +239,24 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
         salient_mask=mask, salient_pixels=kept,
         decode_hints={**DEFAULT_DECODE_HINTS, **plic.decode_hints},
     )
+
+
+def _edge_map(stream: bytes, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    edge_map = edges_mod.unpack(stream, max_pixels=width * height)
+    if edge_map.shape != (height, width):
+        raise ValueError(f"edge map is {edge_map.shape[1]}x{edge_map.shape[0]}, expected {width}x{height}")
+    return edge_map
+
+
+def _decoded(source: str, section: str, decode, *args):
+    """``decode(*args)``; its failure as a PlicFormatError naming ``source`` and ``section``."""
+    try:
+        return decode(*args)
+    except UnidentifiedImageError:
+        raise PlicFormatError(source, f"section {section}: holds no image PLIC can read") from None
+    except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
+        raise PlicFormatError(source, f"section {section}: {exc}") from None
 
 
 def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:

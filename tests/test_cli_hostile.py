@@ -1,0 +1,109 @@
+"""The command line on damaged and crafted files, and its manners at a terminal (issue 11)."""
+
+import json
+import signal
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from plic import cli, codec, fileformat
+
+
+def run_plic(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "plic", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.fixture
+def small_plic(tmp_path):
+    """A real .plic file of a small synthetic image, with a prompt."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 20:50] = (200, 40, 40)
+    path = tmp_path / "small.plic"
+    fileformat.save(codec.encode_image(rgb, prompt="a red box"), path)
+    return path
+
+
+def test_info_checks_the_payloads_and_names_the_section(small_plic, capsys):
+    """Item 10: info exited 0 on a file whose palette export and preview reject, and the error
+    read "cannot identify image file <_io.BytesIO object at 0x...>"."""
+    plic = fileformat.load(small_plic)
+    plic.palette = b"not an image at all"
+    fileformat.save(plic, small_plic, overwrite=True)
+    for command in (["info"], ["info", "--json"], ["export", "-o", str(small_plic.parent / "parts")]):
+        assert cli.main([command[0], str(small_plic), *command[1:]]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"plic: {small_plic}: not a valid .plic file: section palette (PALT): holds no "
+                       "image PLIC can read\n")
+    assert cli.main(["info", "--no-check", str(small_plic)]) == 0
+
+
+def test_info_escapes_control_characters_in_the_prompt(small_plic, capsys):
+    """Item 11: a prompt's ANSI escapes reached the terminal raw."""
+    plic = fileformat.load(small_plic)
+    plic.prompt = "red \x1b[2J\x1b]0;owned\x07 box \u202e"
+    fileformat.save(plic, small_plic, overwrite=True)
+    assert cli.main(["info", str(small_plic)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "  prompt: red \\x1b[2J\\x1b]0;owned\\x07 box \\u202e\n" in out
+
+
+def test_a_closed_pipe_ends_info_quietly(small_plic):
+    """Item 12: `plic info F | head` ended in a BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "plic", "info", str(small_plic)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert err == ""
+
+
+def test_ctrl_c_while_the_command_line_loads_prints_one_line():
+    """Item 12: a Ctrl-C during start-up printed a traceback."""
+    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "plic", "--help"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # an import inside plic.cli has finished: plic.cli is loading
+        if line.split("|")[-1].strip() == "numpy":
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    assert "Traceback" not in rest and rest.endswith("plic: interrupted\n")
+
+
+def test_library_warnings_are_one_line_without_their_source(tmp_path, capsys, monkeypatch):
+    """Item 12: PIL's DecompressionBombWarning added two lines pointing into site-packages."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # PIL's own setting: warn above 1100 px
+    Image.new("RGB", (40, 40), "white").save(tmp_path / "big.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main(["encode", str(tmp_path / "big.png"), "-o", str(tmp_path), "--salient", "none"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("plic: warning: Image size (1600 pixels) exceeds limit of 1100 pixels")
+    assert err.count("\n") == 1 and "site-packages" not in err
+
+
+def test_a_header_only_file_declaring_a_huge_image_is_refused_cheaply(tmp_path):
+    """Item 9: preview took 3.5 GB on a 32-byte file declaring 16384x16384."""
+    import resource
+    import struct
+    import zlib
+
+    header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 0, 16384, 16384, 16384, 16384)
+    (tmp_path / "huge.plic").write_bytes(header + struct.pack(">I", zlib.crc32(header)))
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
+    for command in (["preview", "-o", tmp_path / "p.png"], ["export", "-o", tmp_path / "parts"]):
+        result = subprocess.run([sys.executable, "-c", f"{limit}; import runpy; "
+                                 "runpy.run_module('plic', run_name='__main__')", command[0],
+                                 tmp_path / "huge.plic", *command[1:]],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert "needs a file of at least 65536 bytes, this one has 32" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.plic"]
+    del resource
