@@ -91,7 +91,6 @@ def test_library_warnings_are_one_line_without_their_source(tmp_path, capsys, mo
 
 def test_a_header_only_file_declaring_a_huge_image_is_refused_cheaply(tmp_path):
     """Item 9: preview took 3.5 GB on a 32-byte file declaring 16384x16384."""
-    import resource
     import struct
     import zlib
 
@@ -106,4 +105,3 @@ def test_a_header_only_file_declaring_a_huge_image_is_refused_cheaply(tmp_path):
         assert result.returncode == 1
         assert "needs a file of at least 65536 bytes, this one has 32" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.plic"]
-    del resource
