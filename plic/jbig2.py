@@ -591,15 +591,15 @@ EFFORTS = ("fast", "default", "max")
 _FAST_TEMPLATE = 2          # the best template on 13 of 14 Canny edge maps
 _FAST_TPGDON_ROWS = 0.25    # "fast": TPGDON when this share of rows repeats
 # "default" tries templates 0-2 only: template 3 (no row y-2) came last on
-# every edge map.  Maps of at most _EXACT_PIXELS pixels (the default
-# 1024-px working image) are scored exactly.  Larger ones are ranked by
-# every _SAMPLE_EVERY-th band of _SAMPLE_BAND rows (1/8 of the rows), unless
-# the sample holds fewer than _MIN_SAMPLE_BLACK black pixels (a sparse map:
-# a sample that is nearly white ranks nothing) or fewer than
-# _MIN_SAMPLE_BANDS bands; then the best ranked candidate and jbig2enc's own
-# configurations (_JBIG2ENC) are scored exactly.
+# every edge map.  Maps of at most _EXACT_PIXELS pixels are scored exactly,
+# and so are those whose sample (every _SAMPLE_EVERY-th band of _SAMPLE_BAND
+# rows, 1/8 of the rows) holds fewer than _MIN_SAMPLE_BLACK black pixels or
+# _MIN_SAMPLE_BANDS bands: a nearly white sample mis-ranks the templates
+# (3 of 17 real photos came out larger than jbig2enc's coder).  Other maps
+# are ranked by the sample; the best ranked candidate and jbig2enc's own
+# configurations (_JBIG2ENC) are then scored exactly.
 _DEFAULT_TEMPLATES = (0, 1, 2)
-_EXACT_PIXELS = 1 << 20
+_EXACT_PIXELS = 1 << 18
 _SAMPLE_BAND = 8
 _SAMPLE_EVERY = 8
 _MIN_SAMPLE_BANDS = 2
@@ -696,8 +696,8 @@ def choose_parameters(bitmap, template=None, at=None, tpgdon=None, effort="defau
     * ``"fast"``: no search; template 2 (nominal AT), TPGDON when at least
       a quarter of the rows repeat the row above.
     * ``"default"``: templates 0-2 (nominal AT) with TPGDON on and off. Each
-      is coded and the smallest kept where the map has at most 1 MiP or is
-      sparse; a larger map is ranked by the code length of a sample of row
+      is coded and the smallest kept where the map has at most 256 Ki
+      pixels or is sparse; a larger map is ranked by the code length of a sample of row
       bands (1/8 of the rows), then the best ranked and jbig2enc's own
       configuration (template 0, nominal AT, TPGDON off and on) are coded
       and the smallest kept.

@@ -199,7 +199,7 @@ def test_default_is_never_larger_than_a_candidate_it_tried(name):
 
 
 def test_large_maps_are_never_larger_than_jbig2enc():
-    """Above 1 MiP a dense map is ranked on a sample, then the best ranked
+    """A large dense map is ranked on a sample, then the best ranked
     and jbig2enc's configurations are coded; a sparse one is coded whole."""
     tiled = np.tile(edge_map("kleiber-bird.jpg"), (2, 2))  # 2048x1152
     for edges in (tiled, without_sampled_rows(tiled)):
