@@ -15,17 +15,21 @@ Everything bit-level about JBIG2 lives in this module:
 
 Bitmaps are 2-D ``np.uint8`` arrays of 0/1 where 1 is black (an edge pixel).
 The encoder is always lossless; by default it picks GBTEMPLATE and TPGDON
-for the fewest bytes from exact MQ code lengths of sampled rows, and can try
-AT pixels too (see :func:`choose_parameters`).
+for the fewest bytes by coding the candidates (large dense maps are ranked on
+sampled rows first), and can try AT pixels too (see :func:`choose_parameters`).
 
-The pixel loops are compiled with numba when it is importable; the very same
+The pixel loops are compiled with numba, at their first use, when it is
+importable; the very same
 Python source runs unchanged (slowly) when it is not, or when the environment
 variable ``PLIC_NO_NUMBA=1`` is set.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,26 +53,53 @@ class JBIG2Error(ValueError):
     """Malformed, unsupported or oversized JBIG2 data (or an unencodable bitmap)."""
 
 
-def _identity(func):
-    return func
+def _numba_wanted() -> bool:
+    """Whether numba is installed and not turned off (without importing it)."""
+    return os.environ.get("PLIC_NO_NUMBA") != "1" and importlib.util.find_spec("numba") is not None
 
 
-def _pick_jit():
-    """Return (jit for entry points, jit for per-pixel helpers, numba in use?)."""
-    if os.environ.get("PLIC_NO_NUMBA") == "1":
-        return _identity, _identity, False
-    try:
-        import numba
-    except ImportError:
-        return _identity, _identity, False
-    # Per-pixel helpers are compiled without the numba runtime (_nrt=False):
-    # they allocate nothing, and with it every call would reference-count its
-    # array arguments, which costs more than the arithmetic coding itself.
-    return (numba.njit(cache=True, nogil=True),
-            numba.njit(cache=True, nogil=True, _nrt=False), True)
+NUMBA = _numba_wanted()
+_COMPILED: list = []  # (name, function, per-pixel helper?) of every function to compile
+_COMPILE_LOCK = threading.Lock()
 
 
-_jit, _jit_pixel, NUMBA = _pick_jit()
+def _lazy_jit(pixel: bool):
+    """Decorator: the function is compiled with numba (when :data:`NUMBA`) at the first call of
+    any decorated function, so importing this module does not import numba (~0.3 s). Compiling
+    rebinds every decorated module global at once: compiled functions call each other by name."""
+
+    def decorate(func):
+        _COMPILED.append((func.__name__, func, pixel))
+
+        @functools.wraps(func)
+        def first_call(*args):
+            _compile_all()
+            return globals()[func.__name__](*args)
+
+        return first_call
+
+    return decorate
+
+
+def _compile_all() -> None:
+    with _COMPILE_LOCK:
+        if not _COMPILED:
+            return
+        entry = pixel_helper = lambda func: func
+        if NUMBA:
+            import numba
+
+            # Per-pixel helpers are compiled without the numba runtime (_nrt=False): they
+            # allocate nothing, and with it every call would reference-count its array
+            # arguments, which costs more than the arithmetic coding itself.
+            entry = numba.njit(cache=True, nogil=True)
+            pixel_helper = numba.njit(cache=True, nogil=True, _nrt=False)
+        for name, func, pixel in _COMPILED:
+            globals()[name] = (pixel_helper if pixel else entry)(func)
+        _COMPILED.clear()
+
+
+_jit, _jit_pixel = _lazy_jit(pixel=False), _lazy_jit(pixel=True)
 
 
 # ---------------------------------------------------------------------------

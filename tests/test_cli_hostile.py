@@ -105,3 +105,9 @@ def test_a_header_only_file_declaring_a_huge_image_is_refused_cheaply(tmp_path):
         assert result.returncode == 1
         assert "needs a file of at least 65536 bytes, this one has 32" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.plic"]
+
+
+def test_the_command_line_loads_without_numba():
+    """`plic --help` spent ~270 ms importing numba, which only the JBIG2 coder needs."""
+    code = "import sys, plic.cli; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
