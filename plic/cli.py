@@ -56,7 +56,7 @@ def printable(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="plic", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"plic {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="section sizes of every image in a folder, next to JPEG and WebP")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("--csv", type=Path, metavar="FILE.csv", help="also write the table as CSV")
-    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N")
+    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N",
+                   help="longest side of the working image (default %(default)s; never upscales)")
     p.set_defaults(run=run_bench)
     return parser
 
@@ -119,6 +120,8 @@ def run_encode(args) -> int:
     settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality)
+    if args.output.exists() and not args.output.is_dir():
+        raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
@@ -142,8 +145,9 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)
+    compared = f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
-          f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
+          f"{plic.working_size[1]}, {compared} {path.name}")
     if report.kept or report.dropped or report.notes:
         print("  " + report.summary().replace("\n", "\n  "))
 

@@ -6,6 +6,7 @@ Images are handled as RGB ``uint8`` numpy arrays of shape (H, W, 3).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:  # PIL refuses decompression bombs here
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"{path}: has {im.n_frames} frames; PLIC uses the first", stacklevel=2)
             im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
     except FileNotFoundError:

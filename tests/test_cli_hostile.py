@@ -111,3 +111,19 @@ def test_the_command_line_loads_without_numba():
     """`plic --help` spent ~270 ms importing numba, which only the JBIG2 coder needs."""
     code = "import sys, plic.cli; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_what_encode_says_is_right(tmp_path, capsys):
+    """Small things: "0.7x smaller" for a larger file, an animated GIF silently cut to its
+    first frame, "-o" naming a file, doc markup in --help."""
+    frames = [Image.new("RGB", (24, 16), colour) for colour in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert cli.main(["encode", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "out"),
+                     "--prompt", "a red flag", "--salient", "none"]) == 0
+    captured = capsys.readouterr()
+    assert "x larger than anim.gif" in captured.out and "smaller" not in captured.out
+    assert captured.err == f"plic: warning: {tmp_path / 'anim.gif'}: has 2 frames; PLIC uses the first\n"
+    assert cli.main(["encode", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "anim.gif")]) == 1
+    assert capsys.readouterr().err == (f"plic: {tmp_path / 'anim.gif'}: is a file; -o takes the folder "
+                                       "the .plic files go to\n")
+    assert "``" not in cli.build_parser().format_help()
