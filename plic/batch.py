@@ -35,6 +35,12 @@ def clash(source: Path, target: Path, first: Path) -> PlicError:
                      "or run them separately")
 
 
+def show_progress(index: int, total: int, item) -> None:
+    """``[index/total] item`` on stderr when there are several items and it is a terminal."""
+    if total > 1 and sys.stderr.isatty():
+        print(f"[{index}/{total}] {item}", file=sys.stderr, flush=True)
+
+
 def run_each(jobs: list[Job], work: Callable[[Path, Path], None]) -> int:
     """Call ``work(source, target)`` for every job; a PlicError is printed as one line that
     names the file (prefixed when the message does not) and the next job goes on. A job whose
@@ -43,10 +49,8 @@ def run_each(jobs: list[Job], work: Callable[[Path, Path], None]) -> int:
     stderr shows the progress. Returns the exit status: 1 when any job failed."""
     failures = 0
     first_input: dict[Path, Path] = {}
-    progress = len(jobs) > 1 and sys.stderr.isatty()
     for index, (source, target) in enumerate(jobs, 1):
-        if progress:
-            print(f"[{index}/{len(jobs)}] {source}", file=sys.stderr, flush=True)
+        show_progress(index, len(jobs), source)
         try:
             if target in first_input:
                 raise clash(source, target, first_input[target])

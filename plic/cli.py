@@ -290,7 +290,8 @@ def run_bench(args) -> int:
     columns = ["image", "width", "height", "edges", "palette", "total", "bpp", "jpeg_q1", "webp_q0",
                "ratio_to_file"]
     rows = []
-    for path in images:
+    for index, path in enumerate(images, 1):
+        batch.show_progress(index, len(images), path)
         original_size, work = codec.working_image(load_rgb(path), settings.max_side)
         plic = codec.encode_working(work, original_size, settings=settings)
         total = len(fileformat.dumps(plic))

@@ -127,3 +127,29 @@ def test_what_encode_says_is_right(tmp_path, capsys):
     assert capsys.readouterr().err == (f"plic: {tmp_path / 'anim.gif'}: is a file; -o takes the folder "
                                        "the .plic files go to\n")
     assert "``" not in cli.build_parser().format_help()
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path):
+    """Small things: a folder of many images printed no N/M count."""
+    import os
+    import pty
+
+    for name, colour in (("a.png", "red"), ("b.png", "blue")):
+        Image.new("RGB", (24, 16), colour).save(tmp_path / name)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "plic", "encode", str(tmp_path), "-o",
+                                str(tmp_path / "out"), "--prompt", "x", "--salient", "none"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0
+    assert seen.decode().splitlines() == [f"[1/2] {tmp_path / 'a.png'}", f"[2/2] {tmp_path / 'b.png'}"]
