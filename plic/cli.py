@@ -125,11 +125,15 @@ def run_encode(args) -> int:
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
-    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner))
+    shown_notes: set[str] = set()
+    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
+                                                                shown_notes))
 
 
-def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner) -> None:
-    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step kept."""
+def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner,
+               shown_notes: set[str] | None = None) -> None:
+    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step
+    kept; a note in ``shown_notes`` (such as a detector that cannot run) is not repeated."""
     if target.exists() and not args.overwrite:
         raise _fail(target, "already exists; pass --overwrite to replace it")
     rgb = load_rgb(path)
@@ -148,6 +152,9 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     compared = f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
           f"{plic.working_size[1]}, {compared} {path.name}")
+    if shown_notes is not None:
+        report.notes = [note for note in report.notes if note not in shown_notes]
+        shown_notes.update(report.notes)
     if report.kept or report.dropped or report.notes:
         print("  " + report.summary().replace("\n", "\n  "))
 

@@ -153,3 +153,15 @@ def test_progress_is_shown_on_a_terminal(tmp_path):
     os.close(leader)
     assert process.wait(timeout=120) == 0
     assert seen.decode().splitlines() == [f"[1/2] {tmp_path / 'a.png'}", f"[2/2] {tmp_path / 'b.png'}"]
+
+
+def test_a_detector_that_cannot_run_is_noted_once(tmp_path):
+    """Small things: every image repeated the note that text detection cannot run."""
+    import os
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (24, 16), "white").save(tmp_path / name)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no tesseract program on it
+    result = run_plic("encode", tmp_path, "-o", tmp_path / "out", "--prompt", "x", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("text skipped: text detection needs the Tesseract program") == 1
