@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import __version__, batch, caption, codec, detect, fileformat, jbig2
-from .cli_decode import add_decode_parser
+from .cli_decode import add_decode_parser, targets
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
@@ -79,23 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
 
-    p = sub.add_parser("info", help="list the sections of a .plic file with their sizes")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table (a list of objects with their file for several)")
     p.add_argument("--no-check", action="store_true",
                    help="do not decode the sections (by default a file export or preview would "
                         "refuse fails here too)")
     p.set_defaults(run=run_info)
 
-    p = sub.add_parser("export", help="write the parts of a .plic file as standard files")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p = sub.add_parser("export", help="write the parts of .plic files as standard files")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                   help="the folder for one file; for several, DIR/<name>/ each")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
     p.set_defaults(run=run_export)
 
-    p = sub.add_parser("preview", help="draw the parts of a .plic file side by side in one PNG")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
+    p = sub.add_parser("preview", help="draw the parts of .plic files side by side, one PNG each")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
+                   help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     p.set_defaults(run=run_preview)
 
@@ -180,14 +184,30 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
 
 
 def run_info(args) -> int:
-    plic = fileformat.load(args.file)
+    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    infos = []
+    status = batch.run_each([(source, source) for source in sources],
+                            lambda source, _: infos.append(info_one(source, args)))
+    if args.json and infos:
+        several = len(sources) > 1 or sources[0] not in args.files
+        print(json.dumps([{"file": str(source), **info} for source, info in infos] if several
+                         else infos[0][1], indent=2))
+    return status
+
+
+def info_one(source: Path, args) -> tuple[Path, dict]:
+    """``source`` and what :func:`describe` says of it, printed as a table unless ``--json``."""
+    plic = fileformat.load(source)
     if not args.no_check:
-        codec.unpack(plic, str(args.file))
-    info = describe(plic, args.file.stat().st_size)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{args.file}: original {info['original_size'][0]}x{info['original_size'][1]}, "
+        codec.unpack(plic, str(source))
+    info = describe(plic, source.stat().st_size)
+    if not args.json:
+        print_info(source, info)
+    return source, info
+
+
+def print_info(source: Path, info: dict) -> None:
+    print(f"{source}: original {info['original_size'][0]}x{info['original_size'][1]}, "
           f"working {info['working_size'][0]}x{info['working_size'][1]}")
     print(f"  {'section':<16}{'bytes':>10}{'bpp':>10}")
     for name, row in info["sections"].items():
@@ -195,7 +215,6 @@ def run_info(args) -> int:
     print(f"  {'total (file)':<16}{info['total_bytes']:>10}{info['total_bpp']:>10.4f}")
     if info["prompt"]:
         print(f"  prompt: {printable(info['prompt'])}")
-    return 0
 
 
 # -- export and preview ------------------------------------------------------------------------
@@ -227,15 +246,31 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     return files
 
 
+#: Names export_files gives; with --overwrite, such files an earlier export left are removed.
+EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_hints\.json|edges\.(jb2|png)|palette\.webp|"
+                           r"salient_(mask|pixels)\.png|salient_\d{3}_\d+_\d+\.(png|webp)")
+
+
 def run_export(args) -> int:
-    files = export_files(fileformat.load(args.file), str(args.file))
-    clashes = [name for name in files if (args.output / name).exists()]
-    if clashes and not args.overwrite:
-        raise _fail(args.output / clashes[0], "already exists; pass --overwrite to replace it")
+    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    several = len(sources) > 1 or sources[0] not in args.files
+    jobs = [(source, args.output / source.stem if several else args.output) for source in sources]
+    return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))
+
+
+def export_one(source: Path, folder: Path, overwrite: bool) -> None:
+    """Write the parts of ``source`` into ``folder``; with ``overwrite`` the parts an earlier
+    export wrote there and this one does not (salient regions...) are removed."""
+    files = export_files(fileformat.load(source), str(source))
+    clashes = [name for name in files if (folder / name).exists()]
+    if clashes and not overwrite:
+        raise _fail(folder / clashes[0], "already exists; pass --overwrite to replace it")
     for name, data in files.items():
-        write_atomic(args.output / name, data, overwrite=args.overwrite)
-    print(f"{args.output}: {', '.join(sorted(files))}")
-    return 0
+        write_atomic(folder / name, data, overwrite=overwrite)
+    for stale in sorted(folder.iterdir()):
+        if EXPORTED_NAME.fullmatch(stale.name) and stale.name not in files:
+            stale.unlink()
+    print(f"{folder}: {', '.join(sorted(files))}")
 
 
 def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int) -> Image.Image:
@@ -269,13 +304,16 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int) -> I
 
 
 def run_preview(args) -> int:
-    plic = fileformat.load(args.file)
-    picture = preview_image(plic, str(args.file), args.file.stat().st_size)
+    return batch.run_each(targets(args.files, args.output),
+                          lambda source, target: preview_one(source, target, args.overwrite))
+
+
+def preview_one(source: Path, target: Path, overwrite: bool) -> None:
+    picture = preview_image(fileformat.load(source), str(source), source.stat().st_size)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    write_atomic(args.output, buffer.getvalue(), overwrite=args.overwrite)
-    print(f"{args.output}: {picture.width}x{picture.height}")
-    return 0
+    write_atomic(target, buffer.getvalue(), overwrite=overwrite)
+    print(f"{target}: {picture.width}x{picture.height}")
 
 
 # -- bench -------------------------------------------------------------------------------------

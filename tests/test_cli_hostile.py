@@ -165,3 +165,29 @@ def test_a_detector_that_cannot_run_is_noted_once(tmp_path):
     result = run_plic("encode", tmp_path, "-o", tmp_path / "out", "--prompt", "x", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("text skipped: text detection needs the Tesseract program") == 1
+
+
+def test_info_export_and_preview_take_several_files(tmp_path, capsys):
+    """Small things: info, export and preview took one file; an --overwrite export into the
+    folder of an earlier one left that file's salient regions behind."""
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[10:30, 20:50] = (200, 40, 40)
+    mask = np.zeros((48, 64), bool)
+    mask[12:20, 22:30] = True
+    fileformat.save(codec.encode_image(rgb, prompt="one", salient_mask=mask), tmp_path / "one.plic")
+    fileformat.save(codec.encode_image(rgb, prompt="two"), tmp_path / "two.plic")
+    files = [str(tmp_path / "one.plic"), str(tmp_path / "two.plic")]
+    assert cli.main(["info", "--json", *files]) == 0
+    assert [(i["file"], i["prompt"]) for i in json.loads(capsys.readouterr().out)] == [
+        (files[0], "one"), (files[1], "two")]
+    assert cli.main(["preview", *files, "-o", str(tmp_path / "previews")]) == 0
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["one.png", "two.png"]
+    assert cli.main(["export", *files, "-o", str(tmp_path / "parts")]) == 0
+    assert any(p.name.startswith("salient_0") for p in (tmp_path / "parts" / "one").iterdir())
+    assert not any(p.name.startswith("salient") for p in (tmp_path / "parts" / "two").iterdir())
+    parts = tmp_path / "parts" / "one"
+    (parts / "notes.txt").write_text("mine")
+    assert cli.main(["export", files[1], "-o", str(parts), "--overwrite"]) == 0
+    assert sorted(p.name for p in parts.iterdir()) == sorted(
+        ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "notes.txt", "palette.webp",
+         "prompt.txt"])
