@@ -157,8 +157,10 @@ class Report:
     def summary(self) -> str:
         """A few lines for a log or a node's text output."""
         kept = ", ".join(_counted(n, s) for s, n in self.counts().items()) or "nothing"
+        headers = 2 * _SECTION_OVERHEAD if self.salient_bytes else 0  # not in plic info's sizes
         lines = [f"salient: kept {kept} ({self.fraction:.1%} of the image) in {self.regions} regions, "
-                 f"{self.salient_bytes} bytes = {self.bpp:.3f} bpp (limit {self.limit_bytes} bytes), "
+                 f"{self.salient_bytes - headers} bytes + {headers} of section headers = {self.bpp:.3f} "
+                 f"bpp (limit {self.limit_bytes} bytes), "
                  f"stored as {self.codec}" + ("" if self.codec in LOSSLESS_CODECS else f" q{self.quality}")]
         if self.dropped:
             dropped = ", ".join(_counted(n, s) for s, n in self.counts("dropped").items())

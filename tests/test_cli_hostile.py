@@ -191,3 +191,17 @@ def test_info_export_and_preview_take_several_files(tmp_path, capsys):
     assert sorted(p.name for p in parts.iterdir()) == sorted(
         ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "notes.txt", "palette.webp",
          "prompt.txt"])
+
+
+def test_encode_counts_the_salient_bytes_as_info_does(tmp_path, capsys):
+    """Small things: encode reported 4420 B salient where info said 4396 (section headers)."""
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "noise.png")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[8:24, 8:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert cli.main(["encode", str(tmp_path / "noise.png"), "-o", str(tmp_path), "--prompt", "x",
+                     "--salient", "none", "--salient-mask", str(tmp_path / "mask.png")]) == 0
+    sizes = fileformat.load(tmp_path / "noise.plic").section_sizes()
+    payload = sizes["salient_mask"] + sizes["salient_pixels"]
+    assert f"regions, {payload} bytes + 24 of section headers = " in capsys.readouterr().out
