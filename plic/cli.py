@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             args = build_parser().parse_args(argv)
-            return args.run(args)
+            status = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not as an error at exit
+            return status
     except PlicError as exc:
         print(f"plic: {one_line(exc)}", file=sys.stderr)
         return 1
