@@ -367,6 +367,9 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temporary(path)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder should be
+        blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise PlicOutputError(f"{path}: cannot be written: {blocking} is a file, not a folder") from None
     except OSError as exc:
         raise _output_error(path, exc) from None
     try:

@@ -174,7 +174,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_write_failures_name_the_file_and_what_to_do(tmp_path):
     (tmp_path / "a-file").write_bytes(b"")
-    with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written .*; check that its folder"):
+    with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written: .*a-file is a file, not a folder"):
         fileformat.write_atomic(tmp_path / "a-file" / "sub" / "x.plic", b"data")
     fileformat.write_atomic(tmp_path / "x.plic", b"first")
     with pytest.raises(OutputExistsError, match="x.plic: already exists; choose another name") as info:
