@@ -11,7 +11,6 @@ from PIL import Image
 
 from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
 from plic import batch, cli, cli_decode, edges, fileformat
-from plic.errors import PlicError
 
 
 def plic(*args, check=True):
