@@ -58,9 +58,10 @@ class PlicCaption:
             "manual_text": ("STRING", {"default": "", "multiline": True, "tooltip":
                             "The prompt for the manual back end; cleaned and cut like a "
                             "generated one."}),
-            "max_chars": ("INT", {"default": MAX_PROMPT_CHARS, "min": 1, "max": 4096, "tooltip":
-                          "Cut the prompt at a word boundary to this many characters (the paper: "
-                          "240)."}),
+            "max_chars": ("INT", {"default": MAX_PROMPT_CHARS, "min": 1, "max": MAX_PROMPT_CHARS,
+                                  "tooltip": "Cut the prompt at a word boundary to this many "
+                                             f"characters (at most {MAX_PROMPT_CHARS}, the paper's "
+                                             "limit, which PLIC Pack applies too)."}),
             "timeout": ("FLOAT", {"default": cap.DEFAULT_TIMEOUT, "min": 1.0, "max": 3600.0,
                                   "step": 1.0, "tooltip":
                                   "Seconds to wait for one API reply before retrying."}),

@@ -2,6 +2,8 @@
 
 from plic import codec
 from plic import palette as palette_mod
+from plic.fileformat import MAX_WORKING_SIDE
+from plic.image import DEFAULT_MAX_SIDE
 
 from .common import CATEGORY, PALETTE, image_to_rgb_list, map_batch, rgb_list_to_image
 
@@ -21,6 +23,10 @@ class PlicPalette:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images to compress (a batch is fine)."}),
+            "max_side": ("INT", {"default": DEFAULT_MAX_SIDE, "min": 16, "max": MAX_WORKING_SIDE, "step": 8,
+                                 "tooltip": "Longest side of the working image the palette is made "
+                                            "from: the same as PLIC Canny Edges' (PLIC Pack refuses "
+                                            "a palette of another working size)."}),
             "size": ("INT", {"default": palette_mod.DEFAULT_SIZE, "min": 1, "max": palette_mod.MAX_SIZE,
                              "tooltip": "Side of the square palette in pixels (reference 32). "
                                         "Larger keeps more colour detail and costs more bytes."}),
@@ -28,9 +34,9 @@ class PlicPalette:
                                      "tooltip": "WebP quality of the stored palette, 0-100 (reference 80)."}),
         }}
 
-    def run(self, image, size, webp_quality):
+    def run(self, image, max_side, size, webp_quality):
         images = image_to_rgb_list(image)
-        parts = map_batch(images, lambda rgb: codec.palette_part(codec.working_image(rgb)[1],
+        parts = map_batch(images, lambda rgb: codec.palette_part(codec.working_image(rgb, max_side)[1],
                                                                    size, webp_quality))
         height, width = images[0].shape[:2]
         return (parts, rgb_list_to_image([palette_mod.upscale(p.small, (width, height)) for p in parts]))

@@ -1,5 +1,5 @@
 """Running a command over many files, as ``plic encode`` and ``plic decode`` do: folders are
-expanded, outputs that would clash are refused before anything is written, and each failure is
+expanded, and each failure (an output that would clash with an earlier one's included) is
 reported on one line naming its file while the other files go on."""
 
 from __future__ import annotations
@@ -27,25 +27,34 @@ def expand(paths: list[Path], suffixes: set[str], what: str) -> list[Path]:
     return files
 
 
-def distinct_outputs(jobs: list[Job]) -> list[Job]:
-    """``jobs`` as given, unless two inputs would be written to the same output (PlicError:
-    the second would replace the first, or fail as already existing)."""
-    first_input = {}
-    for source, target in jobs:
-        if target in first_input:
-            raise PlicError(f"{source}: would be written to {target} like {first_input[target]}; "
-                            "rename one of them or run them separately")
-        first_input[target] = source
-    return jobs
+def clash(source: Path, target: Path, first: Path) -> PlicError:
+    """The error for ``source``, whose output ``target`` the earlier input ``first`` writes."""
+    if Path(source).resolve() == Path(first).resolve():
+        return PlicError(f"{source}: given twice; it is done once")
+    return PlicError(f"{source}: would be written to {target} like {first}; rename one of them "
+                     "or run them separately")
+
+
+def show_progress(index: int, total: int, item) -> None:
+    """``[index/total] item`` on stderr when there are several items and it is a terminal."""
+    if total > 1 and sys.stderr.isatty():
+        print(f"[{index}/{total}] {item}", file=sys.stderr, flush=True)
 
 
 def run_each(jobs: list[Job], work: Callable[[Path, Path], None]) -> int:
     """Call ``work(source, target)`` for every job; a PlicError is printed as one line that
-    names the file (prefixed when the message does not) and the next job goes on. Returns the
-    exit status: 1 when any job failed."""
+    names the file (prefixed when the message does not) and the next job goes on. A job whose
+    output an earlier job writes (two inputs of one name, or one input given twice) is such a
+    failure, without calling ``work``. With several jobs and a terminal, ``[i/N] file`` on
+    stderr shows the progress. Returns the exit status: 1 when any job failed."""
     failures = 0
-    for source, target in jobs:
+    first_input: dict[Path, Path] = {}
+    for index, (source, target) in enumerate(jobs, 1):
+        show_progress(index, len(jobs), source)
         try:
+            if target in first_input:
+                raise clash(source, target, first_input[target])
+            first_input[target] = source
             work(source, target)
         except PlicError as exc:
             message = one_line(exc)

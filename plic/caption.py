@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .codec import MAX_PROMPT_CHARS, clean_prompt
+from .codec import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
 from .deps import require, resolve_device
 from . import models
 from .errors import CaptionError, PlicInputError
@@ -159,7 +159,7 @@ class OpenAICaptioner:
         self.backoff = float(backoff)
         self.max_side = int(max_side)
         self.jpeg_quality = int(jpeg_quality)
-        self.limit = int(limit)
+        self.limit = check_prompt_limit(limit)
         self.instruction = instruction
         self._check_settings()
         self._client = None
@@ -384,7 +384,7 @@ class LocalCaptioner:
         self.path = resolve_local_model(path, search_dirs)
         self.device = device
         self.max_new_tokens = int(max_new_tokens)
-        self.limit = int(limit)
+        self.limit = check_prompt_limit(limit)
         self.task = task
 
     def caption(self, rgb: np.ndarray) -> str:
@@ -422,7 +422,7 @@ class ManualCaptioner:
     backend = "manual"
 
     def __init__(self, text: str, *, limit: int = MAX_PROMPT_CHARS):
-        self.prompt = clean_prompt(text or "", int(limit))
+        self.prompt = clean_prompt(text, check_prompt_limit(limit))
 
     def caption(self, rgb: np.ndarray) -> str:
         return self.prompt
@@ -475,7 +475,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--caption-device", default="auto",
                        help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
     group.add_argument("--caption-limit", type=int, default=MAX_PROMPT_CHARS, metavar="CHARS",
-                       help=f"cut the prompt at a word boundary to this length "
+                       help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
                             f"(default: {MAX_PROMPT_CHARS})")
 
 

@@ -10,14 +10,17 @@ import argparse
 import csv
 import io
 import json
+import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from . import __version__, batch, caption, codec, detect, fileformat, jbig2, ratecontrol
-from .cli_decode import add_decode_parser
+from .cli_decode import add_decode_parser, targets
 from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
 from .errors import PlicError, one_line
@@ -28,20 +31,37 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = build_parser().parse_args(argv)
+            status = args.run(args)
+            sys.stdout.flush()  # a closed pipe shows here, not as an error at exit
+            return status
     except PlicError as exc:
         print(f"plic: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("plic: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (plic info F | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line, without its source location."""
+    print(f"plic: warning: {one_line(message)}", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\x1b``), so a file's
+    prompt cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="plic", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"plic {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -65,20 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
 
-    p = sub.add_parser("info", help="list the sections of a .plic file with their sizes")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table (a list of objects with their file for several)")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not decode the sections (by default a file export or preview would "
+                        "refuse fails here too)")
     p.set_defaults(run=run_info)
 
-    p = sub.add_parser("export", help="write the parts of a .plic file as standard files")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    p = sub.add_parser("export", help="write the parts of .plic files as standard files")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                   help="the folder for one file; for several, DIR/<name>/ each")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
     p.set_defaults(run=run_export)
 
-    p = sub.add_parser("preview", help="draw the parts of a .plic file side by side in one PNG")
-    p.add_argument("file", type=Path, metavar="FILE.plic")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png")
+    p = sub.add_parser("preview", help="draw the parts of .plic files side by side, one PNG each")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
+                   help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
     p.add_argument("--image", type=Path, metavar="IMAGE",
                    help="the image the file was made from: adds a panel of the edges rate control "
@@ -95,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "next to JPEG, WebP and AVIF at their lowest quality")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("--csv", type=Path, metavar="FILE.csv", help="also write the table as CSV")
-    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N")
+    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N",
+                   help="longest side of the working image (default %(default)s; never upscales)")
     p.add_argument("--target-bpp", type=float, default=ratecontrol.SUGGESTED_BPP, metavar="BPP",
                    help="target of the 'target' column (default %(default)s)")
     p.set_defaults(run=run_bench)
@@ -112,14 +139,20 @@ def run_encode(args) -> int:
     settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality)
+    if args.output.exists() and not args.output.is_dir():
+        raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
-    jobs = batch.distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
-    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner))
+    jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
+    shown_notes: set[str] = set()
+    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
+                                                                shown_notes))
 
 
-def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner) -> None:
-    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step kept."""
+def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner,
+               shown_notes: set[str] | None = None) -> None:
+    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step
+    kept; a note in ``shown_notes`` (such as a detector that cannot run) is not repeated."""
     if target.exists() and not args.overwrite:
         raise _fail(target, "already exists; pass --overwrite to replace it")
     rgb = load_rgb(path)
@@ -129,19 +162,28 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     salient = codec.SalientPart(mask_stream, tuple(regions))
     size = (work.shape[1], work.shape[0])
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
-    if goal is None:
-        plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings, salient=salient)
-        data, notes = fileformat.dumps(plic), []
-        warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
-        notes += [warning] if warning else []
-    else:
-        fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings, salient=salient)
-        plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
+    try:
+        if goal is None:
+            plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
+                                        salient=salient)
+            data, notes = fileformat.dumps(plic), []
+            warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
+            notes += [warning] if warning else []
+        else:
+            fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings,
+                                     salient=salient)
+            plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
+    except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
+        raise _fail(path, str(exc)) from None
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)
+    compared = f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
-          f"{plic.working_size[1]}, {ratio:.1f}x smaller than {path.name}")
+          f"{plic.working_size[1]}, {compared} {path.name}")
+    if shown_notes is not None:
+        report.notes = [note for note in report.notes if note not in shown_notes]
+        shown_notes.update(report.notes)
     if report.kept or report.dropped or report.notes:
         notes.insert(0, report.summary())
     for note in notes:
@@ -180,20 +222,37 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
 
 
 def run_info(args) -> int:
-    plic = fileformat.load(args.file)
-    info = describe(plic, args.file.stat().st_size)
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{args.file}: original {info['original_size'][0]}x{info['original_size'][1]}, "
+    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    infos = []
+    status = batch.run_each([(source, source) for source in sources],
+                            lambda source, _: infos.append(info_one(source, args)))
+    if args.json and infos:
+        several = len(sources) > 1 or sources[0] not in args.files
+        print(json.dumps([{"file": str(source), **info} for source, info in infos] if several
+                         else infos[0][1], indent=2))
+    return status
+
+
+def info_one(source: Path, args) -> tuple[Path, dict]:
+    """``source`` and what :func:`describe` says of it, printed as a table unless ``--json``."""
+    plic = fileformat.load(source)
+    if not args.no_check:
+        codec.unpack(plic, str(source))
+    info = describe(plic, source.stat().st_size)
+    if not args.json:
+        print_info(source, info)
+    return source, info
+
+
+def print_info(source: Path, info: dict) -> None:
+    print(f"{source}: original {info['original_size'][0]}x{info['original_size'][1]}, "
           f"working {info['working_size'][0]}x{info['working_size'][1]}")
     print(f"  {'section':<16}{'bytes':>10}{'bpp':>10}")
     for name, row in info["sections"].items():
         print(f"  {name:<16}{row['bytes']:>10}{row['bpp']:>10.4f}")
     print(f"  {'total (file)':<16}{info['total_bytes']:>10}{info['total_bpp']:>10.4f}")
     if info["prompt"]:
-        print(f"  prompt: {info['prompt']}")
-    return 0
+        print(f"  prompt: {printable(info['prompt'])}")
 
 
 # -- export and preview ------------------------------------------------------------------------
@@ -225,15 +284,31 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     return files
 
 
+#: Names export_files gives; with --overwrite, such files an earlier export left are removed.
+EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_hints\.json|edges\.(jb2|png)|palette\.webp|"
+                           r"salient_(mask|pixels)\.png|salient_\d{3}_\d+_\d+\.(png|webp)")
+
+
 def run_export(args) -> int:
-    files = export_files(fileformat.load(args.file), str(args.file))
-    clashes = [name for name in files if (args.output / name).exists()]
-    if clashes and not args.overwrite:
-        raise _fail(args.output / clashes[0], "already exists; pass --overwrite to replace it")
+    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    several = len(sources) > 1 or sources[0] not in args.files
+    jobs = [(source, args.output / source.stem if several else args.output) for source in sources]
+    return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))
+
+
+def export_one(source: Path, folder: Path, overwrite: bool) -> None:
+    """Write the parts of ``source`` into ``folder``; with ``overwrite`` the parts an earlier
+    export wrote there and this one does not (salient regions...) are removed."""
+    files = export_files(fileformat.load(source), str(source))
+    clashes = [name for name in files if (folder / name).exists()]
+    if clashes and not overwrite:
+        raise _fail(folder / clashes[0], "already exists; pass --overwrite to replace it")
     for name, data in files.items():
-        write_atomic(args.output / name, data, overwrite=args.overwrite)
-    print(f"{args.output}: {', '.join(sorted(files))}")
-    return 0
+        write_atomic(folder / name, data, overwrite=overwrite)
+    for stale in sorted(folder.iterdir()):
+        if EXPORTED_NAME.fullmatch(stale.name) and stale.name not in files:
+            stale.unlink()
+    print(f"{folder}: {', '.join(sorted(files))}")
 
 
 def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
@@ -272,14 +347,24 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
 
 
 def run_preview(args) -> int:
-    plic = fileformat.load(args.file)
-    before = None if args.image is None else starting_edges(args.image, plic, tuple(args.canny))
-    picture = preview_image(plic, str(args.file), args.file.stat().st_size, before)
+    jobs = targets(args.files, args.output)
+    if args.image is not None and len(jobs) > 1:
+        raise _fail(args.image, "--image belongs to one .plic file; preview the files one at a time")
+    return batch.run_each(jobs, lambda source, target: preview_one(source, target, args.overwrite,
+                                                                   args.image, tuple(args.canny)))
+
+
+def preview_one(source: Path, target: Path, overwrite: bool, image: Path | None,
+                canny: tuple[int, int]) -> None:
+    """Draw ``source`` into ``target``; with ``image`` (what it was made from) also the edges
+    rate control removed from its Canny map at ``canny``."""
+    plic = fileformat.load(source)
+    before = None if image is None else starting_edges(image, plic, canny)
+    picture = preview_image(plic, str(source), source.stat().st_size, before)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    write_atomic(args.output, buffer.getvalue(), overwrite=args.overwrite)
-    print(f"{args.output}: {picture.width}x{picture.height}")
-    return 0
+    write_atomic(target, buffer.getvalue(), overwrite=overwrite)
+    print(f"{target}: {picture.width}x{picture.height}")
 
 
 def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int]) -> np.ndarray:
@@ -299,7 +384,8 @@ def run_bench(args) -> int:
     columns = ["image", "width", "height", "paper", "paper_bpp", "target", "target_bpp", "edges_kept",
                "jpeg_q1", "webp_q0", "avif_q0", "ratio_to_file"]
     rows = []
-    for path in images:
+    for index, path in enumerate(images, 1):
+        batch.show_progress(index, len(images), path)
         original_size, work = codec.working_image(load_rgb(path), settings.max_side)
         size = (work.shape[1], work.shape[0])
         fitted = ratecontrol.fit(work, original_size, ratecontrol.target_bytes(size, args.target_bpp),

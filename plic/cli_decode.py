@@ -71,7 +71,7 @@ def targets(files: list[Path], output: Path) -> list[batch.Job]:
     inputs = batch.expand(files, {".plic"}, ".plic files")
     if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
         return [(inputs[0], output)]
-    return batch.distinct_outputs([(path, output / f"{path.stem}.png") for path in inputs])
+    return [(path, output / f"{path.stem}.png") for path in inputs]
 
 
 def run_decode(args) -> int:

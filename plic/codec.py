@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from . import edges as edges_mod
 from . import hints, jbig2
@@ -63,12 +63,14 @@ class EdgesPart:
 
 @dataclass(frozen=True)
 class PalettePart:
-    """The colour palette of one image: the WebP ``data`` stored in the file and the decoded
-    ``small`` (s, s, 3) uint8 image it holds."""
+    """The colour palette of one image: the WebP ``data`` stored in the file, the decoded
+    ``small`` (s, s, 3) uint8 image it holds and the ``working_size`` (width, height) of the
+    image it was made from (None: not known)."""
 
     data: bytes
     small: np.ndarray
     quality: int = palette_mod.DEFAULT_QUALITY  # the WebP quality ``data`` was stored at
+    working_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def palette_part(work: np.ndarray, size: int = palette_mod.DEFAULT_SIZE,
                  quality: int = palette_mod.DEFAULT_QUALITY) -> PalettePart:
     """The palette of the working image ``work``, encoded, with the decoded image it stores."""
     data = palette_mod.encode(work, size, quality)
-    return PalettePart(data, palette_mod.decode(data), quality)
+    return PalettePart(data, palette_mod.decode(data), quality, (work.shape[1], work.shape[0]))
 
 
 def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
@@ -117,8 +119,14 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); a salient
-    part must belong to an image of the edges' working size (PlicInputError otherwise)."""
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); the palette
+    and a salient part must be made from a working image of the edges' size (PlicInputError
+    otherwise)."""
+    if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
+        raise PlicInputError(f"the palette was made from a {palette.working_size[0]}x"
+                             f"{palette.working_size[1]} working image but the edges from a "
+                             f"{edges.working_size[0]}x{edges.working_size[1]} one; give both the "
+                             "same max side")
     if salient is not None:
         check_salient_fits(salient, edges.working_size)
     return PlicFile(
@@ -222,18 +230,12 @@ class Unpacked:
 def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
     """Decode every section of ``plic``. Bad section contents raise PlicFormatError(source)."""
     width, height = plic.working_size
-    try:
-        if plic.edges is None:
-            edge_map = np.zeros((height, width), dtype=np.uint8)
-        else:
-            edge_map = edges_mod.unpack(plic.edges, max_pixels=width * height)
-            if edge_map.shape != (height, width):
-                raise ValueError(f"edge map is {edge_map.shape[1]}x{edge_map.shape[0]}, "
-                                 f"expected {width}x{height}")
-        small = None if plic.palette is None else palette_mod.decode(plic.palette)
-        mask, kept = salient_mod.unpack(plic.salient_mask, plic.salient_regions, (width, height))
-    except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
-        raise PlicFormatError(source, str(exc)) from None
+    edge_map = (np.zeros((height, width), dtype=np.uint8) if plic.edges is None
+                else _decoded(source, "edges (EDGE)", _edge_map, plic.edges, (width, height)))
+    small = None if plic.palette is None else _decoded(source, "palette (PALT)", palette_mod.decode,
+                                                       plic.palette)
+    mask, kept = _decoded(source, "salient mask and pixels (SMSK, SPIX)", salient_mod.unpack,
+                          plic.salient_mask, plic.salient_regions, (width, height))
     full = (np.zeros((height, width, 3), dtype=np.uint8) if small is None
             else palette_mod.upscale(small, (width, height)))
     return Unpacked(
@@ -244,13 +246,42 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
     )
 
 
-def clean_prompt(text: str, limit: int = MAX_PROMPT_CHARS) -> str:
-    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters."""
-    text = " ".join(str(text).split())
+def _edge_map(stream: bytes, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    edge_map = edges_mod.unpack(stream, max_pixels=width * height)
+    if edge_map.shape != (height, width):
+        raise ValueError(f"edge map is {edge_map.shape[1]}x{edge_map.shape[0]}, expected {width}x{height}")
+    return edge_map
+
+
+def _decoded(source: str, section: str, decode, *args):
+    """``decode(*args)``; its failure as a PlicFormatError naming ``source`` and ``section``."""
+    try:
+        return decode(*args)
+    except UnidentifiedImageError:
+        raise PlicFormatError(source, f"section {section}: holds no image PLIC can read") from None
+    except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
+        raise PlicFormatError(source, f"section {section}: {exc}") from None
+
+
+def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
+    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters
+    (1..:data:`MAX_PROMPT_CHARS`, PlicInputError otherwise). None is no prompt: ""."""
+    check_prompt_limit(limit)
+    text = " ".join(("" if text is None else str(text)).split())
     if len(text) <= limit:
         return text
     cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
     return cut[:limit].rstrip(" ,;:")
+
+
+def check_prompt_limit(limit: int) -> int:
+    """``limit`` unless it is outside 1..:data:`MAX_PROMPT_CHARS`, the one prompt limit every
+    captioner and PLIC Pack applies (PlicInputError)."""
+    if not 1 <= int(limit) <= MAX_PROMPT_CHARS:
+        raise PlicInputError(f"prompt limit {limit} is outside 1..{MAX_PROMPT_CHARS}: a .plic prompt "
+                             f"holds at most {MAX_PROMPT_CHARS} characters")
+    return int(limit)
 
 
 def bits_per_pixel(n_bytes: int, size: tuple[int, int]) -> float:

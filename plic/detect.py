@@ -254,9 +254,11 @@ def add_salient_arguments(parser) -> None:
                             "where Tesseract is installed (default); 'none' = only --salient-mask")
     group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
                        help="also keep the pixels under this mask (white = keep), of the image's size")
-    group.add_argument("--salient-budget", type=float, default=salient.DEFAULT_MAX_BPP, metavar="BPP",
+    group.add_argument("--salient-budget", type=float, default=None, metavar="BPP",
                        help="most bits per working-image pixel the salient regions may take "
-                            "(default %(default)s; never more than the original file)")
+                            f"(default {salient.DEFAULT_MAX_BPP}, never more than the original file; "
+                            "a --salient-mask given with --salient none is capped only at the raw "
+                            "image size unless this is given)")
     group.add_argument("--salient-max-fraction", type=float, metavar="F",
                        help="most share of the image (0..1) that may be kept")
     group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
@@ -293,13 +295,18 @@ def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLi
     """Run the step for one image as the options of :func:`add_salient_arguments` say.
 
     Returns (mask_stream, regions, report). The budget also caps the salient bytes at the size
-    of ``image_path`` (the original file) when given."""
+    of ``image_path`` (the original file) when given; a user's mask with no detector is capped
+    only at the raw image size (and ``--salient-max-fraction``) unless ``--salient-budget`` is
+    given: the user asked for those pixels."""
     size = (rgb_working.shape[1], rgb_working.shape[0])
     auto = str(args.salient).strip().lower() == AUTO
     sources = DEFAULT_SOURCES if auto else parse_sources(args.salient)
     user_mask = load_mask_file(args.salient_mask, size) if args.salient_mask else None
-    budget = salient.Budget(max_bpp=args.salient_budget, max_fraction=args.salient_max_fraction,
-                            max_bytes=Path(image_path).stat().st_size if image_path else None)
+    mask_alone = user_mask is not None and not sources and args.salient_budget is None
+    max_bpp = salient.DEFAULT_MAX_BPP if args.salient_budget is None else args.salient_budget
+    budget = salient.Budget(max_bpp=None if mask_alone else max_bpp, max_fraction=args.salient_max_fraction,
+                            max_bytes=Path(image_path).stat().st_size if image_path and not mask_alone
+                            else None)
     stored = run_salient(rgb_working, sources, user_mask, budget=budget, codec=args.salient_codec,
                          quality=args.salient_quality, strict=not auto, models_dir=args.models_dir,
                          dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,19 @@ MAX_FILE_BYTES = 256 << 20
 MAX_PROMPT_BYTES = 4096
 MAX_HINT_BYTES = 16384
 MAX_REGIONS = 4096
+#: A working image beyond FREE_PIXELS (2048x2048) needs a file of at least one byte per
+#: PIXELS_PER_BYTE pixels (real photos' edges alone take one byte per ~400), so what a reader
+#: allocates for the working image is bounded by what the file holds.
+FREE_PIXELS = 1 << 22
+PIXELS_PER_BYTE = 4096
+
+#: Decode hints a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
+#: Other keys are kept and may be ignored. Seeds are those torch takes; steps at most the
+#: diffusion schedule's 1000; the ControlNet scale 0..10 as ComfyUI's strength.
+MAX_SEED = 2**64 - 1
+MAX_STEPS = 1000
+MAX_CONTROLNET_SCALE = 10.0
+SCHEDULERS = ("unipc",)
 
 #: Codecs for the stored pixels of a salient region (SPIX ``codec`` byte).
 REGION_CODECS = {1: "png", 2: "webp", 3: "webp-lossless"}
@@ -114,9 +128,41 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
 
 def _hints_json(hints: dict) -> bytes:
     try:
-        return json.dumps(hints, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return json.dumps(check_decode_hints(hints), sort_keys=True, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
     except TypeError as exc:
         raise ValueError(f"decode hints must be JSON values: {exc}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_HINT_RULES = {
+    "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
+    "steps": (lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
+    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
+    "controlnet_scale": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+                         and 0 <= v <= MAX_CONTROLNET_SCALE, f"a number in 0..{MAX_CONTROLNET_SCALE:g}"),
+    "scheduler": (lambda v: v in SCHEDULERS, f"one of {list(SCHEDULERS)}"),
+}
+
+
+def check_decode_hints(hints: dict) -> dict:
+    """``hints`` unless a key a version-1 decoder understands has a value it cannot use
+    (ValueError naming the hint and what it must be); other keys pass as they are."""
+    if not isinstance(hints, dict):
+        raise ValueError("decode hints must be a JSON object")
+    for key, (valid, what) in _HINT_RULES.items():
+        if key in hints and not valid(hints[key]):
+            raise ValueError(f"decode hint {key!r} is {_shown(hints[key])}; it must be {what}")
+    return hints
+
+
+def _shown(value) -> str:
+    """A hint's value for an error message, cut short."""
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # Checks of section contents, shared by the writer and the reader (docs/format.md, "Limits").
@@ -175,7 +221,18 @@ def dumps(plic: PlicFile) -> bytes:
     data = b"".join(parts)
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"the file would be {len(data)} bytes, at most {MAX_FILE_BYTES} allowed")
+    _check_pixels_held(plic.working_size, len(data), lambda problem: ValueError(
+        f"{problem}: the image has too little detail for this working size; use a smaller max side"))
     return data
+
+
+def _check_pixels_held(working, n_bytes: int, error) -> None:
+    """Raise ``error(problem)`` when a file of ``n_bytes`` declares more working pixels than
+    FREE_PIXELS and PIXELS_PER_BYTE allow."""
+    width, height = working
+    if width * height > max(FREE_PIXELS, PIXELS_PER_BYTE * n_bytes):
+        raise error(f"a {width}x{height} working image needs a file of at least "
+                    f"{-(-width * height // PIXELS_PER_BYTE)} bytes, this one has {n_bytes}")
 
 
 def _check_sizes(original, working, error):
@@ -208,6 +265,7 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
     if count > MAX_SECTIONS:
         fail(f"{count} sections, at most {MAX_SECTIONS} allowed")
     _check_sizes((ow, oh), (ww, wh), lambda problem: PlicFormatError(source, problem))
+    _check_pixels_held((ww, wh), len(data), lambda problem: PlicFormatError(source, problem))
 
     plic = PlicFile(original_size=(ow, oh), working_size=(ww, wh))
     seen = set()
@@ -254,10 +312,12 @@ def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
     elif kind == SALIENT_PIXELS:
         plic.salient_regions = _unpack_regions(payload, plic.working_size)
     elif kind == DECODE_HINTS:
-        hints = json.loads(_checked_hints(payload).decode("utf-8"))
-        if not isinstance(hints, dict):
-            raise ValueError("decode hints must be a JSON object")
-        plic.decode_hints = hints
+        hints = json.loads(_checked_hints(payload).decode("utf-8"), parse_constant=_no_constant)
+        plic.decode_hints = check_decode_hints(hints)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"decode hints hold {name}, which is not JSON")
 
 
 def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:
@@ -306,12 +366,14 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temporary(path)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder should be
+        blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise PlicOutputError(f"{path}: cannot be written: {blocking} is a file, not a folder") from None
     except OSError as exc:
         raise _output_error(path, exc) from None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # closes the descriptor whatever happens
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -328,6 +390,19 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new file ``.<name>.<random>.tmp`` beside ``path``, opened for writing: (descriptor,
+    path). It is created with mode 0o666 so the process umask gives it the usual permissions,
+    as for any new file (the umask is never changed: other threads create files too)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def _output_error(path: Path, exc: OSError) -> PlicOutputError:
@@ -347,9 +422,3 @@ def _rename_no_replace(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -6,6 +6,7 @@ Images are handled as RGB ``uint8`` numpy arrays of shape (H, W, 3).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:  # PIL refuses decompression bombs here
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"{path}: has {im.n_frames} frames; PLIC uses the first", stacklevel=2)
             im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
     except FileNotFoundError:
@@ -36,13 +39,32 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """Convert any PIL image to an RGB uint8 array; alpha is composited onto white."""
+    """Convert any PIL image to an RGB uint8 array; alpha is composited onto white and
+    high-bit-depth grey (:func:`to_8bit`) is scaled to 8 bits."""
+    im = to_8bit(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
     rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return check_rgb(rgb)
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A grey image of more than 8 bits as mode "L", scaled rather than clipped (PIL's own
+    conversion clips, turning a 16-bit image white): 16-bit modes ("I;16...", and "I", which
+    PIL uses for 16-bit PNG and TIFF) by 255/65535, "I" values beyond 16 bits by 255/(2^31-1);
+    "F" in 0..1 by 255, other "F" values clipped to 0..255. Other modes are returned as they are
+    (PIL already reads 16-bit RGB as 8-bit RGB)."""
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+    else:
+        scale = 255.0 / (65535 if values.size == 0 or values.max() <= 65535 else 2**31 - 1)
+    scaled = np.clip(np.nan_to_num(values * scale), 0, 255)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))
 
 
 def check_rgb(rgb: np.ndarray, what: str = "image") -> np.ndarray:

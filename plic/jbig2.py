@@ -15,17 +15,21 @@ Everything bit-level about JBIG2 lives in this module:
 
 Bitmaps are 2-D ``np.uint8`` arrays of 0/1 where 1 is black (an edge pixel).
 The encoder is always lossless; by default it picks GBTEMPLATE and TPGDON
-for the fewest bytes from exact MQ code lengths of sampled rows, and can try
-AT pixels too (see :func:`choose_parameters`).
+for the fewest bytes by coding the candidates (large dense maps are ranked on
+sampled rows first), and can try AT pixels too (see :func:`choose_parameters`).
 
-The pixel loops are compiled with numba when it is importable; the very same
+The pixel loops are compiled with numba, at their first use, when it is
+importable; the very same
 Python source runs unchanged (slowly) when it is not, or when the environment
 variable ``PLIC_NO_NUMBA=1`` is set.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,26 +53,53 @@ class JBIG2Error(ValueError):
     """Malformed, unsupported or oversized JBIG2 data (or an unencodable bitmap)."""
 
 
-def _identity(func):
-    return func
+def _numba_wanted() -> bool:
+    """Whether numba is installed and not turned off (without importing it)."""
+    return os.environ.get("PLIC_NO_NUMBA") != "1" and importlib.util.find_spec("numba") is not None
 
 
-def _pick_jit():
-    """Return (jit for entry points, jit for per-pixel helpers, numba in use?)."""
-    if os.environ.get("PLIC_NO_NUMBA") == "1":
-        return _identity, _identity, False
-    try:
-        import numba
-    except ImportError:
-        return _identity, _identity, False
-    # Per-pixel helpers are compiled without the numba runtime (_nrt=False):
-    # they allocate nothing, and with it every call would reference-count its
-    # array arguments, which costs more than the arithmetic coding itself.
-    return (numba.njit(cache=True, nogil=True),
-            numba.njit(cache=True, nogil=True, _nrt=False), True)
+NUMBA = _numba_wanted()
+_COMPILED: list = []  # (name, function, per-pixel helper?) of every function to compile
+_COMPILE_LOCK = threading.Lock()
 
 
-_jit, _jit_pixel, NUMBA = _pick_jit()
+def _lazy_jit(pixel: bool):
+    """Decorator: the function is compiled with numba (when :data:`NUMBA`) at the first call of
+    any decorated function, so importing this module does not import numba (~0.3 s). Compiling
+    rebinds every decorated module global at once: compiled functions call each other by name."""
+
+    def decorate(func):
+        _COMPILED.append((func.__name__, func, pixel))
+
+        @functools.wraps(func)
+        def first_call(*args):
+            _compile_all()
+            return globals()[func.__name__](*args)
+
+        return first_call
+
+    return decorate
+
+
+def _compile_all() -> None:
+    with _COMPILE_LOCK:
+        if not _COMPILED:
+            return
+        entry = pixel_helper = lambda func: func
+        if NUMBA:
+            import numba
+
+            # Per-pixel helpers are compiled without the numba runtime (_nrt=False): they
+            # allocate nothing, and with it every call would reference-count its array
+            # arguments, which costs more than the arithmetic coding itself.
+            entry = numba.njit(cache=True, nogil=True)
+            pixel_helper = numba.njit(cache=True, nogil=True, _nrt=False)
+        for name, func, pixel in _COMPILED:
+            globals()[name] = (pixel_helper if pixel else entry)(func)
+        _COMPILED.clear()
+
+
+_jit, _jit_pixel = _lazy_jit(pixel=False), _lazy_jit(pixel=True)
 
 
 # ---------------------------------------------------------------------------
@@ -547,8 +578,9 @@ def encode_generic_region(bitmap, template=None, at=None, tpgdon=None,
     but no ``at`` the nominal AT pixels are used).
     """
     bitmap = _as_bitmap(bitmap)
-    template, at, tpgdon = _choose(bitmap, template, at, tpgdon, effort)
-    data = _encode_bytes(bitmap, template, at, tpgdon)
+    template, at, tpgdon, data = _choose(bitmap, template, at, tpgdon, effort)
+    if data is None:
+        data = _encode_bytes(bitmap, template, at, tpgdon)
     return GenericRegion(bitmap.shape[1], bitmap.shape[0], template, at, bool(tpgdon), data)
 
 
@@ -582,18 +614,30 @@ def decode_generic_region(data: bytes, width, height, template, at, tpgdon,
 # Encoder parameter search
 # ---------------------------------------------------------------------------
 # How hard the encoder looks for the parameters giving the fewest bytes.
-# Every estimate is the exact MQ code length (_COUNT mode of _code_region).
+# A candidate is scored exactly by coding it (the smallest coding is kept, so
+# the result is never larger than any candidate scored); a large, dense map
+# is first ranked by the exact MQ code length (_COUNT mode of _code_region)
+# of a sample of its rows.
 EFFORTS = ("fast", "default", "max")
 _FAST_TEMPLATE = 2          # the best template on 13 of 14 Canny edge maps
 _FAST_TPGDON_ROWS = 0.25    # "fast": TPGDON when this share of rows repeats
-# "default" ranks templates 0-2 only: template 3 (no row y-2) came last on
-# every edge map.  It counts every _SAMPLE_EVERY-th band of _SAMPLE_BAND
-# rows (1/8 of the rows ranked the 14 edge maps like the whole maps do),
-# or the whole bitmap when that would be fewer than _MIN_SAMPLE_BANDS bands.
+# "default" tries templates 0-2 only: template 3 (no row y-2) came last on
+# every edge map.  Maps of at most _EXACT_PIXELS pixels are scored exactly,
+# and so are those whose sample (every _SAMPLE_EVERY-th band of _SAMPLE_BAND
+# rows, 1/8 of the rows) holds fewer than _MIN_SAMPLE_BLACK black pixels or
+# _MIN_SAMPLE_BANDS bands: a nearly white sample mis-ranks the templates
+# (3 of 17 real photos came out larger than jbig2enc's coder).  Other maps
+# are ranked by the sample; the best ranked candidate and jbig2enc's own
+# configurations (_JBIG2ENC) are then scored exactly.
 _DEFAULT_TEMPLATES = (0, 1, 2)
+_EXACT_PIXELS = 1 << 18
 _SAMPLE_BAND = 8
 _SAMPLE_EVERY = 8
 _MIN_SAMPLE_BANDS = 2
+_MIN_SAMPLE_BLACK = 4096
+# jbig2enc's generic coder: template 0, nominal AT pixels, TPGDON off
+# (`jbig2`) or on (`jbig2 -d`).
+_JBIG2ENC = ((0, NOMINAL_AT[0], False), (0, NOMINAL_AT[0], True))
 
 # AT pixels that "max" tries besides the nominal ones.  Measured on Canny
 # edge maps (1 MP): the nominal positions are nearly always best; the gains
@@ -619,11 +663,12 @@ def _sltp_bits(ltp_rows):
     return bits
 
 
-def _sample_rows(height: int) -> np.ndarray:
-    """Row numbers of every _SAMPLE_EVERY-th band of _SAMPLE_BAND rows."""
+def _sample_rows(height: int) -> np.ndarray | None:
+    """Row numbers of every _SAMPLE_EVERY-th band of _SAMPLE_BAND rows; None
+    when that would be fewer than _MIN_SAMPLE_BANDS bands."""
     starts = range(0, height - _SAMPLE_BAND + 1, _SAMPLE_BAND * _SAMPLE_EVERY)
     if len(starts) < _MIN_SAMPLE_BANDS:
-        return np.arange(height)
+        return None
     return (np.asarray(starts)[:, None] + np.arange(_SAMPLE_BAND)).ravel()
 
 
@@ -637,38 +682,34 @@ def _extrapolate(row_bits: np.ndarray, height: int) -> float:
     """
     rows = row_bits.shape[0]
     total = row_bits.sum()
-    if rows >= height:
-        return float(total)
     half = rows // 2
     rate = (total - row_bits[:half].sum()) / (rows - half)
     return float(total + rate * (height - rows))
 
 
-class _Estimator:
-    """Code length of ``bitmap`` for parameter candidates, in bits."""
+def _sample(bitmap, effort) -> np.ndarray | None:
+    """The rows "default" ranks ``bitmap`` by, or None where it scores
+    every candidate exactly (small or sparse maps, and "max")."""
+    if effort != "default" or bitmap.size <= _EXACT_PIXELS:
+        return None
+    rows = _sample_rows(bitmap.shape[0])
+    if rows is None or int(bitmap[rows].sum()) < _MIN_SAMPLE_BLACK:
+        return None
+    return rows
 
-    def __init__(self, bitmap, effort):
-        self.bitmap = bitmap
-        self.ltp_rows = _typical_rows(bitmap)
-        self.rows = _sample_rows(bitmap.shape[0]) if effort == "default" else None
 
-    def __call__(self, template, at, tpgdons) -> dict:
-        """{tpgdon: bits} for each wanted TPGDON setting."""
-        if self.rows is None:
-            return {tp: _row_bits(self.bitmap, template, at, tp)[-1] for tp in tpgdons}
-        return self._sampled(template, at, tpgdons)
-
-    def _sampled(self, template, at, tpgdons) -> dict:
-        """Count the sampled rows without TPGDON; TPGDON's effect is derived:
-        the typical rows cost nothing but each row pays an SLTP decision."""
-        height = self.bitmap.shape[0]
-        sample = np.ascontiguousarray(self.bitmap[self.rows])
-        row_bits = np.diff(_row_bits(sample, template, at, False), prepend=0)
-        estimates = {False: _extrapolate(row_bits, height)}
-        if True in tpgdons:
-            atypical = row_bits * (self.ltp_rows[self.rows] == 0)
-            estimates[True] = _extrapolate(atypical, height) + _sltp_bits(self.ltp_rows)
-        return {tp: estimates[tp] for tp in tpgdons}
+def _sampled_bits(bitmap, rows, template, at, tpgdons) -> dict:
+    """{tpgdon: estimated bits} from the sampled ``rows`` counted without
+    TPGDON; TPGDON's effect is derived: the typical rows cost nothing but
+    each row pays an SLTP decision."""
+    ltp_rows = _typical_rows(bitmap)
+    sample = np.ascontiguousarray(bitmap[rows])
+    row_bits = np.diff(_row_bits(sample, template, at, False), prepend=0)
+    estimates = {False: _extrapolate(row_bits, bitmap.shape[0])}
+    if True in tpgdons:
+        atypical = row_bits * (ltp_rows[rows] == 0)
+        estimates[True] = _extrapolate(atypical, bitmap.shape[0]) + _sltp_bits(ltp_rows)
+    return {tp: estimates[tp] for tp in tpgdons}
 
 
 def _check_effort(effort):
@@ -685,17 +726,24 @@ def choose_parameters(bitmap, template=None, at=None, tpgdon=None, effort="defau
 
     * ``"fast"``: no search; template 2 (nominal AT), TPGDON when at least
       a quarter of the rows repeat the row above.
-    * ``"default"``: templates 0-2 (nominal AT) with TPGDON on and off,
-      ranked by the exact code length of a sample of row bands (1/8 of the
-      rows) extrapolated to the whole bitmap.
+    * ``"default"``: templates 0-2 (nominal AT) with TPGDON on and off. Each
+      is coded and the smallest kept where the map has at most 256 Ki
+      pixels or is sparse; a larger map is ranked by the code length of a sample of row
+      bands (1/8 of the rows), then the best ranked and jbig2enc's own
+      configuration (template 0, nominal AT, TPGDON off and on) are coded
+      and the smallest kept.
     * ``"max"``: every template, its nominal and _AT_ALTERNATIVES AT pixels
-      and TPGDON on and off, each ranked by the code length of the whole
-      bitmap.
+      and TPGDON on and off, each coded, the smallest kept.
+
+    Whatever the effort, the result is never larger than any candidate
+    that was coded.
     """
-    return _choose(_as_bitmap(bitmap), template, at, tpgdon, effort)
+    return _choose(_as_bitmap(bitmap), template, at, tpgdon, effort)[:3]
 
 
 def _choose(bitmap, template, at, tpgdon, effort):
+    """(template, at, tpgdon, data): ``data`` is ``bitmap`` coded with them
+    when the search coded it, else None."""
     _check_effort(effort)
     if template is None and at is not None:
         raise JBIG2Error("AT pixels need an explicit template")
@@ -705,21 +753,37 @@ def _choose(bitmap, template, at, tpgdon, effort):
         fixed_at = _check_template(template, at)
         at = None if at is None else fixed_at
         if tpgdon is not None:
-            return template, fixed_at, bool(tpgdon)
+            return template, fixed_at, bool(tpgdon), None
         if effort == "fast":
-            return template, fixed_at, bool(_typical_rows(bitmap).mean() >= _FAST_TPGDON_ROWS)
-    estimate = _Estimator(bitmap, effort)
+            return (template, fixed_at, bool(_typical_rows(bitmap).mean() >= _FAST_TPGDON_ROWS),
+                    None)
     tpgdons = (False, True) if tpgdon is None else (bool(tpgdon),)
-    bits = {}
     if template is not None:
         templates = (template,)
     else:
         templates = _DEFAULT_TEMPLATES if effort == "default" else range(4)
-    for t in templates:
-        for t_at in _candidate_at(t, at, effort):
-            for tp, n in estimate(t, t_at, tpgdons).items():
+    candidates = [(t, t_at, tp) for t in templates for t_at in _candidate_at(t, at, effort)
+                  for tp in tpgdons]
+    rows = _sample(bitmap, effort)
+    if rows is not None:
+        bits = {}
+        for t, t_at in dict.fromkeys((t, t_at) for t, t_at, _ in candidates):
+            for tp, n in _sampled_bits(bitmap, rows, t, t_at, tpgdons).items():
                 bits[(t, t_at, tp)] = n
-    return min(bits, key=bits.get)
+        best = min(candidates, key=bits.get)
+        candidates = [best] + [c for c in _JBIG2ENC if c in bits and c != best]
+    return _smallest(bitmap, candidates)
+
+
+def _smallest(bitmap, candidates):
+    """(template, at, tpgdon, data) of the candidate whose coding is the
+    shortest (the first of equals)."""
+    best = None
+    for template, at, tpgdon in candidates:
+        data = _encode_bytes(bitmap, template, at, tpgdon)
+        if best is None or len(data) < len(best[3]):
+            best = (template, at, tpgdon, data)
+    return best
 
 
 def _candidate_at(template, at, effort):

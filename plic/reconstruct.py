@@ -24,6 +24,7 @@ from PIL import Image
 from .codec import DEFAULT_DECODE_HINTS, Unpacked
 from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
+from .fileformat import MAX_STEPS
 from .image import resize
 from . import sd15_configs
 
@@ -80,8 +81,8 @@ class DecodeSettings:
                                    else merged["controlnet_scale"]),
             guidance_scale=float(self.guidance_scale),
         )
-        if settings.steps < 1:
-            raise PlicInputError(f"steps must be at least 1, got {settings.steps}")
+        if not 1 <= settings.steps <= MAX_STEPS:
+            raise PlicInputError(f"steps must be in 1..{MAX_STEPS}, got {settings.steps}")
         return settings
 
 

@@ -156,12 +156,14 @@ class Report:
 
     def summary(self) -> str:
         """A few lines for a log or a node's text output."""
-        kept = ", ".join(f"{n} {s}" for s, n in self.counts().items()) or "nothing"
+        kept = ", ".join(_counted(n, s) for s, n in self.counts().items()) or "nothing"
+        headers = 2 * _SECTION_OVERHEAD if self.salient_bytes else 0  # not in plic info's sizes
         lines = [f"salient: kept {kept} ({self.fraction:.1%} of the image) in {self.regions} regions, "
-                 f"{self.salient_bytes} bytes = {self.bpp:.3f} bpp (limit {self.limit_bytes} bytes), "
+                 f"{self.salient_bytes - headers} bytes + {headers} of section headers = {self.bpp:.3f} "
+                 f"bpp (limit {self.limit_bytes} bytes), "
                  f"stored as {self.codec}" + ("" if self.codec in LOSSLESS_CODECS else f" q{self.quality}")]
         if self.dropped:
-            dropped = ", ".join(f"{n} {s}" for s, n in self.counts("dropped").items())
+            dropped = ", ".join(_counted(n, s) for s, n in self.counts("dropped").items())
             lines.append(f"salient: dropped {dropped} to fit the budget")
         lines += [f"salient: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -174,6 +176,11 @@ class Report:
                 "codec": self.codec, "quality": self.quality, "regions": self.regions,
                 "fraction": self.fraction, "kept": describe, "kept_counts": self.counts(),
                 "dropped_counts": self.counts("dropped"), "notes": list(self.notes)}
+
+
+def _counted(n: int, source: str) -> str:
+    """"1 face", "2 faces", "1 text", "3 user"."""
+    return f"{n} {source[:-1] if n == 1 and source.endswith('s') else source}"
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int], what: str = "salient mask") -> np.ndarray:

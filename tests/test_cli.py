@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
-from plic import cli, cli_decode, edges
-from plic.errors import PlicError
+from plic import batch, cli, cli_decode, edges, fileformat
 
 
 def plic(*args, check=True):
@@ -205,22 +204,48 @@ def test_unwritable_outputs_fail_with_one_line(encoded, tmp_path, capsys):
     assert "cannot be written" in err
 
 
-def test_inputs_with_the_same_name_are_refused_before_anything_is_written(tmp_path, capsys):
+def test_inputs_with_the_same_name_fail_once_and_the_rest_are_encoded(tmp_path, capsys):
+    """Issue 11 item 7: a name clash (or a file given twice) is one failure, not the batch's."""
     folder = tmp_path / "in"
     folder.mkdir()
     for suffix in (".jpg", ".png"):
         (folder / f"rocket{suffix}").write_bytes((SHARED_IMAGES / "rocket.jpg").read_bytes())
-    assert cli.main(["encode", str(folder), "-o", str(tmp_path / "out"), "--overwrite", "--prompt", ""]) == 1
+    page = SHARED_IMAGES / "page.png"
+    assert cli.main(["encode", str(folder), str(page), str(page), "-o", str(tmp_path / "out"),
+                     "--overwrite", "--prompt", ""]) == 1
     err = capsys.readouterr().err
     assert err == (f"plic: {folder / 'rocket.png'}: would be written to {tmp_path / 'out' / 'rocket.plic'} "
-                   f"like {folder / 'rocket.jpg'}; rename one of them or run them separately\n")
-    assert not (tmp_path / "out").exists()
+                   f"like {folder / 'rocket.jpg'}; rename one of them or run them separately\n"
+                   f"plic: {page}: given twice; it is done once\n")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["page.plic", "rocket.plic"]
 
 
-def test_decode_refuses_two_files_for_one_output(tmp_path):
+def test_decode_reports_two_files_for_one_output_as_one_failure(tmp_path, capsys):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "x.plic").write_bytes(b"")
-    with pytest.raises(PlicError, match=r"b/x.plic: would be written to .*out/x.png like .*a/x.plic"):
-        cli_decode.targets([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    jobs = cli_decode.targets([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    done = []
+    assert batch.run_each(jobs, lambda source, target: done.append(source)) == 1
+    assert done == [tmp_path / "a" / "x.plic"]
+    assert capsys.readouterr().err == (f"plic: {tmp_path / 'b' / 'x.plic'}: would be written to "
+                                       f"{tmp_path / 'out' / 'x.png'} like {tmp_path / 'a' / 'x.plic'}; "
+                                       "rename one of them or run them separately\n")
     assert [t.name for _, t in cli_decode.targets([tmp_path / "a"], tmp_path / "out")] == ["x.png"]
+
+
+def test_a_mask_alone_is_kept_losslessly_beyond_the_default_budget(tmp_path, capsys):
+    """Issue 11 item 6: --salient none --salient-mask keeps the mask's pixels as PNG although
+    they take far more than the 0.5 bpp detectors get (as the README says)."""
+    mask = np.zeros((512, 512), np.uint8)
+    mask[40:400, 60:460] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ["encode", str(SHARED_IMAGES / "astronaut.png"), "-o", str(tmp_path), "--prompt", "x",
+            "--salient", "none", "--salient-mask", str(tmp_path / "mask.png")]
+    assert cli.main(args) == 0
+    assert "instead of png" not in capsys.readouterr().out
+    plic = fileformat.load(tmp_path / "astronaut.plic")
+    assert {r.codec for r in plic.salient_regions} == {"png"}
+    assert plic.section_sizes()["salient_pixels"] * 8 / (512 * 512) > 0.5
+    assert cli.main(args + ["--overwrite", "--salient-budget", "0.5"]) == 0  # asked for: applied
+    assert "stored as webp" in capsys.readouterr().out

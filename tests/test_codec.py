@@ -190,3 +190,49 @@ def test_images_beyond_the_format_are_refused_before_encoding():
         codec.encode_image(np.zeros((2, 70000, 3), np.uint8))
     with pytest.raises(PlicInputError, match="max side 20000"):
         codec.encode_image(np.zeros((8, 8, 3), np.uint8), settings=codec.EncodeSettings(max_side=20000))
+
+
+def test_no_prompt_stores_no_prompt():
+    """Issue 11 item 1: None (``plic encode`` without --prompt) is no prompt, not "None"."""
+    assert codec.clean_prompt(None) == ""
+    plic = codec.encode_image(np.full((32, 48, 3), 128, np.uint8), prompt=None)
+    assert plic.prompt == "" and "prompt" not in plic.section_sizes()
+
+
+@pytest.mark.parametrize("limit", [0, codec.MAX_PROMPT_CHARS + 1, 4096])
+def test_the_prompt_limit_is_stated_once(limit):
+    """Issue 11 item 4: no limit beyond the one PLIC Pack applies is accepted."""
+    with pytest.raises(PlicInputError, match=f"outside 1..{codec.MAX_PROMPT_CHARS}"):
+        codec.clean_prompt("a red boat", limit)
+
+
+def high_depth_ramp(mode: str) -> Image.Image:
+    """A 64x64 horizontal ramp over the full range of ``mode`` (black to white)."""
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
+    if mode == "F":
+        return Image.fromarray(ramp.astype(np.float32))
+    values = np.rint(ramp * 65535)
+    return Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+
+
+@pytest.mark.parametrize("mode, suffix", [("I;16", ".png"), ("I;16", ".tif"), ("I", ".tif"),
+                                          ("F", ".tif")])
+def test_high_bit_depth_grey_is_scaled_not_clipped(tmp_path, mode, suffix):
+    """Issue 11 item 2: a 16-bit (or 32-bit, or float) grey image keeps its tones."""
+    path = tmp_path / f"ramp{suffix}"
+    high_depth_ramp(mode).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    rgb = load_rgb(path)
+    expected = np.rint(np.linspace(0, 255, 64)).astype(np.uint8)
+    assert np.abs(rgb[10, :, 1].astype(int) - expected).max() <= 1
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_16_bit_rgb_keeps_its_tones(tmp_path):
+    import cv2
+
+    ramp = np.rint(np.tile(np.linspace(0, 65535, 64), (64, 1))).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "rgb16.png"), np.dstack([ramp, ramp, ramp]))
+    rgb = load_rgb(tmp_path / "rgb16.png")
+    assert np.abs(rgb[5, :, 0].astype(int) - np.linspace(0, 255, 64)).max() <= 1

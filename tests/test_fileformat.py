@@ -1,7 +1,9 @@
 """The .plic container: round trips, every kind of damage, limits, and a fuzz test of the reader."""
 
+import json
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -172,7 +174,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_write_failures_name_the_file_and_what_to_do(tmp_path):
     (tmp_path / "a-file").write_bytes(b"")
-    with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written .*; check that its folder"):
+    with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written: .*a-file is a file, not a folder"):
         fileformat.write_atomic(tmp_path / "a-file" / "sub" / "x.plic", b"data")
     fileformat.write_atomic(tmp_path / "x.plic", b"first")
     with pytest.raises(OutputExistsError, match="x.plic: already exists; choose another name") as info:
@@ -204,3 +206,95 @@ def test_reader_only_ever_raises_the_documented_error(data):
         assert str(exc).startswith("<bytes>: not a valid .plic file: ")
     else:  # whatever parses must serialise back to the same bytes
         assert fileformat.dumps(plic) == data
+
+
+def test_writing_never_changes_the_process_umask(tmp_path):
+    """Issue 11 item 13: ComfyUI's server writes from threads; a umask changed for a moment
+    races every other thread's file creation. The written file still gets the usual mode."""
+    import os
+    import sys
+
+    calls = []
+
+    def watch(frame, event, arg):
+        if event == "c_call" and arg is os.umask:
+            calls.append(event)
+
+    sys.setprofile(watch)
+    try:
+        fileformat.write_atomic(tmp_path / "x.plic", b"data")
+        fileformat.save(sample(), tmp_path / "y.plic")
+    finally:
+        sys.setprofile(None)
+    assert calls == []
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "x.plic").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_failed_write_closes_its_file_and_leaves_nothing(tmp_path):
+    """A write that fails half-way (file size limit: as a full disk) leaks no descriptor."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, resource, signal
+from pathlib import Path
+from plic import fileformat
+from plic.errors import PlicOutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(3):
+    try:
+        fileformat.write_atomic(Path({str(tmp_path)!r}) / "big.plic", b"x" * 100000)
+    except PlicOutputError as exc:
+        assert "big.plic: cannot be written (File too large)" in str(exc), exc
+    else:
+        raise AssertionError("the write did not fail")
+assert len(os.listdir("/proc/self/fd")) == before
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("payload, problem", [
+    (b'{"seed": "abc"}', "decode hint 'seed' is \"abc\"; it must be an integer in 0..18446744073709551615"),
+    (b'{"seed": NaN}', "decode hints hold NaN, which is not JSON"),
+    (b'{"seed": -1}', "decode hint 'seed' is -1"),
+    (b'{"steps": 1e9}', "decode hint 'steps' is 1000000000.0; it must be an integer in 1..1000"),
+    (b'{"steps": true}', "decode hint 'steps' is true"),
+    (b'{"controlnet_scale": 1e308}', "decode hint 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
+    (b'{"controlnet_scale": Infinity}', "decode hints hold Infinity, which is not JSON"),
+    (b'{"negative_prompt": 5}', "decode hint 'negative_prompt' is 5; it must be a string"),
+    (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc'\\]"),
+])
+def test_decode_hints_are_validated_when_read(payload, problem):
+    """Issue 11 item 8: a hint the decoder cannot use fails at read time, naming file and hint."""
+    with pytest.raises(PlicFormatError, match=f"^x.plic: not a valid .plic file: section 'HINT': {problem}"):
+        fileformat.loads(rebuilt(sections=[(b"HINT", payload)]), "x.plic")
+    hints = json.loads(payload, parse_constant=float)
+    with pytest.raises(ValueError, match="decode hint"):  # the writer refuses it too
+        fileformat.dumps(PlicFile((10, 10), (10, 10), decode_hints=hints))
+
+
+def test_usable_and_unknown_decode_hints_are_kept():
+    hints = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
+             "negative_prompt": "", "base_model": "any value"}
+    assert fileformat.loads(rebuilt(sections=[(b"HINT", json.dumps(hints).encode())])).decode_hints == hints
+
+
+def test_a_reader_allocates_only_what_the_file_holds():
+    """Issue 11 item 9: a header declaring 16384x16384 made preview take 3.5 GB."""
+    def header_only(width, height):
+        header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 0, width, height, width, height)
+        return header + struct.pack(">I", zlib.crc32(header))
+
+    with pytest.raises(PlicFormatError, match="^big.plic: not a valid .plic file: a 16384x16384 "
+                                              "working image needs a file of at least 65536 bytes, "
+                                              "this one has 32"):
+        fileformat.loads(header_only(16384, 16384), "big.plic")
+    assert fileformat.loads(header_only(2048, 2048)).working_size == (2048, 2048)
+    with pytest.raises(ValueError, match="too little detail for this working size"):
+        fileformat.dumps(PlicFile((4096, 4096), (4096, 4096)))

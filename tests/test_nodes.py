@@ -47,7 +47,7 @@ def batch(astronaut):
 
 def compress(image, prompt="an astronaut", max_side=256):
     edges, edge_preview = PlicCannyEdges().run(image, max_side, 100, 200)
-    palette, palette_preview = PlicPalette().run(image, 32, 80)
+    palette, palette_preview = PlicPalette().run(image, max_side, 32, 80)
     packed = PlicPack().run(prompt, edges, palette)
     return edges, edge_preview, palette, palette_preview, packed
 
@@ -99,7 +99,7 @@ def test_edges_node_rejects_crossed_thresholds(batch):
 
 
 def test_palette_node_stores_the_reference_palette(batch, astronaut):
-    palettes, preview = PlicPalette().run(batch, 32, 80)
+    palettes, preview = PlicPalette().run(batch, 1024, 32, 80)
     assert len(palettes) == 2 and preview.shape == batch.shape
     assert palettes[0].data == codec.palette_part(astronaut).data
     assert palettes[0].small.shape == (32, 32, 3)
@@ -244,3 +244,25 @@ def test_an_empty_payload_is_refused_by_name():
 
     with pytest.raises(PlicInputError, match="PLIC Unpack: the payload is empty"):
         PlicUnpack().run([])
+
+
+def test_palette_node_uses_the_working_image_of_every_other_part(batch, astronaut):
+    """Issue 11 item 3: with a max side below the image's, the graph writes the CLI's file, and
+    PLIC Pack refuses a palette made from another working size."""
+    edges, _, palette, _, packed = compress(batch, max_side=128)
+    (payload, _) = packed["result"][0]
+    expected = codec.encode_image(astronaut, prompt="an astronaut",
+                                  settings=codec.EncodeSettings(max_side=128))
+    assert fileformat.dumps(payload) == fileformat.dumps(expected)
+    other, _ = PlicPalette().run(batch, 256, 32, 80)
+    with pytest.raises(PlicInputError, match="palette was made from a 256x256 working image but "
+                                             "the edges from a 128x128 one"):
+        PlicPack().run("x", edges, other)
+
+
+def test_caption_node_offers_no_limit_beyond_the_prompts():
+    """Issue 11 item 4: max_chars stops at the limit PLIC Pack cuts prompts to."""
+    from nodes.caption import PlicCaption
+
+    max_chars = PlicCaption.INPUT_TYPES()["required"]["max_chars"][1]
+    assert max_chars["max"] == codec.MAX_PROMPT_CHARS == max_chars["default"]

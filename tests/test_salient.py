@@ -175,9 +175,9 @@ def test_node_keeps_the_face_and_a_painted_mask_and_packs_with_the_edges():
     (part,), mask, preview = out["result"]
     assert mask.shape == (1, 256, 256) and preview.shape == (1, 256, 256, 3)
     assert mask[0, 200:240, 10:50].all() and mask[0, 40:90, 90:140].any()  # painted + face
-    assert "kept 1 user, 1 faces" in out["ui"]["text"][0]
+    assert "kept 1 user, 1 face " in out["ui"]["text"][0]
     edges, _ = PlicCannyEdges().run(image, 256, 100, 200)
-    palette, _ = PlicPalette().run(image, 32, 80)
+    palette, _ = PlicPalette().run(image, 256, 32, 80)
     (payload,) = PlicPack().run("an astronaut", edges, palette, [part])["result"][0]
     kept = mask[0].numpy() > 0.5
     work = load_shared("astronaut.png", 256)
