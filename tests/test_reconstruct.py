@@ -10,17 +10,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from plic import codec, fileformat, models
 from plic import reconstruct as core
 from plic.errors import ModelNotFoundError, PlicInputError
 
 from conftest import REPO, load_shared
+from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
+from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
 from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
-
-torch = pytest.importorskip("torch")
-from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient  # noqa: E402
-from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct  # noqa: E402
 
 STEPS = 2
 

@@ -37,5 +37,4 @@ def build_models_tree(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A ComfyUI-style ``models`` folder holding the tiny decoder models (built once)."""
-    pytest.importorskip("diffusers")
     return build_models_tree(tmp_path_factory.mktemp("tiny") / "models")
