@@ -36,7 +36,7 @@ if [ "$mode" = full ] && [ ! -e .venv/.full ]; then
   "${pip[@]}" -e ".[all,test]"
   # groundingdino-py pins old dependencies; install it alone (its code is pure Python), and
   # beside it the packages its inference code imports.
-  "${pip[@]}" addict yapf timm
+  "${pip[@]}" addict yapf timm pycocotools
   "${pip[@]}" --no-deps --no-build-isolation groundingdino-py
   touch .venv/.full
 fi
