@@ -54,6 +54,16 @@ def pytest_runtest_setup(item):
         pytest.skip(SHARED_REASON)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Name each extended test left out, so a run without ../shared says what it did not do."""
+    left_out = [report.nodeid for report in terminalreporter.stats.get("skipped", [])
+                if SHARED_REASON in str(report.longrepr)]
+    if left_out:
+        terminalreporter.write_sep("-", f"{len(left_out)} extended tests skipped: {SHARED_REASON}")
+        for nodeid in left_out:
+            terminalreporter.write_line(nodeid)
+
+
 def image_path(name: str) -> Path:
     """A test image: from tests/data when it is there, else from ../shared/images."""
     return DATA / name if name in CORE_IMAGES else SHARED_IMAGES / name
