@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plic import codec, random_models  # noqa: E402
+from bench import random_models  # noqa: E402
+from plic import codec  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402
 

@@ -246,6 +246,9 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=REPO.parent / "shared" / "images")
     args = parser.parse_args()
     paths = sorted(p for p in args.images.glob("*") if p.suffix in (".png", ".jpg"))
+    if not paths:
+        parser.error(f"no .png or .jpg images in {args.images}: pass --images DIR (bench/README.md's "
+                     "tables are of ../shared/images; tests/data holds five small ones)")
     warm = np.eye(64, dtype=np.uint8)
     jbig2.decode(jbig2.encode_embedded(warm))               # numba compile / cache load
     print(f"numba: {jbig2.NUMBA}; jbig2enc on PATH: {bool(shutil.which('jbig2'))}")

@@ -6,14 +6,31 @@ import sys
 from pathlib import Path
 
 
-def _make_plic_importable() -> None:
-    """ComfyUI imports the pack by its folder path, so its core library ``plic`` (beside this
-    package) is not on sys.path; append the pack's folder unless ``plic`` is importable."""
-    if importlib.util.find_spec("plic") is None:
-        sys.path.append(str(Path(__file__).resolve().parents[1]))
+def _bind_plic() -> None:
+    """The nodes import the core library as ``plic``. ComfyUI imports the pack by its folder
+    path, so that library (beside this package) is not on sys.path: load it under its name from
+    there, leaving sys.path alone. A different ``plic`` already imported is refused, naming both,
+    rather than used silently."""
+    library = Path(__file__).resolve().parents[1] / "plic"
+    loaded = sys.modules.get("plic")
+    if loaded is not None:
+        if Path(loaded.__file__).resolve().parent != library:
+            raise ImportError(f"PLIC's nodes need the plic library in {library}, but another one "
+                              f"is already imported from {Path(loaded.__file__).parent}: "
+                              "uninstall that one (pip uninstall comfyui-plic) or remove it from the path")
+        return
+    spec = importlib.util.spec_from_file_location("plic", library / "__init__.py",
+                                                  submodule_search_locations=[str(library)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["plic"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["plic"]
+        raise
 
 
-_make_plic_importable()
+_bind_plic()
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
 _MODULES = ("caption", "edges", "palette", "salient", "pack", "files", "unpack", "reconstruct",

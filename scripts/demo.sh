@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then compress the built-in example image and show what was stored.
+# Set up the light core environment (scripts/setup.sh core), then compress the built-in example image and show what was stored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh core
 out=${1:-out/demo}
 .venv/bin/plic encode plic/data/example.png -o "$out" --prompt "portrait of a smiling female astronaut in a white spacesuit, american flag behind her" --overwrite
 .venv/bin/plic info "$out/example.plic"

@@ -1,27 +1,95 @@
-"""Shared fixtures: the real test images in ../shared/images beside the repository."""
+"""Shared fixtures and the two image sets.
 
+The core set lives in tests/data and makes the suite run from the repository alone. The
+extended set is ../shared beside the repository (14 larger images, ComfyUI's full node
+schemas): tests marked ``needs_shared`` use it and are skipped, with the reason, when it is
+absent; with PLIC_REQUIRE_SHARED=1 (set by .ci/run) they fail instead.
+"""
+
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO.parent / "shared" / "images"
-IMAGE_NAMES = sorted(p.name for p in SHARED_IMAGES.glob("*") if p.suffix in (".png", ".jpg"))
+DATA = REPO / "tests" / "data"
+SHARED = REPO.parent / "shared"
+SHARED_IMAGES = SHARED / "images"
+#: ComfyUI 0.3.64's node schemas, trimmed to the classes our workflows and tests use.
+OBJECT_INFO = DATA / "comfyui_object_info.json"
+SHARED_OBJECT_INFO = SHARED / "comfyui" / "object_info.json"
 
 
-@pytest.fixture(scope="session")
-def shared_images() -> Path:
-    if not SHARED_IMAGES.is_dir():
-        pytest.fail(f"{SHARED_IMAGES} is missing: the repository must sit beside shared/")
-    return SHARED_IMAGES
+def _images(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*") if p.suffix in (".png", ".jpg"))
+
+
+CORE_IMAGES = _images(DATA)
+assert CORE_IMAGES, f"no test images in {DATA}: the repository is incomplete"
+SHARED_PRESENT = SHARED_IMAGES.is_dir() and bool(_images(SHARED_IMAGES))
+EXTENDED_IMAGES = [name for name in _images(SHARED_IMAGES) if name not in CORE_IMAGES]
+REQUIRE_SHARED = os.environ.get("PLIC_REQUIRE_SHARED") == "1"
+SHARED_REASON = f"extended set: needs {SHARED} beside the repository (absent)"
+
+needs_shared = pytest.mark.needs_shared
+
+
+def _every_image():
+    """Parameters over every image: the core set, then the extended set (one skipped
+    placeholder when ../shared is absent, so the run lists what it left out)."""
+    params = [pytest.param(name, id=name) for name in CORE_IMAGES]
+    extended = EXTENDED_IMAGES if SHARED_PRESENT else ["shared-images"]
+    return params + [pytest.param(name, id=name, marks=needs_shared) for name in extended]
+
+
+EVERY_IMAGE = _every_image()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_shared") and not SHARED_PRESENT:
+        if REQUIRE_SHARED:
+            pytest.fail(f"PLIC_REQUIRE_SHARED=1 but {SHARED_REASON}", pytrace=False)
+        pytest.skip(SHARED_REASON)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name each extended test left out, so a run without ../shared says what it did not do."""
+    left_out = [report.nodeid for report in terminalreporter.stats.get("skipped", [])
+                if SHARED_REASON in str(report.longrepr)]
+    if left_out:
+        terminalreporter.write_sep("-", f"{len(left_out)} extended tests skipped: {SHARED_REASON}")
+        for nodeid in left_out:
+            terminalreporter.write_line(nodeid)
+
+
+def image_path(name: str) -> Path:
+    """A test image: from tests/data when it is there, else from ../shared/images."""
+    return DATA / name if name in CORE_IMAGES else SHARED_IMAGES / name
 
 
 def load_shared(name: str, max_side: int = 1024) -> np.ndarray:
-    """A shared image as the working RGB uint8 array."""
+    """A test image (see image_path) as the working RGB uint8 array."""
     from plic.image import load_rgb, to_working
 
-    return to_working(load_rgb(SHARED_IMAGES / name), max_side)
+    return to_working(load_rgb(image_path(name)), max_side)
+
+
+def large_image() -> np.ndarray:
+    """A real photograph larger than the 1024 px working size: coffee.png tiled 3 x 3 (1800x1200)."""
+    from plic.image import load_rgb
+
+    return np.tile(load_rgb(DATA / "coffee.png"), (3, 3, 1))
+
+
+def require_tool(command: str, debian: str) -> str:
+    """The path of an external program the test needs, or a failure saying what to install."""
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"'{command}' is not installed: run `bash scripts/setup.sh` as root, or "
+                    f"`apt-get install {debian}`", pytrace=False)
+    return path
 
 
 def read_pbm(raw: bytes) -> np.ndarray:

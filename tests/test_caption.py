@@ -23,7 +23,7 @@ from plic import caption as cap
 from plic import fileformat
 from plic.errors import CaptionError, PlicError, PlicInputError
 
-from conftest import REPO, SHARED_IMAGES, load_shared
+from conftest import REPO, image_path, load_shared
 
 KEY = "sk-test-7f3a9c1e5b2d4f6a8c0e"
 KEY_ENV = "PLIC_TEST_CAPTION_KEY"
@@ -343,7 +343,7 @@ def test_plic_encode_captions_through_a_local_server(server, tmp_path):
                   completion('"a rocket on its launch pad"'))
     env = {**os.environ, KEY_ENV: KEY}
     result = subprocess.run(
-        [sys.executable, "-m", "plic", "encode", SHARED_IMAGES / "coffee.png", SHARED_IMAGES / "rocket.jpg",
+        [sys.executable, "-m", "plic", "encode", image_path("coffee.png"), image_path("rocket.jpg"),
          "-o", tmp_path, "--caption", "openai", "--caption-base-url", server.url,
          "--caption-model", "llava", "--caption-key-env", KEY_ENV],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The `plic` command line, run as a user runs it (a subprocess), on the shared images."""
+"""The `plic` command line, run as a user runs it (a subprocess), on the test images."""
 
 import csv
 import json
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGE_NAMES, REPO, SHARED_IMAGES, load_shared, read_pbm
+from conftest import (CORE_IMAGES, DATA, EXTENDED_IMAGES, REPO, SHARED_IMAGES, image_path, load_shared,
+                      needs_shared, read_pbm, require_tool)
 from plic import batch, cli, cli_decode, edges, fileformat
+from plic.errors import PlicError
 
 
 def plic(*args, check=True):
@@ -21,33 +23,54 @@ def plic(*args, check=True):
     return result
 
 
+def encode_folder(folder, out) -> str:
+    return plic("encode", folder, "-o", out, "--prompt", "a test prompt").stdout
+
+
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
     out = tmp_path_factory.mktemp("encoded")
-    result = plic("encode", SHARED_IMAGES, "-o", out, "--prompt", "a test prompt")
-    return out, result.stdout
+    return out, encode_folder(DATA, out)
 
 
-def test_encode_a_folder_prints_bytes_bpp_and_ratio(encoded):
-    out, stdout = encoded
+def check_summary_lines(out, stdout, names):
+    """One line per image, in name order: its .plic, its bytes, bpp and ratio."""
     lines = [line for line in stdout.strip().splitlines() if not line.startswith("  ")]  # notes
-    assert len(lines) == len(IMAGE_NAMES)
-    for name, line in zip(IMAGE_NAMES, lines):
+    assert len(lines) == len(names) > 0
+    for name, line in zip(names, lines):
         stem = name.rsplit(".", 1)[0]
         assert line.startswith(f"{out / stem}.plic: ")
         size = (out / f"{stem}.plic").stat().st_size
         assert f"{size} bytes" in line and " bpp at " in line and f"smaller than {name}" in line
 
 
-def test_exported_edges_decode_bit_exactly_with_jbig2dec(encoded, tmp_path):
-    out, _ = encoded
-    for name in IMAGE_NAMES:
+def check_edges_with_jbig2dec(out, names, tmp_path):
+    """The exported edges.jb2 of each image decodes with jbig2dec to exactly its Canny map."""
+    jbig2dec = require_tool("jbig2dec", "jbig2dec")
+    assert names
+    for name in names:
         stem = name.rsplit(".", 1)[0]
         folder = tmp_path / stem
-        assert cli.main(["export", str(out / f"{stem}.plic"), "-o", str(folder)]) == 0  # in-process: 14 files
+        assert cli.main(["export", str(out / f"{stem}.plic"), "-o", str(folder)]) == 0  # in-process
         pbm = tmp_path / f"{stem}.pbm"
-        subprocess.run(["jbig2dec", "-t", "pbm", "-o", str(pbm), str(folder / "edges.jb2")], check=True)
+        subprocess.run([jbig2dec, "-t", "pbm", "-o", str(pbm), str(folder / "edges.jb2")], check=True)
         np.testing.assert_array_equal(read_pbm(pbm.read_bytes()), edges.canny(load_shared(name)), err_msg=name)
+
+
+def test_encode_a_folder_prints_bytes_bpp_and_ratio(encoded):
+    check_summary_lines(*encoded, CORE_IMAGES)
+
+
+def test_exported_edges_decode_bit_exactly_with_jbig2dec(encoded, tmp_path):
+    check_edges_with_jbig2dec(encoded[0], CORE_IMAGES, tmp_path)
+
+
+@needs_shared
+def test_every_shared_image_encodes_and_its_edges_decode_with_jbig2dec(tmp_path):
+    out = tmp_path / "encoded"
+    names = sorted(CORE_IMAGES + EXTENDED_IMAGES)
+    check_summary_lines(out, encode_folder(SHARED_IMAGES, out), names)
+    check_edges_with_jbig2dec(out, names, tmp_path)
 
 
 def test_export_writes_standard_files(encoded, tmp_path):
@@ -68,17 +91,17 @@ def test_export_writes_standard_files(encoded, tmp_path):
 
 def test_info_json_accounts_for_every_byte(encoded):
     out, _ = encoded
-    info = json.loads(plic("info", out / "kleiber-bird.plic", "--json").stdout)
-    size = (out / "kleiber-bird.plic").stat().st_size
+    info = json.loads(plic("info", out / "coffee.plic", "--json").stdout)
+    size = (out / "coffee.plic").stat().st_size
     assert info["total_bytes"] == size
     sections = info["sections"]
     assert set(sections) == {"prompt", "edges", "palette"}
     overhead = 32 + 12 * len(sections)
     assert sum(s["bytes"] for s in sections.values()) + overhead == size
     w, h = info["working_size"]
-    assert max(w, h) == 1024
+    assert (w, h) == (600, 400)  # under the 1024 px working size: kept as it is
     assert info["total_bpp"] == pytest.approx(size * 8 / (w * h))
-    assert "edges" in plic("info", out / "kleiber-bird.plic").stdout
+    assert "edges" in plic("info", out / "coffee.plic").stdout
 
 
 def test_preview_is_one_png(encoded, tmp_path):
@@ -92,13 +115,13 @@ def test_salient_mask_from_a_png(tmp_path):
     mask = np.zeros((512, 512), np.uint8)
     mask[50:120, 180:300] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    plic("encode", SHARED_IMAGES / "astronaut.png", "-o", tmp_path, "--salient-mask", tmp_path / "mask.png",
+    plic("encode", image_path("astronaut.png"), "-o", tmp_path, "--salient-mask", tmp_path / "mask.png",
          "--salient", "none")  # the mask alone: lossless, capped only at the raw size
     plic("export", tmp_path / "astronaut.plic", "-o", tmp_path / "parts")
     kept = np.asarray(Image.open(tmp_path / "parts" / "salient_pixels.png"))
-    original = np.asarray(Image.open(SHARED_IMAGES / "astronaut.png").convert("RGB"))
+    original = np.asarray(Image.open(image_path("astronaut.png")).convert("RGB"))
     np.testing.assert_array_equal(kept[50:120, 180:300], original[50:120, 180:300])
-    bad = plic("encode", SHARED_IMAGES / "chelsea.png", "-o", tmp_path, "--salient-mask",
+    bad = plic("encode", image_path("chelsea.png"), "-o", tmp_path, "--salient-mask",
                tmp_path / "mask.png", check=False)
     assert bad.returncode == 1 and "mask.png: the mask is 512x512, which is not the image's shape (working size 451x300)" in bad.stderr
     assert not (tmp_path / "chelsea.plic").exists()
@@ -108,7 +131,7 @@ def test_bench_prints_a_table_and_csv(tmp_path):
     folder = tmp_path / "few"
     folder.mkdir()
     for name in ("rocket.jpg", "page.png"):
-        (folder / name).write_bytes((SHARED_IMAGES / name).read_bytes())
+        (folder / name).write_bytes((image_path(name)).read_bytes())
     result = plic("bench", folder, "--csv", tmp_path / "t.csv")
     assert result.stdout.split()[:12] == ["image", "width", "height", "paper", "paper_bpp", "target",
                                           "target_bpp", "edges_kept", "jpeg_q1", "webp_q0", "avif_q0",
@@ -140,7 +163,7 @@ def damaged(folder, kind):
 ])
 @pytest.mark.parametrize("command", ["info", "export", "preview"])
 def test_bad_plic_files_fail_with_one_line_and_write_nothing(tmp_path, kind, expected, command):
-    plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path)
+    plic("encode", image_path("rocket.jpg"), "-o", tmp_path)
     (tmp_path / "rocket.plic").rename(tmp_path / "good.plic")
     path = damaged(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -155,7 +178,7 @@ def test_bad_plic_files_fail_with_one_line_and_write_nothing(tmp_path, kind, exp
 
 def test_unreadable_images_are_reported_and_the_rest_encoded(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    result = plic("encode", tmp_path / "broken.png", SHARED_IMAGES / "rocket.jpg", tmp_path / "nope.jpg",
+    result = plic("encode", tmp_path / "broken.png", image_path("rocket.jpg"), tmp_path / "nope.jpg",
                   "-o", tmp_path / "out", check=False)
     assert result.returncode == 1
     assert "broken.png: cannot read this image" in result.stderr
@@ -173,17 +196,17 @@ def test_an_image_too_wide_for_the_format_is_named(tmp_path):
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
-    plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path, "--prompt", "first")
-    result = plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path, "--prompt", "second", check=False)
+    plic("encode", image_path("rocket.jpg"), "-o", tmp_path, "--prompt", "first")
+    result = plic("encode", image_path("rocket.jpg"), "-o", tmp_path, "--prompt", "second", check=False)
     assert result.returncode == 1 and "already exists" in result.stderr
     assert "first" in plic("info", tmp_path / "rocket.plic").stdout
-    plic("encode", SHARED_IMAGES / "rocket.jpg", "-o", tmp_path, "--prompt", "second", "--overwrite")
+    plic("encode", image_path("rocket.jpg"), "-o", tmp_path, "--prompt", "second", "--overwrite")
     assert "second" in plic("info", tmp_path / "rocket.plic").stdout
 
 
 def test_encode_path_imports_no_torch(tmp_path):
     code = ("import sys; from plic.cli import main; "
-            f"rc = main(['encode', {str(SHARED_IMAGES / 'rocket.jpg')!r}, '-o', {str(tmp_path)!r}]); "
+            f"rc = main(['encode', {str(image_path('rocket.jpg'))!r}, '-o', {str(tmp_path)!r}]); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert rc == 0 and not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
@@ -209,8 +232,8 @@ def test_inputs_with_the_same_name_fail_once_and_the_rest_are_encoded(tmp_path, 
     folder = tmp_path / "in"
     folder.mkdir()
     for suffix in (".jpg", ".png"):
-        (folder / f"rocket{suffix}").write_bytes((SHARED_IMAGES / "rocket.jpg").read_bytes())
-    page = SHARED_IMAGES / "page.png"
+        (folder / f"rocket{suffix}").write_bytes((image_path("rocket.jpg")).read_bytes())
+    page = image_path("page.png")
     assert cli.main(["encode", str(folder), str(page), str(page), "-o", str(tmp_path / "out"),
                      "--overwrite", "--prompt", ""]) == 1
     err = capsys.readouterr().err
@@ -240,7 +263,7 @@ def test_a_mask_alone_is_kept_losslessly_beyond_the_default_budget(tmp_path, cap
     mask = np.zeros((512, 512), np.uint8)
     mask[40:400, 60:460] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    args = ["encode", str(SHARED_IMAGES / "astronaut.png"), "-o", str(tmp_path), "--prompt", "x",
+    args = ["encode", str(image_path("astronaut.png")), "-o", str(tmp_path), "--prompt", "x",
             "--salient", "none", "--salient-mask", str(tmp_path / "mask.png")]
     assert cli.main(args) == 0
     assert "instead of png" not in capsys.readouterr().out

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 
 import nodes
-from conftest import REPO, SHARED_IMAGES, load_shared
+from conftest import REPO, image_path, load_shared
 from plic import codec, fileformat
 from plic.image import load_rgb
 
 
 def load_image(image: str):
-    rgb = load_rgb(SHARED_IMAGES / image)
+    rgb = load_rgb(image_path(image))
     return {"result": (torch.from_numpy(rgb.astype(np.float32) / 255.0)[None], torch.zeros((1, 64, 64)))}
 
 

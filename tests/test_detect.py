@@ -6,11 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_shared
+from conftest import load_shared, require_tool
 from plic import detect
 from plic.errors import ModelNotFoundError, PlicInputError
 
-needs_tesseract = pytest.mark.skipif(not detect.tesseract_available(), reason="Tesseract is not installed")
+
+
+@pytest.fixture
+def tesseract():
+    return require_tool("tesseract", "tesseract-ocr")
 
 
 def test_faces_found_on_astronaut():
@@ -27,8 +31,7 @@ def test_no_face_on_a_plain_image():
     assert detect.detect_faces(np.full((200, 300, 3), 128, np.uint8)) == []
 
 
-@needs_tesseract
-def test_text_found_on_page():
+def test_text_found_on_page(tesseract):
     rgb = load_shared("page.png")
     words = detect.detect_text(rgb)
     assert len(words) >= 10

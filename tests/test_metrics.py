@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import SHARED_IMAGES
+from conftest import SHARED_IMAGES, needs_shared
 from metric_models import metric_models_dir  # noqa: F401  (fixture)
 from plic import metrics, quality
 from plic.errors import ModelNotFoundError
@@ -23,8 +23,7 @@ EXAMPLE = load_rgb(Path(__file__).resolve().parents[1] / "plic" / "data" / "exam
 
 def _reference_images():
     if not REFERENCE.is_file():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{REFERENCE} is missing (the "
-                                                                 "extended set needs ../shared)"))]
+        return [pytest.param(None, marks=needs_shared)]
     return sorted(json.loads(REFERENCE.read_text())["images"].items())
 
 

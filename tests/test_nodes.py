@@ -1,8 +1,10 @@
-"""The ComfyUI nodes run through their functions on the shared images, without ComfyUI."""
+"""The ComfyUI nodes run through their functions on the test images, without ComfyUI."""
 
 import importlib.util
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,23 +67,54 @@ def test_every_node_is_documented():
         assert len(names) == len(cls.RETURN_TYPES)
 
 
-def test_the_pack_imports_without_comfyui_under_any_package_name():
-    """As ComfyUI does: import the folder by path, with no ComfyUI modules and no repo on sys.path."""
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('plic_comfy', {str(REPO / '__init__.py')!r},"
-        f" submodule_search_locations=[{str(REPO)!r}])\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules['plic_comfy'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "assert importlib.util.find_spec('folder_paths') is None\n"
-        "print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO.parent, timeout=120)
+COMFYUI_LOADS_THE_PACK = """
+import importlib.util, sys
+pack = sys.argv[1]
+path_before = list(sys.path)
+# ComfyUI 0.3.64, nodes.py load_custom_node: the folder's path is the module's name
+name = pack.replace(".", "_x_")
+spec = importlib.util.spec_from_file_location(name, pack + "/__init__.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules[name] = module
+spec.loader.exec_module(module)
+assert importlib.util.find_spec("folder_paths") is None
+assert sys.path == path_before, "importing the pack changed sys.path"
+print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY, sys.modules["plic"].__file__)
+"""
+
+
+def load_like_comfyui(tmp_path, *, pythonpath=""):
+    """Import the pack from custom_nodes/comfyui-plic as ComfyUI does, in a fresh interpreter
+    started away from the repository."""
+    pack = tmp_path / "custom_nodes" / "comfyui-plic"
+    pack.parent.mkdir()
+    pack.symlink_to(REPO, target_is_directory=True)
+    return subprocess.run([sys.executable, "-c", COMFYUI_LOADS_THE_PACK, str(pack)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": pythonpath})
+
+
+def test_the_pack_imports_inside_comfyuis_layout_with_its_own_plic(tmp_path):
+    result = load_like_comfyui(tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("PlicCannyEdges", "PlicLoad", "PlicPack", "PlicPalette", "PlicSave", "PlicUnpack"):
         assert name in result.stdout
+    assert Path(result.stdout.split()[-1]).resolve() == REPO / "plic" / "__init__.py"
     assert (REPO / "web").is_dir()
+
+
+def test_the_pack_refuses_another_plic_imported_before_it(tmp_path):
+    other = tmp_path / "elsewhere" / "plic"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    result = load_like_comfyui(tmp_path, pythonpath=str(other.parent))
+    assert result.returncode == 0, result.stderr  # nothing imported that plic: the pack's own wins
+    assert Path(result.stdout.split()[-1]).resolve() == REPO / "plic" / "__init__.py"
+    preload = COMFYUI_LOADS_THE_PACK.replace("path_before = ", "import plic; path_before = ", 1)
+    result = subprocess.run([sys.executable, "-c", preload, str(tmp_path / "custom_nodes" / "comfyui-plic")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(other.parent)})
+    assert result.returncode == 1
+    assert "another one is already imported from " + str(other) in result.stderr
 
 
 def test_edges_node_matches_the_codec_for_a_batch(batch, astronaut):

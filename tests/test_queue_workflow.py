@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, SHARED_IMAGES
+from conftest import REPO, image_path
 
 PLIC_BYTES = b"\x89PLIC\r\n\x1a-not-really"
 
@@ -86,7 +86,7 @@ def run_client(comfy, *args):
 
 
 def test_uploads_queues_waits_and_downloads(comfy, tmp_path, capsys):
-    image = SHARED_IMAGES / "astronaut.png"
+    image = image_path("astronaut.png")
     assert run_client(comfy, "--image", image, "--download", tmp_path, "--timeout", 30) == 0
     state = comfy.state
     assert state["upload"] == {"filename": "astronaut.png", "data": image.read_bytes(), "type": "input"}

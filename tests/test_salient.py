@@ -6,7 +6,7 @@ import argparse
 import numpy as np
 import pytest
 
-from conftest import IMAGE_NAMES, SHARED_IMAGES, load_shared
+from conftest import EVERY_IMAGE, image_path, load_shared
 from plic import detect, fileformat, salient
 from plic.salient import Candidate
 from plic.errors import PlicInputError
@@ -51,8 +51,8 @@ def test_quality_ladder():
         salient.quality_ladder("jpeg", 90)
 
 
-@pytest.mark.parametrize("name", IMAGE_NAMES)
-def test_budget_is_honoured_on_every_shared_image(name):
+@pytest.mark.parametrize("name", EVERY_IMAGE)
+def test_budget_is_honoured_on_every_image(name):
     """Half the image salient in many pieces, then a tight budget: the bytes must fit, the file
     never grows past its original, and the most important candidates are the ones kept."""
     rgb = load_shared(name)
@@ -61,7 +61,7 @@ def test_budget_is_honoured_on_every_shared_image(name):
     rng = np.random.default_rng(0)
     candidates = [box_candidate((x, y, step // 2, step // 2), float(rng.uniform(0.1, 1)))
                   for y in range(0, height - step, step) for x in range(0, width - step, step)]
-    original = (SHARED_IMAGES / name).stat().st_size
+    original = (image_path(name)).stat().st_size
     for budget in (salient.Budget(max_bpp=0.1),
                    salient.Budget(max_bpp=None, max_bytes=original, max_fraction=0.05)):
         stored = salient.store(rgb, candidates, budget=budget)
@@ -125,7 +125,7 @@ def test_command_line_helpers_with_a_mask_file(tmp_path):
 
     from plic.image import load_rgb, to_working
 
-    path = SHARED_IMAGES / "astronaut.png"
+    path = image_path("astronaut.png")
     rgb = to_working(load_rgb(path), 256)
     mask = np.zeros((512, 512), np.uint8)
     mask[0:64, 0:64] = 255

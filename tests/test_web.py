@@ -2,12 +2,11 @@
 
 import inspect
 import re
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, require_tool
 
 WEB_FILES = sorted((REPO / "web").glob("*.js"))
 JS_TESTS = sorted((REPO / "tests" / "js").glob("*.test.mjs"))
@@ -15,10 +14,7 @@ JS_TESTS = sorted((REPO / "tests" / "js").glob("*.test.mjs"))
 
 @pytest.fixture(scope="module")
 def node():
-    path = shutil.which("node")
-    if path is None:
-        pytest.fail("Node.js is needed for the web extension's tests (Debian package nodejs)")
-    return path
+    return require_tool("node", "nodejs")
 
 
 def test_the_extension_ships_its_files():

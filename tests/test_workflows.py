@@ -6,21 +6,28 @@ import json
 
 import pytest
 
-from conftest import REPO
-from workflow_schema import load_schemas, validate_api, validate_ui
+from conftest import OBJECT_INFO, REPO, SHARED_OBJECT_INFO, needs_shared
+from workflow_schema import load_schemas, trim, validate_api, validate_ui
 
-OBJECT_INFO = REPO.parent / "shared" / "comfyui" / "object_info.json"
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
 def schemas():
-    if not OBJECT_INFO.is_file():
-        pytest.fail(f"{OBJECT_INFO} is missing: the repository must sit beside shared/")
     import nodes
 
     return load_schemas(OBJECT_INFO, nodes.NODE_CLASS_MAPPINGS)
+
+
+@needs_shared
+def test_the_trimmed_schemas_are_comfyuis_own_and_cover_every_workflow():
+    """tests/data holds ComfyUI's schemas for exactly the classes the workflows and tests use;
+    refresh it with `python tests/workflow_schema.py ../shared/comfyui/object_info.json
+    tests/data/comfyui_object_info.json` when a workflow starts using another ComfyUI node."""
+    workflows = [json.loads(p.read_text()) for p in UI_WORKFLOWS + API_WORKFLOWS]
+    expected = trim(json.loads(SHARED_OBJECT_INFO.read_text()), workflows)
+    assert json.loads(OBJECT_INFO.read_text()) == expected
 
 
 def test_the_compress_workflow_ships_in_both_formats():

@@ -23,7 +23,7 @@ def build_models_tree(models_dir: Path) -> Path:
     """Write the tiny models under ``models_dir`` and return it."""
     from safetensors.torch import save_file
 
-    from plic import random_models
+    from bench import random_models
 
     components = random_models.build_sd15(models_dir.parent / "tokenizer-src", tiny=True, seed=0)
     random_models.save_models_tree(components, models_dir, PIPELINE, (INPAINT, COLOR_CANNY))
@@ -37,5 +37,4 @@ def build_models_tree(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A ComfyUI-style ``models`` folder holding the tiny decoder models (built once)."""
-    pytest.importorskip("diffusers")
     return build_models_tree(tmp_path_factory.mktemp("tiny") / "models")

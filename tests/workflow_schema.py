@@ -252,3 +252,36 @@ def _check_api_link(where, prompt, schemas, link, spec) -> list[str]:
     if not types_match(outputs[slot], input_type(spec)):
         return [f"{where}: {outputs[slot]} from node {source} into a {input_type(spec)} input"]
     return []
+
+
+# --- the trimmed copy of ComfyUI's schemas in tests/data -----------------------------------------
+
+#: ComfyUI's node classes the tests use beyond those in the shipped workflows.
+TEST_CLASS_TYPES = {"KSampler", "CheckpointLoaderSimple", "LoadImage"}
+
+
+def class_types(workflow: dict) -> set[str]:
+    """The node class names a UI or API workflow uses."""
+    if "nodes" in workflow:
+        return {node["type"] for node in workflow["nodes"]}
+    return {node["class_type"] for node in workflow.values()}
+
+
+def trim(object_info: dict, workflows: list[dict]) -> dict:
+    """The entries of ``object_info`` that ``workflows`` and the tests use, in its order."""
+    wanted = TEST_CLASS_TYPES.union(*map(class_types, workflows))
+    return {name: schema for name, schema in object_info.items() if name in wanted}
+
+
+def main() -> None:
+    """Write the trimmed schemas: ``python tests/workflow_schema.py FULL_OBJECT_INFO OUT``."""
+    import sys
+
+    full, out = map(Path, sys.argv[1:3])
+    repo = Path(__file__).resolve().parents[1]
+    workflows = [json.loads(p.read_text()) for p in sorted(repo.glob("workflows/**/*.json"))]
+    out.write_text(json.dumps(trim(json.loads(full.read_text()), workflows), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

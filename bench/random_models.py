@@ -2,7 +2,8 @@
 
 Used by ``bench/decode_gpu.py`` (full size: the speed is the same as with real weights) and by
 the tests (tiny size, saved as a ComfyUI-style ``models/`` tree and loaded back through the very
-code path a user's files take). Nothing here is needed to decode with real models.
+code path a user's files take). Nothing here is needed to decode with real models, so it lives
+beside the benchmarks rather than in the installed ``plic`` library.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sd15_configs
-from .deps import require
+from plic import sd15_configs
+from plic.deps import require
 
 #: CLIP's special tokens; a tokenizer made here puts them first.
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
