@@ -181,7 +181,7 @@ def test_the_pack_node_takes_a_target_and_shows_the_removed_edges():
     work = load_shared("coffee.png")
     image = torch.from_numpy(work.astype(np.float32) / 255)[None]
     edge_parts, _ = PlicCannyEdges().run(image, 1024, 100, 200)
-    palette, _ = PlicPalette().run(image, 32, 80)
+    palette, _ = PlicPalette().run(image, 1024, 32, 80)
     plain = PlicPack().run("a path", edge_parts, palette)
     assert "larger than the image as WebP at quality 0" in plain["ui"]["text"][0]
     packed = PlicPack().run("a path", edge_parts, palette, target_bpp=0.05)
