@@ -25,3 +25,16 @@ for _name in _MODULES:
     _module = importlib.import_module(f"{__name__}.{_name}")
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def _install_example_inputs() -> None:
+    """Inside ComfyUI, put the shipped workflows' inputs into its input folder (never replacing a
+    file), so that every template queues as it is."""
+    from .common import comfy_directory, comfy_module
+    from .files import install_example_inputs
+
+    if comfy_module("folder_paths") is not None:
+        install_example_inputs(comfy_directory("input"))
+
+
+_install_example_inputs()
