@@ -28,5 +28,7 @@ if ! cmp -s constraints.txt .venv/.constraints 2>/dev/null; then
   # beside it the packages its inference code imports.
   "${pip[@]}" addict yapf timm
   "${pip[@]}" --no-deps --no-build-isolation groundingdino-py
+  # ComfyUI's own requirements, for the tests that run the pack inside a real ComfyUI.
+  "${pip[@]}" -r tests/comfyui-requirements.txt
   cp constraints.txt .venv/.constraints
 fi
