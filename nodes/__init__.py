@@ -27,14 +27,17 @@ for _name in _MODULES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 
 
-def _install_example_inputs() -> None:
-    """Inside ComfyUI, put the shipped workflows' inputs into its input folder (never replacing a
-    file), so that every template queues as it is."""
+def _settle_into_comfyui() -> None:
+    """Inside ComfyUI: put the shipped workflows' inputs into its input folder (never replacing
+    a file), so that every template queues as it is, and drop PLIC's cached models whenever
+    ComfyUI unloads all of its own (nodes/memory.py)."""
     from .common import comfy_directory, comfy_module
     from .files import install_example_inputs
+    from .memory import chain_release_to_unload_all
 
     if comfy_module("folder_paths") is not None:
         install_example_inputs(comfy_directory("input"))
+        chain_release_to_unload_all()
 
 
-_install_example_inputs()
+_settle_into_comfyui()
