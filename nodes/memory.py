@@ -93,6 +93,8 @@ def manage(owner, modules: Callable[[], dict], device: str) -> ManagedModel | No
         return None
     if owner not in _MANAGED:
         _MANAGED[owner] = ManagedModel(modules(), device)
+        log.info("PLIC: %s registered with ComfyUI's model management (%.1f MB on %s)",
+                 type(owner).__name__, _MANAGED[owner].patcher.model_size() / 2**20, device)
     return _MANAGED[owner]
 
 

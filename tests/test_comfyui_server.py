@@ -11,155 +11,26 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, load_shared
+from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree
-
-COMFYUI = REPO.parent / "shared" / "comfyui" / "ComfyUI-0.3.64"
-PACK_NAME = "comfyui-plic"
-#: Bounded waits, in seconds.
-START_TIMEOUT = 120
-RUN_TIMEOUT = 180
 
 if not (COMFYUI / "main.py").is_file():
     pytest.skip(f"{COMFYUI} is missing: the real-ComfyUI tests need the repository beside shared/",
                 allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ComfyUI process on 127.0.0.1 with the pack in custom_nodes/ and the tiny models."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = base / "comfyui.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's plic, not an installed one
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                 "--disable-auto-launch", "--base-directory", str(self.base),
-                 "--database-url", f"sqlite:///{self.base / 'comfyui.db'}"],
-                cwd=COMFYUI, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {self.process.returncode}; is its requirements.txt "
-                            f"installed (scripts/setup.sh)?\n{self.log_tail()}")
-            try:
-                self.get("/object_info/PlicLoad")
-                return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT} s\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
-
-    def request(self, path: str, data: bytes | None = None, headers: dict | None = None):
-        req = urllib.request.Request(self.url + path, data=data, headers=headers or {})
-        with urllib.request.urlopen(req, timeout=30) as reply:
-            return reply.status, reply.headers.get_content_type(), reply.read()
-
-    def get(self, path: str) -> bytes:
-        return self.request(path)[2]
-
-    def get_json(self, path: str):
-        return json.loads(self.get(path))
-
-    def post_json(self, path: str, body: dict):
-        status, _, raw = self.request(path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        return json.loads(raw) if raw.strip() else None
-
-    def upload(self, name: str, data: bytes, overwrite: bool | None = None) -> dict:
-        """POST /upload/image as the web extension does (multipart: image, type=input)."""
-        boundary = uuid.uuid4().hex
-        fields = [("type", "input")] + ([("overwrite", str(overwrite).lower())] if overwrite is not None else [])
-        body = io.BytesIO()
-        for key, value in fields:
-            body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                   "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-        body.write(f"--{boundary}--\r\n".encode())
-        _, _, raw = self.request("/upload/image", body.getvalue(),
-                                 {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        return json.loads(raw)
-
-    def queue(self, prompt: dict, client_id: str = "plic-tests") -> str:
-        try:
-            return self.post_json("/prompt", {"prompt": prompt, "client_id": client_id})["prompt_id"]
-        except urllib.error.HTTPError as exc:
-            pytest.fail(f"/prompt refused the workflow: {exc.read().decode(errors='replace')}")
-
-    def wait(self, prompt_id: str) -> dict:
-        """The /history entry of ``prompt_id`` once it has finished (or failed)."""
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None \
-                    and entry["status"].get("status_str") in ("success", "error"):
-                return entry
-            time.sleep(0.3)
-        pytest.fail(f"prompt {prompt_id} did not finish within {RUN_TIMEOUT} s\n{self.log_tail()}")
-
-    def run(self, prompt: dict) -> dict:
-        entry = self.wait(self.queue(prompt))
-        assert entry["status"]["status_str"] == "success", (
-            json.dumps(entry["status"]["messages"])[-3000:] + "\n" + self.log_tail())
-        return entry
-
-    def view(self, item: dict) -> bytes:
-        query = urllib.parse.urlencode({k: item[k] for k in ("filename", "subfolder", "type")})
-        return self.get(f"/view?{query}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("diffusers")
-    base = tmp_path_factory.mktemp("comfyui")
-    for folder in ("custom_nodes", "input", "output", "temp", "user"):
-        (base / folder).mkdir()
-    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
-    build_models_tree(base / "models")
-    server = Server(base)
-    try:
-        server.start()
+    with ComfyServer.prepared(tmp_path_factory.mktemp("comfyui"), models=build_models_tree) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _tiny_plic(steps: int = 2) -> bytes:
@@ -256,7 +127,7 @@ def test_the_decompress_api_workflow_only_lacks_the_checkpoints(server):
     assert failing and failing <= {"CheckpointLoaderSimple", "ControlNetLoader"}
 
 
-async def _collect_messages(server: Server, client_id: str, prompt: dict, until: str):
+async def _collect_messages(server: ComfyServer, client_id: str, prompt: dict, until: str):
     """Queue ``prompt`` over a websocket session and return (prompt_id, its JSON messages) once
     a message of type ``until`` arrives for it."""
     import aiohttp
@@ -308,3 +179,26 @@ def test_cancel_stops_a_decode(server):
     assert messages[-1]["data"]["node_id"] == "3"
     assert time.monotonic() - started < 60
     assert server.wait(prompt_id)["status"]["status_str"] == "error"
+
+
+def _log_count(server: ComfyServer, text: str) -> int:
+    return server.log.read_text(errors="replace").count(text)
+
+
+def test_free_releases_the_decoder_and_the_next_run_loads_it_again(server):
+    """The decoder stays loaded from run to run, is one of ComfyUI's loaded models, and is
+    dropped by the "free model and node cache" button (POST /free)."""
+    loaded = "PLIC: StableDiffusionControlNetInpaintPipeline registered with ComfyUI"
+    name = server.upload("free_me.plic", _tiny_plic(steps=1))["name"]
+    server.run(_decode_prompt(name))
+    loads = _log_count(server, loaded)
+    server.run(_decode_prompt(name, steps=2))  # PLIC Reconstruct runs again, the loader is cached
+    assert _log_count(server, loaded) == loads
+    released = _log_count(server, "PLIC: released")
+    server.post_json("/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 30
+    while _log_count(server, "PLIC: released") == released and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _log_count(server, "PLIC: released") == released + 1, server.log_tail()
+    server.run(_decode_prompt(name))
+    assert _log_count(server, loaded) == loads + 1
