@@ -41,10 +41,14 @@ class ComfyServer:
     """A ComfyUI process on 127.0.0.1 (a free port) with the pack ``pack`` in custom_nodes/ of
     the base folder ``base``; always stopped on leaving :meth:`prepared`."""
 
-    def __init__(self, base: Path, pack: Path = REPO, extra_args: tuple[str, ...] = ()):
+    def __init__(self, base: Path, pack: Path = REPO, extra_args: tuple[str, ...] = (),
+                 launcher: Path | None = None):
+        """``extra_args`` go to ComfyUI's main.py; ``launcher`` is a script run instead of
+        main.py (with main.py's arguments) that runs it, e.g. to count calls in a benchmark."""
         self.base = base
         self.pack = pack
         self.extra_args = extra_args
+        self.launcher = launcher
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = base / "comfyui.log"
@@ -72,7 +76,7 @@ class ComfyServer:
         env = {**os.environ, "PYTHONPATH": str(self.pack)}  # the pack's plic, not an installed one
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, str(self.launcher or "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                  "--disable-auto-launch", "--base-directory", str(self.base),
                  "--database-url", f"sqlite:///{self.base / 'comfyui.db'}", *self.extra_args],
                 cwd=COMFYUI, env=env, stdout=log, stderr=subprocess.STDOUT)
