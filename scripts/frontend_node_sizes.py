@@ -1,0 +1,126 @@
+"""The size every node of the shipped workflows gets in ComfyUI's real frontend, and which nodes
+overlap: starts ComfyUI 0.3.64 with the pack (scripts/comfy_server.py), opens its frontend in
+headless Chromium (Debian package chromium) through the DevTools protocol, loads each
+workflows/*.json with app.loadGraphData and reads back the nodes' bounding boxes.
+
+  python scripts/frontend_node_sizes.py [--front-end-root DIR] [--vue-nodes]
+
+--front-end-root serves another frontend (e.g. a newer comfyui-frontend-package's static/);
+--vue-nodes turns on "Nodes 2.0" (setting Comfy.VueNodes.Enabled) where the frontend has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scripts.comfy_server import ComfyServer, _free_port  # noqa: E402
+
+READ_BOXES = """(async () => {
+  const workflow = %s;
+  await window.app.loadGraphData(workflow);
+  await new Promise((r) => setTimeout(r, 1500));
+  return JSON.stringify(window.app.graph._nodes.map((n) => {
+    const b = n.getBounding ? Array.from(n.getBounding()) : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
+    return {id: n.id, type: n.type, title: n.title, box: b.map(Math.round)};
+  }));
+})()"""
+
+
+async def _evaluate(ws, expression: str, ident: list[int]):
+    ident[0] += 1
+    await ws.send_json({"id": ident[0], "method": "Runtime.evaluate",
+                        "params": {"expression": expression, "awaitPromise": True, "returnByValue": True}})
+    while True:
+        reply = await ws.receive_json(timeout=60)
+        if reply.get("id") == ident[0]:
+            result = reply.get("result", {})
+            if "exceptionDetails" in result:
+                raise RuntimeError(json.dumps(result["exceptionDetails"])[:2000])
+            return result.get("result", {}).get("value")
+
+
+def overlaps(nodes: list[dict], gap: int = 0) -> list[tuple[str, str]]:
+    """Pairs of nodes whose boxes (x, y, w, h) overlap (closer than ``gap``)."""
+    found = []
+    for i, a in enumerate(nodes):
+        ax, ay, aw, ah = a["box"]
+        for b in nodes[i + 1:]:
+            bx, by, bw, bh = b["box"]
+            if ax < bx + bw + gap and bx < ax + aw + gap and ay < by + bh + gap and by < ay + ah + gap:
+                found.append((f"{a['id']} {a['type']}", f"{b['id']} {b['type']}"))
+    return found
+
+
+async def measure(url: str, workflows: list[Path]) -> dict[str, list[dict]]:
+    import aiohttp
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="plic-chromium-") as profile:
+        browser = subprocess.Popen(
+            [shutil.which("chromium") or "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+             f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=1920,1080",
+             url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async with aiohttp.ClientSession() as session:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/json") as reply:
+                            pages = [t for t in await reply.json() if t["type"] == "page"]
+                        if pages:
+                            break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("Chromium did not open its DevTools port")
+                    await asyncio.sleep(0.5)
+                async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    ident = [0]
+                    while not await _evaluate(ws, "!!(window.app && window.app.graph && window.app.canvas)", ident):
+                        if time.monotonic() > deadline + 60:
+                            raise RuntimeError("the frontend did not start")
+                        await asyncio.sleep(1)
+                    await asyncio.sleep(3)  # extensions (ours included) finish registering
+                    return {path.name: json.loads(await _evaluate(ws, READ_BOXES % path.read_text(), ident))
+                            for path in workflows}
+        finally:
+            browser.terminate()
+            browser.wait(timeout=15)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--front-end-root", type=Path)
+    parser.add_argument("--vue-nodes", action="store_true")
+    args = parser.parse_args(argv)
+    extra = ("--front-end-root", str(args.front_end_root)) if args.front_end_root else ()
+    workflows = sorted((REPO / "workflows").glob("*.json"))
+    with tempfile.TemporaryDirectory(prefix="plic-frontend-") as tmp:
+        with ComfyServer.prepared(Path(tmp), extra_args=extra) as server:
+            if args.vue_nodes:
+                server.post_json("/settings/Comfy.VueNodes.Enabled", True)
+            results = asyncio.run(measure(server.url, workflows))
+    found = 0
+    for name, nodes in results.items():
+        print(f"{name}:")
+        for node in nodes:
+            print(f"  {node['id']:>3} {node['type']:<28} box {node['box']}")
+        for a, b in overlaps(nodes):
+            print(f"  OVERLAP: {a} and {b}")
+            found += 1
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
