@@ -30,9 +30,17 @@ READ_BOXES = """(async () => {
   const workflow = %s;
   await window.app.loadGraphData(workflow);
   await new Promise((r) => setTimeout(r, 1500));
+  const scale = window.app.canvas.ds.scale;
   return JSON.stringify(window.app.graph._nodes.map((n) => {
     const b = n.getBounding ? Array.from(n.getBounding()) : [n.pos[0], n.pos[1] - 30, n.size[0], n.size[1] + 30];
-    return {id: n.id, type: n.type, title: n.title, box: b.map(Math.round)};
+    // Nodes 2.0 draws each node as a DOM element: its on-screen size is the real one
+    const element = document.querySelector(`[data-node-id="${n.id}"]`);
+    if (element) {
+      const rect = element.getBoundingClientRect();
+      b[2] = rect.width / scale;
+      b[3] = rect.height / scale;
+    }
+    return {id: n.id, type: n.type, title: n.title, dom: !!element, box: b.map(Math.round)};
   }));
 })()"""
 
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             results = asyncio.run(measure(server.url, workflows))
     found = 0
     for name, nodes in results.items():
-        print(f"{name}:")
+        print(f"{name}: {'Nodes 2.0 (DOM sizes)' if any(n['dom'] for n in nodes) else 'classic canvas'}")
         for node in nodes:
             print(f"  {node['id']:>3} {node['type']:<28} box {node['box']}")
         for a, b in overlaps(nodes):
