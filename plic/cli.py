@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette-quality", type=int, default=codec.EncodeSettings.palette_quality, metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
+    add_decode_hint_arguments(p)
     caption.add_caption_arguments(p)
     detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
@@ -102,10 +103,32 @@ def run_encode(args) -> int:
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = batch.distinct_outputs([(path, args.output / f"{path.stem}.plic") for path in images])
-    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner))
+    hints = decode_hints_from_args(args)
+    return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
+                                                                hints))
 
 
-def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner) -> None:
+def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decode settings stored in the file (a decoder uses them "
+                                      "unless told otherwise; nothing is stored for the defaults)")
+    group.add_argument("--decode-steps", type=int, metavar="N",
+                       help=f"denoising steps (default {codec.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
+    group.add_argument("--decode-seed", type=int, metavar="N",
+                       help=f"random seed (default {codec.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
+
+
+def decode_hints_from_args(args) -> dict:
+    """The decode hints --decode-steps / --decode-seed ask to store."""
+    if args.decode_steps is not None and args.decode_steps < 1:
+        raise _fail("--decode-steps", f"must be at least 1, got {args.decode_steps}")
+    if args.decode_seed is not None and args.decode_seed < 0:
+        raise _fail("--decode-seed", f"must not be negative, got {args.decode_seed}")
+    hints = {"steps": args.decode_steps, "seed": args.decode_seed}
+    return {key: value for key, value in hints.items() if value is not None}
+
+
+def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner,
+               decode_hints: dict | None = None) -> None:
     """Compress the image ``path`` to ``target`` and print its sizes and what the salient step kept."""
     if target.exists() and not args.overwrite:
         raise _fail(target, "already exists; pass --overwrite to replace it")
@@ -114,7 +137,8 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     mask_stream, regions, report = detect.salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
     plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
-                                salient=codec.SalientPart(mask_stream, tuple(regions)))
+                                salient=codec.SalientPart(mask_stream, tuple(regions)),
+                                decode_hints=decode_hints)
     data = fileformat.dumps(plic)
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)

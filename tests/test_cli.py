@@ -219,3 +219,18 @@ def test_decode_refuses_two_files_for_one_output(tmp_path):
     with pytest.raises(PlicError, match=r"b/x.plic: would be written to .*out/x.png like .*a/x.plic"):
         cli_decode.targets([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert [t.name for _, t in cli_decode.targets([tmp_path / "a"], tmp_path / "out")] == ["x.png"]
+
+
+def test_encode_stores_decode_hints_only_when_asked(tmp_path):
+    from plic import fileformat
+
+    image = SHARED_IMAGES / "chelsea.png"
+    plic("encode", image, "-o", tmp_path / "default", "--prompt", "a cat", "--salient", "none")
+    plic("encode", image, "-o", tmp_path / "cpu", "--prompt", "a cat", "--salient", "none",
+         "--decode-steps", "3", "--decode-seed", "7")
+    default = fileformat.load(tmp_path / "default" / "chelsea.plic")
+    cpu = fileformat.load(tmp_path / "cpu" / "chelsea.plic")
+    assert default.decode_hints == {}  # the reference's settings cost no bytes
+    assert cpu.decode_hints == {"steps": 3, "seed": 7}
+    bad = plic("encode", image, "-o", tmp_path / "bad", "--decode-steps", "0", check=False)
+    assert bad.returncode == 1 and "--decode-steps: must be at least 1" in bad.stderr
