@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, load_shared
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
+from test_caption_local import save_tiny_blip
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree
 
 if not (COMFYUI / "main.py").is_file():
@@ -26,10 +27,16 @@ if not (COMFYUI / "main.py").is_file():
                 allow_module_level=True)
 
 
+def _build_models(models_dir):
+    """The tiny decoder models and a tiny BLIP captioner in models/captioners/tiny-blip."""
+    build_models_tree(models_dir)
+    save_tiny_blip(models_dir / "captioners" / "tiny-blip", eos_bias=-1e4)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("diffusers")
-    with ComfyServer.prepared(tmp_path_factory.mktemp("comfyui"), models=build_models_tree) as server:
+    with ComfyServer.prepared(tmp_path_factory.mktemp("comfyui"), models=_build_models) as server:
         yield server
 
 
@@ -202,3 +209,18 @@ def test_free_releases_the_decoder_and_the_next_run_loads_it_again(server):
     assert _log_count(server, "PLIC: released") == released + 1, server.log_tail()
     server.run(_decode_prompt(name))
     assert _log_count(server, loaded) == loads + 1
+
+
+def test_a_local_captioner_is_one_of_comfyuis_loaded_models(server):
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "plic_example.png"}},
+        "2": {"class_type": "PlicCaption",
+              "inputs": {"image": ["1", 0], "backend": "local", "model": "", "base_url": "",
+                         "api_key_env": "OPENAI_API_KEY", "local_model": "tiny-blip", "manual_text": "",
+                         "max_chars": 40, "timeout": 5.0, "max_retries": 0}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    entry = server.run(prompt)
+    (text,) = entry["outputs"]["2"]["text"]
+    assert text.strip()
+    assert _log_count(server, "PLIC: BlipForConditionalGeneration registered with ComfyUI") == 1
