@@ -3,7 +3,10 @@ overlap: starts ComfyUI 0.3.64 with the pack (scripts/comfy_server.py), opens it
 headless Chromium (Debian package chromium) through the DevTools protocol, loads each
 workflows/*.json with app.loadGraphData and reads back the nodes' bounding boxes.
 
-  python scripts/frontend_node_sizes.py [--front-end-root DIR] [--vue-nodes]
+  python scripts/frontend_node_sizes.py [--front-end-root DIR] [--vue-nodes] [--readout]
+
+--readout instead shows what PLIC Save's readout becomes after two runs (value, label, the
+text area Nodes 2.0 draws, whether it is saved, warnings logged meanwhile).
 
 --front-end-root serves another frontend (e.g. a newer comfyui-frontend-package's static/);
 --vue-nodes turns on "Nodes 2.0" (setting Comfy.VueNodes.Enabled) where the frontend has it.
@@ -45,6 +48,24 @@ READ_BOXES = """(async () => {
 })()"""
 
 
+READOUT = """(async () => {
+  const warnings = [];
+  const warn = console.warn;
+  console.warn = (...args) => { warnings.push(args.join(" ")); warn(...args); };
+  await window.app.loadGraphData(%s);
+  const node = window.app.graph._nodes.find((n) => n.type === "PlicSave");
+  node.onExecuted({plic: [{filename: "PLIC_00001_.plic", bytes: 812, bpp: 0.0248, ratio: 968}]});
+  node.onExecuted({plic: [{filename: "PLIC_00002_.plic", bytes: 900, bpp: 0.0300, ratio: 900}]});
+  await new Promise((r) => setTimeout(r, 1000));
+  const readouts = node.widgets.filter((w) => w.name === "plic_readout");
+  const element = document.querySelector(`[data-node-id="${node.id}"]`);
+  return JSON.stringify({widgets: readouts.length, value: readouts[0]?.value, label: readouts[0]?.label,
+    nodes2_text_areas: element ? Array.from(element.querySelectorAll("textarea")).map((t) => t.value) : null,
+    nodes2_text: element ? element.innerText : null,
+    saved_widgets_values: node.serialize().widgets_values, warnings});
+})()"""
+
+
 async def _evaluate(ws, expression: str, ident: list[int]):
     ident[0] += 1
     await ws.send_json({"id": ident[0], "method": "Runtime.evaluate",
@@ -70,7 +91,9 @@ def overlaps(nodes: list[dict], gap: int = 0) -> list[tuple[str, str]]:
     return found
 
 
-async def measure(url: str, workflows: list[Path]) -> dict[str, list[dict]]:
+async def measure(url: str, workflows: list[Path], script: str = READ_BOXES) -> dict[str, object]:
+    """What ``script`` (JavaScript with %s for a workflow's JSON) returns as JSON in the frontend
+    at ``url``, for each workflow."""
     import aiohttp
 
     port = _free_port()
@@ -100,7 +123,7 @@ async def measure(url: str, workflows: list[Path]) -> dict[str, list[dict]]:
                             raise RuntimeError("the frontend did not start")
                         await asyncio.sleep(1)
                     await asyncio.sleep(3)  # extensions (ours included) finish registering
-                    return {path.name: json.loads(await _evaluate(ws, READ_BOXES % path.read_text(), ident))
+                    return {path.name: json.loads(await _evaluate(ws, script % path.read_text(), ident))
                             for path in workflows}
         finally:
             browser.terminate()
@@ -111,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--front-end-root", type=Path)
     parser.add_argument("--vue-nodes", action="store_true")
+    parser.add_argument("--readout", action="store_true")
     args = parser.parse_args(argv)
     extra = ("--front-end-root", str(args.front_end_root)) if args.front_end_root else ()
     workflows = sorted((REPO / "workflows").glob("*.json"))
@@ -118,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         with ComfyServer.prepared(Path(tmp), extra_args=extra) as server:
             if args.vue_nodes:
                 server.post_json("/settings/Comfy.VueNodes.Enabled", True)
+            if args.readout:
+                compress = [REPO / "workflows" / "plic_compress.json"]
+                print(json.dumps(asyncio.run(measure(server.url, compress, READOUT)), indent=1))
+                return 0
             results = asyncio.run(measure(server.url, workflows))
     found = 0
     for name, nodes in results.items():
