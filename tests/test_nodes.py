@@ -244,3 +244,14 @@ def test_an_empty_payload_is_refused_by_name():
 
     with pytest.raises(PlicInputError, match="PLIC Unpack: the payload is empty"):
         PlicUnpack().run([])
+
+
+def test_example_inputs_are_installed_once_and_never_over_a_users_file(tmp_path):
+    from nodes.files import EXAMPLE_INPUTS, install_example_inputs
+
+    (tmp_path / "plic_example.png").write_bytes(b"the user's own file")
+    written = install_example_inputs(tmp_path)
+    assert [p.name for p in written] == ["plic_example.plic"]
+    assert (tmp_path / "plic_example.png").read_bytes() == b"the user's own file"
+    assert (tmp_path / "plic_example.plic").read_bytes() == EXAMPLE_INPUTS["plic_example.plic"].read_bytes()
+    assert install_example_inputs(tmp_path) == []
