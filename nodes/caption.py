@@ -113,9 +113,7 @@ def load_managed(captioner: cap.LocalCaptioner) -> None:
     device = resolve_device(captioner.device)
     memory.make_room(memory.weight_bytes([captioner.path]), device)
     _, net = cap.load_local_model(captioner.path, device)
-    managed = memory.manage(net, lambda: {"captioner": net}, device)
-    if managed is not None:
-        managed.load_for_run()
+    memory.use(net, lambda: {"captioner": net}, device)
 
 
 NODE_CLASS_MAPPINGS = {"PlicCaption": PlicCaption}

@@ -98,6 +98,14 @@ def manage(owner, modules: Callable[[], dict], device: str) -> ManagedModel | No
     return _MANAGED[owner]
 
 
+def use(owner, modules: Callable[[], dict], device: str) -> None:
+    """Before a run: ``owner``'s modules registered with ComfyUI (see :func:`manage`) and on
+    ``device``, with room to run; does nothing outside ComfyUI."""
+    managed = manage(owner, modules, device)
+    if managed is not None:
+        managed.load_for_run()
+
+
 def pipeline_modules(pipe) -> dict:
     """The torch modules of a diffusers pipeline (UNet, ControlNets, VAE, text encoder)."""
     import torch

@@ -77,9 +77,7 @@ def _load_managed(reconstructor: core.Reconstructor):
     if reconstructor.options.cpu_offload:
         memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
         return pipe
-    managed = memory.manage(pipe, lambda: memory.pipeline_modules(pipe), device)
-    if managed is not None:
-        managed.load_for_run()
+    memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
     return pipe
 
 
