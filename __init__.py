@@ -1,5 +1,6 @@
 """PLIC for ComfyUI: entry point ComfyUI loads from custom_nodes/. Registers the nodes and the
-web extension; importing it has no side effects beyond that."""
+web extension; inside ComfyUI it also copies the shipped workflows' example inputs into
+ComfyUI's input folder where they are missing (nodes/files.py)."""
 
 WEB_DIRECTORY = "./web"
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from plic import caption as cap
 from plic.codec import MAX_PROMPT_CHARS
 
+from plic.deps import resolve_device
+
+from . import memory
 from .common import CATEGORY, comfy_device, comfy_model_dirs, image_to_rgb_list, map_batch
 
 BACKENDS = ["openai", "local", "manual"]
@@ -86,6 +89,8 @@ class PlicCaption:
                 max_chars, timeout, max_retries):
         captioner = self.make(backend, model, base_url, api_key_env, local_model, manual_text,
                               max_chars, timeout, max_retries)
+        if isinstance(captioner, cap.LocalCaptioner):
+            load_managed(captioner)
         prompts = map_batch(image_to_rgb_list(image), captioner.caption)
         return {"ui": {"text": prompts}, "result": ("\n".join(prompts), prompts)}
 
@@ -101,6 +106,15 @@ class PlicCaption:
                                       search_dirs=model_dirs())
         return cap.OpenAICaptioner(model, base_url=base_url, api_key_env=api_key_env,
                                    timeout=timeout, max_retries=max_retries, limit=max_chars)
+
+
+def load_managed(captioner: cap.LocalCaptioner) -> None:
+    """Load the local captioner (ComfyUI making room for it first), register it with ComfyUI's
+    memory manager and have it on its device for this run."""
+    device = resolve_device(captioner.device)
+    memory.make_room(memory.weight_bytes([captioner.path]), device)
+    _, net = cap.load_local_model(captioner.path, device)
+    memory.use(net, lambda: {"captioner": net}, device)
 
 
 NODE_CLASS_MAPPINGS = {"PlicCaption": PlicCaption}

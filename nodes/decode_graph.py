@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from plic import hints
-from plic.reconstruct import DecodeSettings
+from plic.reconstruct import DEFAULT_GUIDANCE, DecodeSettings
 from plic.errors import PlicInputError
 
 from .common import CATEGORY, PAYLOAD, check_batch, image_to_rgb_list, mask_to_list
@@ -87,26 +87,42 @@ class PlicInpaintHint:
 class PlicDecodeSettings:
     DESCRIPTION = ("Reads the decode settings stored in a .plic file (the reference's seed, steps, "
                    "negative prompt and ControlNet strength) for KSampler, CLIP Text Encode and "
-                   "Apply ControlNet.")
+                   "Apply ControlNet; any of them can be overridden here (e.g. fewer steps on a "
+                   "CPU) without rewiring the graph.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
-    RETURN_TYPES = ("INT", "INT", "STRING", "FLOAT")
-    RETURN_NAMES = ("seed", "steps", "negative_prompt", "controlnet_strength")
-    OUTPUT_TOOLTIPS = ("The file's seed (reference: 786).", "The file's step count (reference: 60).",
-                       "The file's negative prompt.", "The file's ControlNet scale (reference: 1.0).")
+    RETURN_TYPES = ("INT", "INT", "STRING", "FLOAT", "FLOAT")
+    RETURN_NAMES = ("seed", "steps", "negative_prompt", "controlnet_strength", "cfg")
+    OUTPUT_TOOLTIPS = ("The seed (file's: reference 786).", "The step count (file's: reference 60).",
+                       "The file's negative prompt.",
+                       "The ControlNet strength (file's: reference 1.0).",
+                       "Classifier-free guidance for KSampler (reference 7.5).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "plic": (PAYLOAD, {"tooltip": "A payload from PLIC Load; the first file's settings "
                                           "are used."}),
+        }, "optional": {
+            "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+                              "tooltip": "Denoising steps; 0 takes the file's (the reference: 60)."}),
+            "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
+                             "tooltip": "Random seed; -1 takes the file's (the reference: 786)."}),
+            "controlnet_strength": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.05,
+                                              "tooltip": "Strength of both ControlNets; -1 takes the "
+                                                         "file's (the reference: 1.0)."}),
+            "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance (the reference: 7.5)."}),
         }}
 
-    def run(self, plic):
+    def run(self, plic, steps=0, seed=-1, controlnet_strength=-1.0, cfg=DEFAULT_GUIDANCE):
         if not plic:
             raise PlicInputError("PLIC Decode Settings: the payload is empty")
-        chosen = DecodeSettings().resolve(plic[0].decode_hints)
-        return (chosen.seed, chosen.steps, chosen.negative_prompt, chosen.controlnet_scale)
+        chosen = DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
+                                controlnet_scale=None if controlnet_strength < 0 else controlnet_strength,
+                                guidance_scale=cfg).resolve(plic[0].decode_hints)
+        return (chosen.seed, chosen.steps, chosen.negative_prompt, chosen.controlnet_scale,
+                chosen.guidance_scale)
 
 
 NODE_CLASS_MAPPINGS = {"PlicRestoreSalient": PlicRestoreSalient, "PlicInpaintHint": PlicInpaintHint,
@@ -114,5 +130,5 @@ NODE_CLASS_MAPPINGS = {"PlicRestoreSalient": PlicRestoreSalient, "PlicInpaintHin
 NODE_DISPLAY_NAME_MAPPINGS = {
     "PlicRestoreSalient": "PLIC Restore Salient (paste stored pixels back exactly)",
     "PlicInpaintHint": "PLIC Inpaint Hint (kept pixels, -1 to regenerate)",
-    "PlicDecodeSettings": "PLIC Decode Settings (seed, steps, negative prompt from the file)",
+    "PlicDecodeSettings": "PLIC Decode Settings (seed, steps, negative prompt from the file, or yours)",
 }

@@ -10,11 +10,14 @@ from pathlib import Path
 from plic import codec, fileformat
 from plic.errors import PlicError, PlicInputError
 
-from .common import CATEGORY, PAYLOAD, comfy_directory, comfy_module
+from .common import CATEGORY, PAYLOAD, comfy_directory
 
 EXTENSION = ".plic"
-#: The name under which the input folder's .plic files are known to ComfyUI's folder_paths.
-FOLDER_NAME = "plic"
+PACK = Path(__file__).resolve().parents[1]
+#: The inputs the shipped workflows name, copied into ComfyUI's input folder so that every
+#: template queues as it is: input file name -> the pack's file.
+EXAMPLE_INPUTS = {"plic_example.png": PACK / "plic" / "data" / "example.png",
+                  "plic_example.plic": PACK / "workflows" / "input" / "plic_example.plic"}
 
 
 class PlicSave:
@@ -105,14 +108,26 @@ class PlicLoad:
 
 
 def input_files() -> list[str]:
-    """The .plic files under the input folder, as paths relative to it with '/'."""
-    folder_paths = comfy_module("folder_paths")
+    """The .plic files under the input folder, as paths relative to it with '/'. (Not a
+    folder_paths model folder: that would list the user's files as models.)"""
     root = comfy_directory("input")
-    if folder_paths is not None:
-        folder_paths.folder_names_and_paths[FOLDER_NAME] = ([str(root)], {EXTENSION})
-        return [name.replace(os.sep, "/") for name in folder_paths.get_filename_list(FOLDER_NAME)]
     return sorted(path.relative_to(root).as_posix() for path in root.rglob(f"*{EXTENSION}")
                   if path.is_file())
+
+
+def install_example_inputs(folder: Path) -> list[Path]:
+    """Copy the shipped workflows' inputs into ``folder`` where no file of that name is; a
+    user's file of the same name is never replaced. Returns the files written."""
+    written = []
+    for name, source in EXAMPLE_INPUTS.items():
+        target = folder / name
+        if target.exists():
+            continue
+        try:
+            written.append(fileformat.write_atomic(target, source.read_bytes()))
+        except FileExistsError:  # another process wrote it meanwhile
+            continue
+    return written
 
 
 def input_path(name: str) -> Path:

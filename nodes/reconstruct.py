@@ -3,11 +3,13 @@ pipeline with the inpaint and color+canny ControlNets) inside ComfyUI."""
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 
 from plic import codec, models
 from plic import reconstruct as core
 
+from . import memory
 from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_model_dirs,
                      comfy_module, rgb_list_to_image)
 
@@ -60,19 +62,23 @@ class PlicDiffusersLoader:
                                                           "color+canny ControlNet"))
         options = core.LoadOptions(device=comfy_device(), precision=precision,
                                    cpu_offload=bool(cpu_offload))
-        _free_comfy_memory(options.device)
+        memory.make_room(memory.weight_bytes(astuple(paths)), options.device)
         reconstructor = core.Reconstructor(paths, options)
-        reconstructor.pipeline  # load now so that missing files are reported by this node
+        _load_managed(reconstructor)  # load now so that missing files are reported by this node
         return (reconstructor,)
 
 
-def _free_comfy_memory(device: str) -> None:
-    """Ask ComfyUI to unload its own models from ``device`` before ours run there."""
-    management = comfy_module("comfy.model_management")
-    if management is None or not device.startswith("cuda"):
-        return
-    management.unload_all_models()
-    management.soft_empty_cache()
+def _load_managed(reconstructor: core.Reconstructor):
+    """The reconstructor's pipeline, registered with ComfyUI's memory manager and on its device
+    with room to run (ComfyUI offloads only what it must); with cpu_offload, only room for the
+    largest model at a time, which diffusers moves in and out itself."""
+    pipe = reconstructor.pipeline
+    device = str(reconstructor.options.device)
+    if reconstructor.options.cpu_offload:
+        memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
+        return pipe
+    memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
+    return pipe
 
 
 class _Progress:
@@ -122,14 +128,11 @@ class PlicReconstruct:
         check_one_size(parts, "PLIC Reconstruct", "decode")
         settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
                                        guidance_scale=guidance_scale)
-        _free_comfy_memory(str(pipeline.options.device))
+        _load_managed(pipeline)
         progress = _Progress(sum(settings.resolve(p.decode_hints).steps for p in parts))
         images = [pipeline.reconstruct(p, settings, on_step=progress.step) for p in parts]
         if not keep_loaded:
             core.release()  # the loader's output stays valid: the next run loads again
-        management = comfy_module("comfy.model_management")
-        if management is not None:
-            management.soft_empty_cache()
         return (rgb_list_to_image(images),)
 
 

@@ -13,6 +13,7 @@ from plic import salient as salient_mod
 from plic.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
 
+from . import memory
 from .common import (CATEGORY, SALIENT, comfy_model_dirs, comfy_module, image_to_rgb_list, map_batch, mask_to_list,
                      masks_to_tensor, rgb_list_to_image)
 
@@ -110,6 +111,8 @@ class PlicSalientRegions:
         sources = [name for name, on in (("faces", faces), ("text", text), ("dino+sam", dino_sam)) if on]
         budget = salient_mod.Budget(max_bpp=budget_bpp, max_fraction=None if max_fraction >= 1 else max_fraction)
         folders = model_folders() if dino_sam else None
+        if dino_sam:
+            load_managed_grounded_sam(folders)
 
         def one(item):
             rgb, user = item
@@ -128,6 +131,15 @@ class PlicSalientRegions:
         outputs = ([stored.part for stored, _ in results], masks_to_tensor([stored.mask for stored, _ in results]),
                    rgb_list_to_image([preview for _, preview in results]))
         return {"ui": {"text": [report]}, "result": outputs}
+
+
+def load_managed_grounded_sam(folders) -> None:
+    """Load Grounding DINO + SAM (cached; they run on the CPU) and list them among ComfyUI's
+    loaded models, so that its memory accounting sees them."""
+    from plic.grounded_sam import GroundedSAM
+
+    pair = GroundedSAM.load(folders)
+    memory.use(pair, lambda: {"dino": pair.dino, "sam": pair.sam}, "cpu")
 
 
 NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}

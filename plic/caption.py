@@ -355,6 +355,12 @@ def load_local_model(path: Path, device: str) -> tuple:
         return _MODELS[key]
 
 
+def release_local_models() -> None:
+    """Forget every cached local captioner (the next caption loads it again)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
 def _load_local_model(path: Path, device: str) -> tuple:
     transformers = require("transformers", package="transformers", purpose="Local captioning")
     log.info("loading the captioner in %s on %s", path, device)

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)
+    add_decode_hint_arguments(p)
     caption.add_caption_arguments(p)
     detect.add_salient_arguments(p)
     p.set_defaults(run=run_encode)
@@ -144,15 +145,36 @@ def run_encode(args) -> int:
     captioner = None if args.prompt is not None else caption.captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
+    hints = decode_hints_from_args(args)
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
-                                                                shown_notes))
+                                                                shown_notes, hints))
+
+
+def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decode settings stored in the file (a decoder uses them "
+                                      "unless told otherwise; nothing is stored for the defaults)")
+    group.add_argument("--decode-steps", type=int, metavar="N",
+                       help=f"denoising steps (default {codec.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
+    group.add_argument("--decode-seed", type=int, metavar="N",
+                       help=f"random seed (default {codec.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
+
+
+def decode_hints_from_args(args) -> dict:
+    """The decode hints --decode-steps / --decode-seed ask to store."""
+    if args.decode_steps is not None and args.decode_steps < 1:
+        raise _fail("--decode-steps", f"must be at least 1, got {args.decode_steps}")
+    if args.decode_seed is not None and args.decode_seed < 0:
+        raise _fail("--decode-seed", f"must not be negative, got {args.decode_seed}")
+    hints = {"steps": args.decode_steps, "seed": args.decode_seed}
+    return {key: value for key, value in hints.items() if value is not None}
 
 
 def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner,
-               shown_notes: set[str] | None = None) -> None:
-    """Compress the image ``path`` to ``target`` and print its sizes and what the salient step
-    kept; a note in ``shown_notes`` (such as a detector that cannot run) is not repeated."""
+               shown_notes: set[str] | None = None, decode_hints: dict | None = None) -> None:
+    """Compress the image ``path`` to ``target`` (storing ``decode_hints``) and print its sizes
+    and what the salient step kept; a note in ``shown_notes`` (such as a detector that cannot
+    run) is not repeated."""
     if target.exists() and not args.overwrite:
         raise _fail(target, "already exists; pass --overwrite to replace it")
     rgb = load_rgb(path)
@@ -165,13 +187,13 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     try:
         if goal is None:
             plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
-                                        salient=salient)
+                                        salient=salient, decode_hints=decode_hints)
             data, notes = fileformat.dumps(plic), []
             warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
             notes += [warning] if warning else []
         else:
             fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings,
-                                     salient=salient)
+                                     salient=salient, decode_hints=decode_hints)
             plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
     except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
         raise _fail(path, str(exc)) from None

@@ -287,6 +287,11 @@ def load_sam(checkpoint: Path):
 _CACHE: dict[tuple, "GroundedSAM"] = {}
 
 
+def release() -> None:
+    """Forget the cached Grounding DINO + SAM pair (the next use loads it again)."""
+    _CACHE.clear()
+
+
 class GroundedSAM:
     """Grounding DINO boxes for a text prompt, each turned into a mask by Segment Anything.
 

@@ -41,5 +41,7 @@ if [ "$mode" = full ] && [ ! -e .venv/.full ]; then
   "${pip[@]}" --no-deps --no-build-isolation groundingdino-py
   # BRISQUE reads only the trained SVR the brisque package ships; its code and pins are not used.
   "${pip[@]}" --no-deps brisque
+  # ComfyUI's own requirements, for the tests that run the pack inside a real ComfyUI.
+  "${pip[@]}" -r tests/comfyui-requirements.txt
   touch .venv/.full
 fi

@@ -272,3 +272,16 @@ def test_a_mask_alone_is_kept_losslessly_beyond_the_default_budget(tmp_path, cap
     assert plic.section_sizes()["salient_pixels"] * 8 / (512 * 512) > 0.5
     assert cli.main(args + ["--overwrite", "--salient-budget", "0.5"]) == 0  # asked for: applied
     assert "stored as webp" in capsys.readouterr().out
+
+
+def test_encode_stores_decode_hints_only_when_asked(tmp_path):
+    image = image_path("chelsea.png")
+    plic("encode", image, "-o", tmp_path / "default", "--prompt", "a cat", "--salient", "none")
+    plic("encode", image, "-o", tmp_path / "cpu", "--prompt", "a cat", "--salient", "none",
+         "--decode-steps", "3", "--decode-seed", "7")
+    default = fileformat.load(tmp_path / "default" / "chelsea.plic")
+    cpu = fileformat.load(tmp_path / "cpu" / "chelsea.plic")
+    assert default.decode_hints == {}  # the reference's settings cost no bytes
+    assert cpu.decode_hints == {"steps": 3, "seed": 7}
+    bad = plic("encode", image, "-o", tmp_path / "bad", "--decode-steps", "0", check=False)
+    assert bad.returncode == 1 and "--decode-steps: must be at least 1" in bad.stderr

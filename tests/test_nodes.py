@@ -299,3 +299,14 @@ def test_caption_node_offers_no_limit_beyond_the_prompts():
 
     max_chars = PlicCaption.INPUT_TYPES()["required"]["max_chars"][1]
     assert max_chars["max"] == codec.MAX_PROMPT_CHARS == max_chars["default"]
+
+
+def test_example_inputs_are_installed_once_and_never_over_a_users_file(tmp_path):
+    from nodes.files import EXAMPLE_INPUTS, install_example_inputs
+
+    (tmp_path / "plic_example.png").write_bytes(b"the user's own file")
+    written = install_example_inputs(tmp_path)
+    assert [p.name for p in written] == ["plic_example.plic"]
+    assert (tmp_path / "plic_example.png").read_bytes() == b"the user's own file"
+    assert (tmp_path / "plic_example.plic").read_bytes() == EXAMPLE_INPUTS["plic_example.plic"].read_bytes()
+    assert install_example_inputs(tmp_path) == []

@@ -1,4 +1,4 @@
-"""examples/queue_workflow.py against a real HTTP server on 127.0.0.1 that answers like ComfyUI."""
+"""scripts/queue_workflow.py against a real HTTP server on 127.0.0.1 that answers like ComfyUI."""
 
 import json
 import threading
@@ -78,7 +78,7 @@ def comfy():
 
 
 def run_client(comfy, *args):
-    from examples import queue_workflow
+    from scripts import queue_workflow
 
     return queue_workflow.main(["--server", f"127.0.0.1:{comfy.server_address[1]}",
                                 "--workflow", str(REPO / "workflows" / "api" / "plic_compress.json"),
@@ -128,7 +128,7 @@ def test_a_failed_run_is_reported(comfy, capsys):
 
 
 def test_an_unreachable_server_is_reported(capsys):
-    from examples import queue_workflow
+    from scripts import queue_workflow
 
     assert queue_workflow.main(["--server", "127.0.0.1:9", "--workflow",
                                 str(REPO / "workflows" / "api" / "plic_compress.json")]) == 1

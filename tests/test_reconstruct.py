@@ -178,9 +178,17 @@ def test_inpaint_hint_node_marks_pixels_to_regenerate(plic_file):
 
 
 def test_decode_settings_node_reads_the_file(plic_file):
-    seed, steps, negative, strength = PlicDecodeSettings().run([plic_file])
-    assert (seed, steps, strength) == (5, STEPS, 1.0)
+    seed, steps, negative, strength, cfg = PlicDecodeSettings().run([plic_file])
+    assert (seed, steps, strength, cfg) == (5, STEPS, 1.0, core.DEFAULT_GUIDANCE)
     assert negative == codec.DEFAULT_DECODE_HINTS["negative_prompt"]
+
+
+def test_decode_settings_node_overrides_what_is_set(plic_file):
+    seed, steps, negative, strength, cfg = PlicDecodeSettings().run(
+        [plic_file], steps=3, seed=11, controlnet_strength=0.6, cfg=4.0)
+    assert (seed, steps, strength, cfg) == (11, 3, 0.6, 4.0)
+    assert negative == codec.DEFAULT_DECODE_HINTS["negative_prompt"]
+    assert PlicDecodeSettings().run([plic_file], steps=3)[:2] == (5, 3)  # the rest stays the file's
 
 
 def _run_cli(*args):

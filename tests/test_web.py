@@ -57,3 +57,11 @@ def test_the_extension_names_real_node_classes():
     shows_ui = {name for name, cls in NODE_CLASS_MAPPINGS.items()
                 if '{"ui":' in inspect.getsource(getattr(cls, cls.FUNCTION))}
     assert shows_ui == set(readout)
+
+
+def test_the_extension_uses_only_the_frontends_public_api():
+    """scripts/widgets.js is internal (the newest frontend warns on import) and widget.inputEl is
+    deprecated for widget.element; the readout shows a label, not its internal name."""
+    source = (REPO / "web" / "plic.js").read_text()
+    assert "scripts/widgets.js" not in source and "inputEl" not in source
+    assert "addDOMWidget" in source and "widget.label = READOUT_LABEL" in source

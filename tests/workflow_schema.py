@@ -41,8 +41,15 @@ def schemas_from_mappings(mappings: dict) -> dict:
 
 
 def load_schemas(object_info: Path, mappings: dict) -> dict:
-    """ComfyUI's schemas from ``object_info`` (JSON) with ours added on top."""
-    return {**json.loads(object_info.read_text()), **schemas_from_mappings(mappings)}
+    """ComfyUI's schemas from ``object_info`` (JSON) with ours added on top; Load Image also
+    lists the example images the pack puts into ComfyUI's input folder (nodes/files.py)."""
+    from nodes.files import EXAMPLE_INPUTS
+
+    schemas = {**json.loads(object_info.read_text()), **schemas_from_mappings(mappings)}
+    image = schemas["LoadImage"]["input"]["required"]["image"]
+    examples = {name for name in EXAMPLE_INPUTS if Path(name).suffix in (".png", ".jpg")}
+    image[0] = sorted(set(image[0]) | examples)
+    return schemas
 
 
 # --- input specs ------------------------------------------------------------------------------

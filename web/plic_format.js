@@ -6,6 +6,9 @@
 export const READOUT_NODES = ["PlicPack", "PlicSave", "PlicSalientRegions", "PlicCaption",
   "PlicEvaluate", "PlicSameSizeCodecs"];
 export const UPLOAD_NODE = "PlicLoad";
+/** The readout's widget name (internal, never saved) and the label the editor shows. */
+export const READOUT_WIDGET = "plic_readout";
+export const READOUT_LABEL = "report";
 export const PLIC_EXTENSION = ".plic";
 
 /** "812 B", "7.1 KB", "2.4 MB". */
@@ -52,7 +55,7 @@ export function buildUploadForm(file, FormDataClass = FormData) {
   const form = new FormDataClass();
   form.append("image", file, file.name);
   form.append("type", "input");
-  form.append("overwrite", "true");
+  form.append("overwrite", "false"); // as everywhere in the pack: never replace a file
   return form;
 }
 

@@ -48,7 +48,7 @@ test("buildUploadForm posts the file to the input folder", async () => {
   const file = new File([new Uint8Array([0x89, 0x50])], "photo.plic");
   const form = buildUploadForm(file);
   assert.equal(form.get("type"), "input");
-  assert.equal(form.get("overwrite"), "true");
+  assert.equal(form.get("overwrite"), "false");
   assert.equal(form.get("image").name, "photo.plic");
   assert.deepEqual([...new Uint8Array(await form.get("image").arrayBuffer())], [0x89, 0x50]);
 });

@@ -8,7 +8,7 @@ Uses only ComfyUI's HTTP API and the standard library:
   4. GET  /view           downloads every output file (images, .plic) into --download.
 
 Example:
-  python examples/queue_workflow.py --workflow workflows/api/plic_compress.json \
+  python scripts/queue_workflow.py --workflow workflows/api/plic_compress.json \
       --image photo.jpg --download out/
 """
 
