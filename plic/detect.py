@@ -46,7 +46,7 @@ DEFAULT_TEXT_THRESHOLD = 0.25
 #: boats) 0.72-0.75.
 DEFAULT_FACE_THRESHOLD = 0.8
 #: Score (Tesseract's word confidence / 100) a word needs to be kept.
-DEFAULT_WORD_THRESHOLD = 0.6
+DEFAULT_WORD_THRESHOLD = 0.7
 #: Faces are grown by this fraction of their box on each side (hair, chin, ears).
 FACE_MARGIN = 0.1
 
@@ -137,12 +137,14 @@ def _grown(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, in
 
 # --- text --------------------------------------------------------------------------------------
 
-#: Text lines the pre-test looks for: strokes this many pixels high at least / at most.
-TEXT_LINE_HEIGHTS = (8, 160)
+#: Letters the pre-test looks for are this many pixels high at least / at most.
+TEXT_LETTER_HEIGHTS = (8, 160)
 #: Smallest gradient (0..255) a stroke edge needs to count in the pre-test.
 TEXT_EDGE_CONTRAST = 48
-#: Shares of a line box the pre-test wants covered by sharp edges (text is dense in them).
-TEXT_EDGE_DENSITY = (0.30, 0.85)
+#: A text line needs this many letter-like shapes side by side.
+TEXT_MIN_LETTERS = 3
+#: White rows between the strips of a line sheet (see :func:`line_sheet`).
+SHEET_GAP = 8
 #: A word needs this many letters or digits to count.
 MIN_WORD_CHARACTERS = 2
 
@@ -169,24 +171,40 @@ def _require_tesseract() -> str:
 
 
 def text_lines(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The cheap pre-test for text: boxes (x, y, w, h) of runs of sharp, dense, letter-high
-    strokes laid out in a row. No box means no OCR; a box is only a place worth reading."""
+    """The cheap pre-test for text: boxes (x, y, w, h) of rows of at least TEXT_MIN_LETTERS
+    letter-like shapes (sharp outlines of about one height, side by side, closer than their
+    height). No box means no OCR; a box is only a place worth reading."""
     import cv2
 
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     gradient = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     edges = (gradient >= TEXT_EDGE_CONTRAST).astype(np.uint8)
-    rows = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, np.ones((1, 9), np.uint8))
-    count, _labels, stats, _ = cv2.connectedComponentsWithStats(rows, connectivity=8)
-    integral = cv2.integral(edges)
-    low, high = TEXT_LINE_HEIGHTS
+    _, _, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
+    x, y, w, h, area = (stats[1:, i] for i in range(5))
+    low, high = TEXT_LETTER_HEIGHTS
+    # A word whose outlines touch is one shape: when it is dense (a long thin curve, a rim or a
+    # branch, is not) it counts as one letter per 0.6 of its height in width.
+    narrow = w <= 1.5 * h
+    letters = np.flatnonzero((h >= low) & (h <= high) & (w >= 2) & (narrow | (area >= 0.25 * w * h)))
+    weight = np.where(narrow, 1.0, w / (0.6 * h))
+    # Each letter's middle third, stretched sideways by 0.6 of its height: the letters of a
+    # line (capitals, x-height letters, descenders alike) join, letters of other lines do not.
+    rows = np.zeros_like(edges)
+    for i in letters:
+        reach = int(0.6 * h[i])
+        rows[y[i] + h[i] // 3:y[i] + 2 * h[i] // 3 + 1, max(0, x[i] - reach):x[i] + w[i] + reach] = 1
+    _, row_of = cv2.connectedComponents(rows, connectivity=4)
+    owner = row_of[y[letters] + h[letters] // 2, x[letters] + w[letters] // 2]
     lines = []
-    for x, y, w, h, _area in stats[1:]:
-        if not low <= h <= high or w < 2 * h:
+    for row in np.unique(owner[owner > 0]):
+        members = letters[owner == row]
+        middle = np.median(h[members])
+        members = members[(h[members] >= middle / 1.6) & (h[members] <= middle * 1.6)]  # one size
+        if weight[members].sum() < TEXT_MIN_LETTERS:
             continue
-        density = (integral[y + h, x + w] - integral[y, x + w] - integral[y + h, x] + integral[y, x]) / (w * h)
-        if TEXT_EDGE_DENSITY[0] <= density <= TEXT_EDGE_DENSITY[1]:
-            lines.append((int(x), int(y), int(w), int(h)))
+        x0, y0 = x[members].min(), y[members].min()
+        lines.append((int(x0), int(y0), int((x[members] + w[members]).max() - x0),
+                      int((y[members] + h[members]).max() - y0)))
     return lines
 
 
@@ -198,7 +216,7 @@ def tesseract_words(gray: np.ndarray) -> list[tuple[str, float, tuple[int, int, 
     image = b"P5\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(gray, np.uint8).tobytes()
     # One OpenMP thread: several threads are ~3x slower on a busy 2-core machine.
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    done = subprocess.run([command, "stdin", "stdout", "tsv"], input=image, capture_output=True, env=env)
+    done = subprocess.run([command, "stdin", "stdout", "--psm", "6", "tsv"], input=image, capture_output=True, env=env)
     if done.returncode:
         raise PlicError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace').strip()}")
     words = []
@@ -210,28 +228,70 @@ def tesseract_words(gray: np.ndarray) -> list[tuple[str, float, tuple[int, int, 
     return words
 
 
+def line_sheet(gray: np.ndarray, lines) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The ``lines`` of ``gray``, each padded by half its height, cut out, binarised (Otsu; the
+    smaller class, the strokes, dark on white) and stacked on one white sheet with gaps, so one
+    Tesseract run reads them all. Returns the sheet and each strip's (top in the sheet,
+    height, x, y in the image)."""
+    import cv2
+
+    from .salient import _merge_overlaps
+
+    height, width = gray.shape
+    boxes = _merge_overlaps([(max(0, x - h // 2), max(0, y - h // 2), min(width, x + w + h // 2),
+                              min(height, y + h + h // 2)) for x, y, w, h in lines])
+    strips, places, top = [], [], 0
+    for x0, y0, x1, y1 in sorted(boxes, key=lambda b: (b[1], b[0])):
+        _, strip = cv2.threshold(gray[y0:y1, x0:x1], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        strips.append(255 - strip if (strip == 0).mean() > 0.5 else strip)
+        places.append((top, y1 - y0, x0, y0))
+        top += y1 - y0 + SHEET_GAP
+    sheet = np.full((top, max(s.shape[1] for s in strips) + SHEET_GAP), 255, np.uint8)
+    for strip, (top, rows, _, _) in zip(strips, places):
+        sheet[top:top + rows, :strip.shape[1]] = strip
+    return sheet, places
+
+
 def detect_text(rgb: np.ndarray, *, pad: int = 2) -> list[Candidate]:
-    """Words Tesseract reads inside the area :func:`text_lines` marks (none: no OCR at all);
-    the score is Tesseract's confidence over 100. :func:`find_salient` applies the threshold."""
+    """One candidate per line that :func:`text_lines` marks (none: no OCR at all) and in which
+    Tesseract, reading all of them from one :func:`line_sheet`, finds a word: its box covers
+    the line and the words, its label is the words read, its score the mean confidence (over
+    100) of its words with MIN_WORD_CHARACTERS letters or digits (else of all its words), so
+    a line of texture read as a string of low-confidence 'words' scores low.
+    :func:`find_salient` applies the threshold."""
+    import cv2
+
     _require_tesseract()
     lines = text_lines(rgb)
     if not lines:
         return []
     height, width = rgb.shape[:2]
-    margin = max(h for *_, h in lines)
-    x0 = max(0, min(x for x, *_ in lines) - margin)
-    y0 = max(0, min(y for _, y, *_ in lines) - margin)
-    x1 = min(width, max(x + w for x, _, w, _ in lines) + margin)
-    y1 = min(height, max(y + h for _, y, _, h in lines) + margin)
-    import cv2
-
-    gray = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    sheet, places = line_sheet(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), lines)
+    words = []  # (text, confidence, box in the image)
+    for text, confidence, (x, y, w, h) in tesseract_words(sheet):
+        strip = [p for p in places if p[0] <= y + h // 2 < p[0] + p[1]]
+        if strip and w > 0 and h > 0:
+            top, _, x0, y0 = strip[0]
+            words.append((text, confidence, (x + x0, y - top + y0, w, h)))
     found = []
-    for text, confidence, (x, y, w, h) in tesseract_words(gray):
-        if w > 0 and h > 0:
-            box = _grown((x + x0, y + y0, w, h), pad, pad, width, height)
-            found.append(Candidate("text", text, box, confidence))
+    for lx, ly, lw, lh in lines:
+        inside = [(t, c, b) for t, c, b in words
+                  if lx - lh <= b[0] + b[2] / 2 <= lx + lw + lh and ly - lh / 2 <= b[1] + b[3] / 2 <= ly + lh * 1.5]
+        if not inside:
+            continue
+        real = [c for t, c, _ in inside if _alnum(t) >= MIN_WORD_CHARACTERS]
+        x0 = min([lx] + [b[0] for *_, b in inside])
+        y0 = min([ly] + [b[1] for *_, b in inside])
+        x1 = max([lx + lw] + [b[0] + b[2] for *_, b in inside])
+        y1 = max([ly + lh] + [b[1] + b[3] for *_, b in inside])
+        box = _grown((x0, y0, x1 - x0, y1 - y0), pad, pad, width, height)
+        found.append(Candidate("text", " ".join(t for t, *_ in inside), box,
+                               float(np.mean(real or [c for _, c, _ in inside]))))
     return found
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
 
 
 def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
@@ -240,7 +300,7 @@ def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
     threshold = thresholds.get(candidate.source)
     if threshold is not None and candidate.score < threshold:
         return f"score {candidate.score:.2f} < {threshold:.2f}"
-    if candidate.source == "text" and sum(ch.isalnum() for ch in candidate.label) < MIN_WORD_CHARACTERS:
+    if candidate.source == "text" and _alnum(candidate.label) < MIN_WORD_CHARACTERS:
         return f"fewer than {MIN_WORD_CHARACTERS} letters or digits"
     return None
 
