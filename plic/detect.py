@@ -200,6 +200,12 @@ def text_lines(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
         members = letters[owner == row]
         middle = np.median(h[members])
         members = members[(h[members] >= middle / 1.6) & (h[members] <= middle * 1.6)]  # one size
+        if members.size == 0:
+            continue
+        # on one baseline or one top line (descenders and capitals move only one of them)
+        bottom, top = y[members] + h[members], y[members]
+        members = members[(np.abs(bottom - np.median(bottom)) <= 0.15 * middle)
+                          | (np.abs(top - np.median(top)) <= 0.15 * middle)]
         if weight[members].sum() < TEXT_MIN_LETTERS:
             continue
         x0, y0 = x[members].min(), y[members].min()
