@@ -140,7 +140,7 @@ def _grown(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, in
 #: Letters the pre-test looks for are this many pixels high at least / at most.
 TEXT_LETTER_HEIGHTS = (8, 160)
 #: Smallest gradient (0..255) a stroke edge needs to count in the pre-test.
-TEXT_EDGE_CONTRAST = 48
+TEXT_EDGE_CONTRAST = 80
 #: A text line needs this many letter-like shapes side by side.
 TEXT_MIN_LETTERS = 3
 #: White rows between the strips of a line sheet (see :func:`line_sheet`).

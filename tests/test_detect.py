@@ -101,7 +101,7 @@ def test_text_found_on_page():
     lines = detect.detect_text(rgb)
     assert len(lines) >= 4
     labels = " ".join(c.label for c in lines).lower()
-    assert "segmentation" in labels and "coins" in labels
+    assert "markers" in labels and "coins" in labels
     assert all(c.source == "text" and 0 <= c.score <= 1 for c in lines)
     result = detect.find_salient(rgb, ("text",))
     assert result.mask.any() and result.counts()["text"] >= 4
