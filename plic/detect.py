@@ -145,8 +145,11 @@ TEXT_EDGE_CONTRAST = 80
 TEXT_MIN_LETTERS = 3
 #: White rows between the strips of a line sheet (see :func:`line_sheet`).
 SHEET_GAP = 8
-#: A word needs this many letters or digits to count.
+#: A word needs this many letters or digits to count in its line's score.
 MIN_WORD_CHARACTERS = 2
+#: A line of text needs this many letters or digits to be kept (texture read as text gives
+#: short 'words' such as 'wa' or 'al' at confidences up to 0.74).
+MIN_LINE_CHARACTERS = 3
 
 
 def tesseract_command() -> str | None:
@@ -302,12 +305,12 @@ def _alnum(text: str) -> int:
 
 def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
     """Why ``candidate`` is not kept (None: it is): a score under its source's threshold, or a
-    'word' with too few letters or digits."""
+    line of text with too few letters or digits."""
     threshold = thresholds.get(candidate.source)
     if threshold is not None and candidate.score < threshold:
         return f"score {candidate.score:.2f} < {threshold:.2f}"
-    if candidate.source == "text" and _alnum(candidate.label) < MIN_WORD_CHARACTERS:
-        return f"fewer than {MIN_WORD_CHARACTERS} letters or digits"
+    if candidate.source == "text" and _alnum(candidate.label) < MIN_LINE_CHARACTERS:
+        return f"fewer than {MIN_LINE_CHARACTERS} letters or digits"
     return None
 
 
@@ -371,8 +374,8 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
                  word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = 800) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
-    Faces scoring under ``face_threshold`` and words under ``word_threshold`` (or with fewer
-    than MIN_WORD_CHARACTERS letters or digits) are rejected, each with its reason; Grounding
+    Faces scoring under ``face_threshold`` and lines of text under ``word_threshold`` (or with
+    fewer than MIN_LINE_CHARACTERS letters or digits) are rejected, each with its reason; Grounding
     DINO applies ``box_threshold`` / ``text_threshold`` itself. A detector that cannot run
     (Tesseract not installed, model missing) raises if ``strict`` is True or names it (a
     collection of sources); otherwise it is skipped and the reason is recorded in ``notes``.

@@ -54,9 +54,10 @@ def test_thresholds_decide_what_is_kept_and_the_report_says_why():
     assert loose.kept == [face] and loose.rejected == []
 
 
-def test_a_text_candidate_needs_two_letters_or_digits():
-    line = Candidate("text", "| - 1", (0, 0, 10, 10), 0.95)
-    assert detect.rejection(line, {"text": 0.7}) == "fewer than 2 letters or digits"
+def test_a_text_candidate_needs_three_letters_or_digits():
+    for label in ("| - 1", "wa", "‘al |"):  # texture read as text
+        line = Candidate("text", label, (0, 0, 10, 10), 0.95)
+        assert detect.rejection(line, {"text": 0.7}) == "fewer than 3 letters or digits"
     assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.95), {"text": 0.7}) is None
     assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.5), {"text": 0.7}) == "score 0.50 < 0.70"
 
