@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from plic import codec, detect, fileformat, salient  # noqa: E402
+from plic.deps import require  # noqa: E402
 from plic.image import load_rgb, to_working  # noqa: E402
 from plic.salient import Candidate  # noqa: E402
 
@@ -191,7 +192,7 @@ def haar_faces(rgb: np.ndarray) -> list[Candidate]:
 def pytesseract_text(rgb: np.ndarray) -> list[Candidate]:
     """PLIC's earlier text detector, for comparison: pytesseract on the whole image (it writes a
     temporary PNG per call), words of confidence >= 60."""
-    import pytesseract
+    pytesseract = require("pytesseract", package="pytesseract", purpose="The --peers text baseline")
 
     data = pytesseract.image_to_data(rgb, output_type=pytesseract.Output.DICT)
     return [Candidate("text", t.strip(), (x, y, w, h), float(c) / 100)

@@ -9,6 +9,7 @@ command -v jbig2dec >/dev/null || missing+=(jbig2dec)
 command -v pbmtojbg >/dev/null || missing+=(jbigkit-bin)
 command -v tesseract >/dev/null || missing+=(tesseract-ocr)
 command -v node >/dev/null || missing+=(nodejs)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)  # words drawn in tests/test_detect.py
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
