@@ -165,13 +165,19 @@ class Report:
             dropped = ", ".join(f"{n} {s}" for s, n in self.counts("dropped").items())
             lines.append(f"salient: dropped {dropped} to fit the budget")
         if self.rejected:
-            rejected = count_sources([c for c, _ in self.rejected])
-            best = {s: max(c.score for c, _ in self.rejected if c.source == s) for s in rejected}
-            lines.append("salient: rejected " + ", ".join(f"{n} {s} (best score {best[s]:.2f})"
-                                                          for s, n in rejected.items())
-                         + " under the thresholds")
+            lines.append("salient: rejected " + "; ".join(self._rejections()))
         lines += [f"salient: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def _rejections(self) -> list[str]:
+        """Per source: how many were rejected, by kind of reason (a score under the threshold:
+        with the best such score)."""
+        groups: dict[tuple[str, str], list[float]] = {}
+        for c, why in self.rejected:
+            kind = "under the threshold" if why.startswith("score ") else f"with {why}"
+            groups.setdefault((c.source, kind), []).append(c.score)
+        return [f"{len(scores)} {source} {kind}" + (f" (best {max(scores):.2f})" if kind == "under the threshold" else "")
+                for (source, kind), scores in groups.items()]
 
     def details(self) -> str:
         """One line per candidate: kept, dropped for the budget, or rejected and why."""

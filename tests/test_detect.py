@@ -47,7 +47,8 @@ def test_thresholds_decide_what_is_kept_and_the_report_says_why():
     assert strict.kept == [] and len(strict.rejected) == 1
     face, reason = strict.rejected[0]
     assert reason == f"score {face.score:.2f} < 0.99"
-    assert "rejected 1 faces" in strict.summary() and "ran faces" in strict.summary()
+    assert f"rejected 1 faces under the threshold (best {face.score:.2f})" in strict.summary()
+    assert "ran faces" in strict.summary()
     assert f"rejected faces 'face' at {list(face.box)}" in strict.details()
     assert strict.as_dict()["rejected"][0]["reason"] == reason
     loose = detect.run_salient(rgb, ("faces",), face_threshold=0.0).report
