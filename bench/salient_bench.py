@@ -8,7 +8,8 @@ The set is built at run time, nothing of it is in the repository:
   ``nature`` folder of Debian's ``mate-backgrounds`` (GPL-2+; fetched with ``apt-get download``
   into ``--cache`` when not installed);
 * real faces: ``astronaut.png`` (../shared/images) and ``messi5.jpg`` from Debian's
-  ``opencv-doc`` examples (BSD-3, OpenCV's licence), each face box labelled by hand;
+  ``opencv-doc`` examples (the package's `Files: *` entry: Apache-2.0 AND BSD-3-Clause; not
+  shipped here), each face box labelled by hand;
 * composites with known boxes: those two faces pasted at 24-160 px onto the face-free photos,
   and words drawn in DejaVu Sans (Debian ``fonts-dejavu-core``) at x-heights of 12-32 px, dark
   on a light sign or white with a dark outline.
