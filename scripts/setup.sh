@@ -15,6 +15,7 @@ if [ "$mode" = full ]; then
   command -v tesseract >/dev/null || missing+=(tesseract-ocr)
   command -v node >/dev/null || missing+=(nodejs)
   command -v chromium >/dev/null || missing+=(chromium)  # opens plic eval's HTML report in tests
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)  # words drawn in tests/test_detect.py
   if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

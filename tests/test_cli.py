@@ -79,7 +79,7 @@ def test_export_writes_standard_files(encoded, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     # the face the default salient step finds is stored as one region
     assert names == ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
-                     "salient_000_166_56.webp", "salient_mask.png", "salient_pixels.png"]
+                     "salient_000_167_50.webp", "salient_mask.png", "salient_pixels.png"]
     assert (tmp_path / "prompt.txt").read_text() == "a test prompt\n"
     with Image.open(tmp_path / "palette.webp") as im:
         assert im.size == (32, 32)

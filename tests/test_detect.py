@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_shared, require_tool
+from conftest import load_shared, needs_shared, require_tool
 from plic import detect
-from plic.errors import ModelNotFoundError, PlicInputError
+from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
+from plic.salient import Candidate
 
 
 
@@ -20,26 +21,150 @@ def tesseract():
 def test_faces_found_on_astronaut():
     rgb = load_shared("astronaut.png")
     faces = detect.detect_faces(rgb)
-    assert faces, "the OpenCV cascades found no face on astronaut.png"
-    x, y, w, h = max(faces, key=lambda c: c.score).box
+    assert len(faces) == 1, "libfacedetection should find exactly the one face of astronaut.png"
+    x, y, w, h = faces[0].box
     # The face of the portrait lies in the upper middle of the image.
-    assert 150 <= x + w / 2 <= 300 and 60 <= y + h / 2 <= 200 and 60 <= w <= 200
-    assert all(0 < c.score <= 1 and c.source == "faces" for c in faces)
+    assert 190 <= x + w / 2 <= 250 and 90 <= y + h / 2 <= 150 and 80 <= w <= 140
+    assert faces[0].source == "faces" and faces[0].score >= detect.DEFAULT_FACE_THRESHOLD
+    result = detect.find_salient(rgb, ("faces",))
+    assert result.counts() == {"faces": 1} and result.rejected == [] and "faces" in result.seconds
 
 
 def test_no_face_on_a_plain_image():
     assert detect.detect_faces(np.full((200, 300, 3), 128, np.uint8)) == []
 
 
+@pytest.mark.parametrize("name", ["chelsea.png", pytest.param("motorcycle.png", marks=needs_shared),
+                                  pytest.param("evening-boats.jpg", marks=needs_shared)])
+def test_face_free_photos_keep_no_face_and_say_why(name):
+    """The detector's weak guesses (a headlamp, boats, a cat) are found, rejected and reported."""
+    result = detect.find_salient(load_shared(name), ("faces",))
+    assert result.candidates == [] and not result.mask.any()
+    assert result.rejected, f"{name}: libfacedetection reported nothing at all, not even a weak guess"
+    for candidate, reason in result.rejected:
+        assert candidate.score < detect.DEFAULT_FACE_THRESHOLD
+        assert reason == f"score {candidate.score:.2f} < {detect.DEFAULT_FACE_THRESHOLD:.2f}"
+
+
+def test_thresholds_decide_what_is_kept_and_the_report_says_why():
+    rgb = load_shared("astronaut.png")
+    strict = detect.run_salient(rgb, ("faces",), face_threshold=0.99).report
+    assert strict.kept == [] and len(strict.rejected) == 1
+    face, reason = strict.rejected[0]
+    assert reason == f"score {face.score:.2f} < 0.99"
+    assert f"rejected 1 faces under the threshold (best {face.score:.2f})" in strict.summary()
+    assert "ran faces" in strict.summary()
+    assert f"rejected faces 'face' at {list(face.box)}" in strict.details()
+    assert strict.as_dict()["rejected"][0]["reason"] == reason
+    loose = detect.run_salient(rgb, ("faces",), face_threshold=0.0).report
+    assert loose.kept == [face] and loose.rejected == []
+
+
+def test_a_text_candidate_needs_three_letters_or_digits():
+    for label in ("| - 1", "wa", "‘al |"):  # texture read as text
+        line = Candidate("text", label, (0, 0, 10, 10), 0.95)
+        assert detect.rejection(line, {"text": 0.7}) == "fewer than 3 letters or digits"
+    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.95), {"text": 0.7}) is None
+    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.5), {"text": 0.7}) == "score 0.50 < 0.70"
+
+
+def draw_words(rgb: np.ndarray, words) -> list[tuple[int, int, int, int]]:
+    """Dark words on light signs, (text, x-height, (x, y)) each, drawn into ``rgb``; their boxes."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    boxes = []
+    for text, x_height, at in words:
+        font = ImageFont.truetype(FONT, round(x_height / 0.547))  # DejaVu Sans: x-height 0.547 em
+        left, top, right, bottom = draw.textbbox(at, text, font=font)
+        draw.rectangle((left - x_height, top - x_height, right + x_height, bottom + x_height), fill=(236, 232, 220))
+        draw.text(at, text, font=font, fill=(25, 25, 30))
+        boxes.append((left, top, right - left, bottom - top))
+    rgb[:] = np.asarray(image)
+    return boxes
+
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+@pytest.fixture
+def font():
+    if not Path(FONT).is_file():
+        pytest.fail(f"{FONT} is missing: run `bash scripts/setup.sh` as root, or "
+                    "`apt-get install fonts-dejavu-core`", pytrace=False)
+    return FONT
+
+
+def test_words_drawn_on_a_photo_are_kept_over_their_box(tesseract, font):
+    rgb = load_shared("rocket.jpg").copy()
+    boxes = draw_words(rgb, [("Harbour", 14, (40, 40)), ("No parking", 24, (60, 250))])
+    result = detect.find_salient(rgb, ("text",))
+    for x, y, w, h in boxes:
+        assert result.mask[y:y + h, x:x + w].mean() >= 0.6
+    assert all(c.source == "text" and c.score >= detect.DEFAULT_WORD_THRESHOLD for c in result.candidates)
+    labels = " ".join(c.label for c in result.candidates)
+    assert "Harbour" in labels and "parking" in labels
+
+
 def test_text_found_on_page(tesseract):
     rgb = load_shared("page.png")
-    words = detect.detect_text(rgb)
-    assert len(words) >= 10
-    labels = " ".join(c.label for c in words).lower()
-    assert any(ch.isalpha() for ch in labels)
-    assert all(c.source == "text" and 0.6 <= c.score <= 1 for c in words)
+    lines = detect.detect_text(rgb)
+    assert len(lines) >= 4
+    labels = " ".join(c.label for c in lines).lower()
+    assert "markers" in labels and "coins" in labels
+    assert all(c.source == "text" and 0 <= c.score <= 1 for c in lines)
     result = detect.find_salient(rgb, ("text",))
-    assert result.mask.any() and result.counts() == {"text": len(words)}
+    assert result.mask.any() and result.counts()["text"] >= 4
+
+
+def tesseract_that_counts(folder: Path) -> Path:
+    """A real ``tesseract`` wrapper that appends a line to ``calls`` beside it, then runs it."""
+    import shutil
+
+    script = folder / "tesseract"
+    script.write_text(f'#!/bin/sh\necho run >> "{folder}/calls"\nexec "{shutil.which("tesseract")}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_no_ocr_where_the_pretest_sees_no_text_and_no_temporary_files(tesseract, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("PLIC_TESSERACT", str(tesseract_that_counts(tmp_path)))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    plain = load_shared("chelsea.png")
+    assert detect.text_lines(plain) == [] and detect.detect_text(plain) == []
+    assert not (tmp_path / "calls").exists(), "Tesseract ran on an image the pre-test found no text in"
+    assert detect.detect_text(load_shared("page.png"))
+    assert (tmp_path / "calls").read_text() == "run\n"  # one run for all the lines
+    assert list(temp.iterdir()) == []
+
+
+def test_a_missing_tesseract_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
+    assert not detect.tesseract_available()
+    with pytest.raises(MissingDependencyError, match="apt-get install tesseract-ocr"):
+        detect.detect_text(load_shared("page.png"))
+
+
+def test_line_sheet_stacks_binarised_strips():
+    gray = np.full((100, 200), 200, np.uint8)
+    gray[20:30, 10:60] = 30  # dark "line" on light ground
+    gray[70:80, 100:190] = 250  # light "line" on a darker patch
+    gray[60:90, 90:200] = np.where(gray[60:90, 90:200] == 250, 250, 60)
+    sheet, places = detect.line_sheet(gray, [(10, 20, 50, 10), (100, 70, 90, 10)])
+    assert [p[2:] for p in places] == [(5, 15), (95, 65)]
+    assert set(np.unique(sheet)) <= {0, 255}
+    first_top, first_rows, _, _ = places[0]
+    second_top, second_rows, _, _ = places[1]
+    assert second_top == first_top + first_rows + detect.SHEET_GAP
+    # the strokes are dark in both strips, whatever their polarity in the image
+    assert (sheet[first_top + 5:first_top + 15, 5:55] == 0).all()
+    assert (sheet[second_top + 5:second_top + 15, 5:95] == 0).all()
 
 
 def test_sources_are_parsed_and_checked():
@@ -186,6 +311,23 @@ def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
     nothing = detect.find_salient(rgb, ("dino+sam",), models_dir=tiny_models, box_threshold=1.0,
                                    dino_size=128)
     assert nothing.candidates == [] and not nothing.mask.any()
+
+
+def test_auto_runs_dino_sam_only_where_its_models_are(tmp_path, monkeypatch):
+    """auto looks for the files only (loading them is the tests above): a checkpoint in
+    grounding-dino/ and in sams/, and BERT's config.json."""
+    monkeypatch.delenv("PLIC_MODELS_DIR", raising=False)
+    assert detect.auto_sources(models_dir=tmp_path) == ("faces", "text")
+    assert detect.auto_sources() == ("faces", "text")  # no models folder at all
+    for name in ("grounding-dino/groundingdino_swint_ogc.pth", "sams/sam_vit_b_01ec64.pth"):
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_bytes(b"weights")
+    assert detect.auto_sources(models_dir=tmp_path) == ("faces", "text")  # BERT missing
+    (tmp_path / "bert-base-uncased").mkdir()
+    (tmp_path / "bert-base-uncased" / "config.json").write_text("{}")
+    assert detect.auto_sources(models_dir=tmp_path) == ("faces", "text", "dino+sam")
+    monkeypatch.setenv("PLIC_MODELS_DIR", str(tmp_path))
+    assert detect.auto_sources() == ("faces", "text", "dino+sam")
 
 
 def test_text_encoder_missing_says_where_it_goes(tiny_models, tmp_path):

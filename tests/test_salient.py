@@ -142,20 +142,30 @@ def test_command_line_helpers_with_a_mask_file(tmp_path):
         detect.salient_from_args(parse(["--salient-mask", str(tmp_path / "thin.png")]), rgb, path)
 
 
-def test_auto_sources_skip_what_is_missing_and_say_so(monkeypatch):
-    monkeypatch.setattr(detect, "tesseract_available", lambda: False)
+def test_auto_sources_skip_what_is_missing_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
     rgb = load_shared("page.png")
     _, _, report = detect.salient_from_args(parse([]), rgb, None)
     assert any("text skipped" in note and "tesseract-ocr" in note for note in report.notes)
+    assert "ran faces" in report.summary()
     with pytest.raises(Exception, match="tesseract-ocr"):
         detect.salient_from_args(parse(["--salient", "text"]), rgb, None)
+
+
+def test_command_line_thresholds_reach_the_detectors():
+    rgb = load_shared("astronaut.png")
+    _, _, strict = detect.salient_from_args(parse(["--salient", "faces", "--face-threshold", "0.99"]), rgb, None)
+    assert strict.kept == [] and [c.source for c, _ in strict.rejected] == ["faces"]
+    _, _, default = detect.salient_from_args(parse(["--salient", "faces"]), rgb, None)
+    assert default.counts() == {"faces": 1} and default.rejected == []
 
 
 def run_node(image, mask=None, **overrides):
     from nodes.salient import PlicSalientRegions
 
     settings = dict(max_side=256, faces=True, text=False, dino_sam=False, budget_bpp=4.0, max_fraction=1.0,
-                    codec="png", quality=90, dino_prompt="face", box_threshold=0.35, text_threshold=0.25)
+                    codec="png", quality=90, dino_prompt="face", box_threshold=0.35, text_threshold=0.25,
+                    face_threshold=0.8, word_threshold=0.7)
     settings.update(overrides)
     return PlicSalientRegions().run(image, mask=mask, **settings)
 
@@ -175,7 +185,7 @@ def test_node_keeps_the_face_and_a_painted_mask_and_packs_with_the_edges():
     (part,), mask, preview = out["result"]
     assert mask.shape == (1, 256, 256) and preview.shape == (1, 256, 256, 3)
     assert mask[0, 200:240, 10:50].all() and mask[0, 40:90, 90:140].any()  # painted + face
-    assert "kept 1 user, 1 face " in out["ui"]["text"][0]
+    assert "kept 1 user, 1 face " in out["ui"]["text"][0] and "kept faces 'face'" in out["ui"]["text"][0]
     edges, _ = PlicCannyEdges().run(image, 256, 100, 200)
     palette, _ = PlicPalette().run(image, 256, 32, 80)
     (payload,) = PlicPack().run("an astronaut", edges, palette, [part])["result"][0]
