@@ -170,7 +170,7 @@ def test_decode_through_loader_and_reconstruct_restores_salient_pixels(server):
                                                         "execution_success"))
     progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
     assert [(p["value"], p["max"]) for p in progress] == [(1, 3), (2, 3), (3, 3)]
-    (image,) = server.get_json(f"/history/{prompt_id}")[prompt_id]["outputs"]["4"]["images"]
+    (image,) = server.wait(prompt_id)["outputs"]["4"]["images"]  # history is written after the message
     rgb = np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
     unpacked = codec.unpack(fileformat.loads(data))
     assert rgb.shape == (unpacked.height, unpacked.width, 3)
