@@ -27,6 +27,7 @@ against the reference (same file, same seed):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -353,20 +354,33 @@ def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeS
             on_step(step + 1, steps)
         return {}
 
-    single = len(parts) == 1  # a list of prompts makes diffusers warn about MultiControlNet
-    result = pipe(
-        prompt=first.prompt if single else [p.prompt for p in parts],
-        negative_prompt=chosen[0].negative_prompt if single else [c.negative_prompt for c in chosen],
-        **pipeline_inputs(parts, size), width=size[0], height=size[1], strength=1.0,
-        num_inference_steps=steps, guidance_scale=chosen[0].guidance_scale,
-        controlnet_conditioning_scale=[chosen[0].controlnet_scale] * 2,
-        generator=[torch.Generator("cpu").manual_seed(c.seed) for c in chosen],
-        callback_on_step_end=step_end, output_type="np")
+    with _quiet(type(pipe).__module__):
+        result = pipe(
+            prompt=[p.prompt for p in parts], negative_prompt=[c.negative_prompt for c in chosen],
+            **pipeline_inputs(parts, size), width=size[0], height=size[1], strength=1.0,
+            num_inference_steps=steps, guidance_scale=chosen[0].guidance_scale,
+            controlnet_conditioning_scale=[chosen[0].controlnet_scale] * 2,
+            generator=[torch.Generator("cpu").manual_seed(c.seed) for c in chosen],
+            callback_on_step_end=step_end, output_type="np")
     images = []
     for image in result.images:
         rgb = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
         images.append(resize(rgb, (first.width, first.height)))  # Lanczos, no-op at size
     return images
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Errors only from ``logger_name`` meanwhile: diffusers warns that the "conditionings will
+    be fixed across the prompts" whenever a MultiControlNet pipeline gets a list of prompts,
+    which is wrong here (every control image is batched with its prompt)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Reconstructor:
