@@ -186,8 +186,8 @@ def test_channels_last_loads_through_the_node_and_changes_rounding_only(loaded, 
     (fast,) = PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY, "auto", False,
                                          channels_last=True)
     pipe = fast.pipeline
-    for model in (pipe.unet, pipe.vae, *pipe.controlnet.nets):
-        assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    for conv in (pipe.unet.conv_in, pipe.vae.encoder.conv_in, *(n.conv_in for n in pipe.controlnet.nets)):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     unpacked = codec.unpack(plic_file)
     assert _max_diff(fast.reconstruct(unpacked), loaded.reconstruct(unpacked)) <= 2  # measured: 1
 
