@@ -138,11 +138,13 @@ class Runner:
             return "sdpa-efficient"
 
     def _attention_context(self):
+        """The memory-efficient kernel wherever it applies (math where it does not, as xformers
+        left the text encoder to PyTorch); flash attention off."""
         if self.attention != "sdpa-efficient":
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION])
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def call(self, parts: list[codec.Unpacked]) -> tuple[dict, list[np.ndarray]]:
         """One synchronised call: wall seconds and loop iterations/s (CUDA events at the step
@@ -266,9 +268,9 @@ def environment(device: str) -> dict:
 
     info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": "CPU"}
     if device.startswith("cuda"):
-        free, total = torch.cuda.mem_get_info()
+        free, total = torch.cuda.mem_get_info()  # before any model: the CUDA context (and others)
         info.update(device=torch.cuda.get_device_name(), gpu_memory_gb=round(total / 2**30, 1),
-                    used_by_process_and_context_gb=round((total - free) / 2**30, 2))
+                    in_use_before_models_gb=round((total - free) / 2**30, 2))
     return info
 
 
@@ -301,11 +303,11 @@ def run(args) -> tuple[dict, list[dict]]:
     names = list(args.variants or (VARIANTS if cuda else [n for n in VARIANTS if n not in COMPILED]))
     if REFERENCE not in names:
         names.insert(0, REFERENCE)  # every variant is judged against it, in the same run
+    info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
+            "repeats": args.repeats}
     rows = []
     for size in args.sizes or (TINY_SIZES if tiny else FULL_SIZES):
         rows += run_size(size, names, args, tiny, device)
-    info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
-            "repeats": args.repeats}
     return info, rows
 
 
