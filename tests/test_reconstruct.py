@@ -201,7 +201,9 @@ def test_compile_options_are_checked():
 
 @pytest.mark.slow
 def test_compile_option_compiles_unet_and_controlnets_and_changes_rounding_only(loaded, small_file):
-    """torch.compile on the CPU (inductor, C++): a few minutes."""
+    """torch.compile on the CPU (inductor writes and builds C++): 5-9 minutes on the loaded 2-core
+    development machine, under 2 with inductor's on-disk cache warm. reduce-overhead is the mode
+    with the most code here (outputs copied out); on the CPU there are no CUDA graphs."""
     from torch._dynamo.utils import counters
 
     reference = loaded.reconstruct(small_file, core.DecodeSettings(steps=1))
