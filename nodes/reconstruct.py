@@ -57,7 +57,8 @@ class PlicDiffusersLoader:
                 "default": "off",
                 "tooltip": "torch.compile the UNet and ControlNets: faster steps after the first image "
                            "of each size, which waits for the compilation. reduce-overhead adds CUDA "
-                           "graphs. Changes the image by rounding only; not with cpu_offload."}),
+                           "graphs; max-autotune tunes for many minutes. Changes the image by rounding "
+                           "only; not with cpu_offload."}),
         }}
 
     def load(self, model, inpaint_controlnet, color_canny_controlnet, precision, cpu_offload,

@@ -55,7 +55,8 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help="channels_last memory format for UNet, ControlNets and VAE (output: rounding only)")
     p.add_argument("--compile", choices=core.COMPILE_MODES, default="off",
                    help="torch.compile the UNet and ControlNets; the first image of each size waits "
-                        "for the compilation (output: rounding only; not with --cpu-offload)")
+                        "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
+                        "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
                    help="sampler (default: the file's, unipc); another sampler or --steps changes the image")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
