@@ -1,25 +1,38 @@
-"""Decoder speed: SD1.5 UNet + two ControlNets + VAE + CLIP text encoder, random weights.
+"""Decoder speed against the paper's configuration: SD1.5 UNet + two ControlNets + VAE + CLIP
+text encoder, random weights, every fast path of ``plic decode`` / PLIC Reconstruct.
 
 The models are built from PLIC's own SD1.5 configs (plic/sd15_configs.py) with random weights:
-nothing is downloaded and the compute is the same as with real weights. Each run goes through
-the same code as ``plic decode`` (plic.reconstruct.generate) on a real encoded image.
+nothing is downloaded and the compute is the same as with real weights. Every variant is set up
+by ``plic.reconstruct.prepare`` and run by ``plic.reconstruct.generate``, the code ``plic decode``
+runs, on a real encoded image.
 
-    python bench/decode_gpu.py                       # GPU: 512x512 and 1024x640, fp16 and bf16
-    python bench/decode_gpu.py --variants base channels_last compile unipc20 batch2
-    python bench/decode_gpu.py --tiny --steps 1      # CPU smoke run with tiny models
+    python bench/decode_gpu.py                          # GPU: 512x512 and 1024x640, every variant
+    python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
+    python bench/decode_gpu.py --tiny --steps 2         # CPU run with tiny models
 
-Reported per (size, precision, variant): iterations/s of the denoising loop, seconds per image
-(whole call divided by the images it made) and peak GPU memory. Without a CUDA GPU only the
-tiny models run (full size on a CPU takes minutes per step).
+Method: per size, every variant gets a fresh pipeline and one untimed warm-up call (reported:
+build seconds and first-call seconds, which hold the compilation of the compiled variants; its
+peak memory is the variant's). Then ``--repeats`` rounds run every variant once each,
+interleaved, the order rotated each round; reported are the median and the spread (min-max)
+of seconds per image, images/s and denoising-loop iterations/s, the loop timed between CUDA
+events recorded at the step callbacks and the call between ``torch.cuda.synchronize()``.
+During the timed rounds dynamo's ``error_on_recompile`` is on: a compiled variant that would
+recompile (or fall back to eager) fails instead of being timed. Every variant's images are
+compared with the reference's first image (same file, same seed): max and mean absolute pixel
+difference; the reference's own row compares its last timed call with its first (run to run).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +47,49 @@ from plic.image import load_rgb, resize  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[1] / "plic" / "data" / "example.png"
 FULL_SIZES = ("512x512", "1024x640")
 TINY_SIZES = ("64x64", "128x80")
-#: What each variant changes; "base" is the reference pipeline with PyTorch SDPA attention.
+REFERENCE = "paper"
+#: Steps of the few-step variants: fixed, whatever --steps says.
+FEW_STEPS = 20
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration; None for ``steps`` means ``--steps`` (the reference's 60)."""
+
+    what: str
+    precision: str = "fp16"
+    attention: str = "sdpa"  # "efficient": memory-efficient attention only (the paper's xformers)
+    cpu_offload: bool = False
+    channels_last: bool = False
+    compile: str = "off"
+    steps: int | None = None
+    scheduler: str = "unipc"
+    batch: int = 1
+    vae_tiling: bool = False
+
+
 VARIANTS = {
-    "base": "reference pipeline, SDPA attention",
-    "channels_last": "UNet, ControlNets and VAE in channels_last memory format",
-    "compile": "torch.compile of UNet and ControlNets (max-autotune, no CUDA graphs)",
-    "compile_graphs": "torch.compile mode=reduce-overhead (CUDA graphs)",
-    "unipc20": "20 UniPC steps instead of the reference's 60",
-    "batch2": "two images per call",
+    "paper": Variant("the paper's configuration: fp16, memory-efficient attention, model CPU offload",
+                     attention="efficient", cpu_offload=True),
+    "fp16": Variant("fp16, every model on the GPU, SDPA picks the attention kernel"),
+    "bf16": Variant("bf16, every model on the GPU", precision="bf16"),
+    "channels_last": Variant("fp16 + channels_last memory format", channels_last=True),
+    "compile": Variant("fp16 + torch.compile (mode default) of UNet and ControlNets", compile="default"),
+    "compile_graphs": Variant("fp16 + torch.compile mode reduce-overhead (CUDA graphs)",
+                              compile="reduce-overhead"),
+    "unipc20": Variant(f"fp16, UniPC {FEW_STEPS} steps", steps=FEW_STEPS),
+    "dpmpp20": Variant(f"fp16, DPM-Solver++ 2M {FEW_STEPS} steps", steps=FEW_STEPS, scheduler="dpmpp_2m"),
+    "batch2": Variant("fp16, two files per call", batch=2),
+    "batch4": Variant("fp16, four files per call", batch=4),
+    "vae_tiling": Variant("fp16, VAE in tiles", vae_tiling=True),
+    "fast": Variant(f"fp16 + compile (default) + UniPC {FEW_STEPS} steps + four files per call",
+                    compile="default", steps=FEW_STEPS, batch=4),
 }
-DEFAULT_VARIANTS = ("base", "channels_last", "unipc20", "batch2")
+COMPILED = tuple(name for name, v in VARIANTS.items() if v.compile != "off")
+COLUMNS = ("size", "variant", "precision", "attention", "offload", "steps", "batch", "repeats",
+           "s_per_image", "s_per_image_min", "s_per_image_max", "images_per_s", "loop_it_per_s",
+           "x_paper", "max_px_diff", "mean_px_diff", "build_s", "first_call_s",
+           "peak_allocated_gb", "peak_reserved_gb")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -61,56 +107,186 @@ def sample_file(size: tuple[int, int]) -> codec.Unpacked:
     return codec.unpack(plic)
 
 
-def build_pipeline(tiny: bool, device: str, dtype, variant: str):
-    """Random-weight pipeline for ``variant`` on ``device`` in ``dtype``."""
+class Runner:
+    """A variant's pipeline on ``device`` and its timed calls."""
+
+    def __init__(self, name: str, variant: Variant, tiny: bool, device: str, steps: int):
+        self.name, self.variant, self.device = name, variant, device
+        self.cuda = device.startswith("cuda")
+        self.dtype = core.resolve_dtype(variant.precision, device)
+        self.settings = core.DecodeSettings(steps=variant.steps or steps, seed=0,
+                                            scheduler=variant.scheduler, vae_tiling=variant.vae_tiling)
+        with tempfile.TemporaryDirectory() as folder:
+            components = random_models.build_sd15(Path(folder), tiny=tiny, dtype=self.dtype)
+        options = core.LoadOptions(device=device, precision=variant.precision,
+                                   cpu_offload=variant.cpu_offload and self.cuda,
+                                   channels_last=variant.channels_last, compile=variant.compile)
+        self.pipe = core.prepare(random_models.pipeline(components), options, device)
+        self.attention = self._attention_name()
+        self.offload = options.cpu_offload
+        self.precision = str(self.dtype).removeprefix("torch.")
+        self.times: list[dict] = []
+
+    def _attention_name(self) -> str:
+        """The paper's xformers when installed; else PyTorch's memory-efficient SDPA kernel
+        (xformers' algorithm) on CUDA; plain SDPA on the CPU, which has no such kernel."""
+        if self.variant.attention != "efficient" or not self.cuda:
+            return "sdpa"
+        try:
+            self.pipe.enable_xformers_memory_efficient_attention()
+            return "xformers"
+        except (ImportError, ModuleNotFoundError, ValueError):
+            return "sdpa-efficient"
+
+    def _attention_context(self):
+        """The memory-efficient kernel wherever it applies (math where it does not, as xformers
+        left the text encoder to PyTorch); flash attention off."""
+        if self.attention != "sdpa-efficient":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def call(self, parts: list[codec.Unpacked]) -> tuple[dict, list[np.ndarray]]:
+        """One synchronised call: wall seconds and loop iterations/s (CUDA events at the step
+        callbacks on a GPU, host clock on the CPU, where every kernel runs before it returns)."""
+        import torch
+
+        marks: list = []
+
+        def on_step(done, total):
+            if self.cuda:
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                marks.append(event)
+            else:
+                marks.append(time.perf_counter())
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with self._attention_context():
+            images = core.generate(self.pipe, parts, self.settings, on_step=on_step)
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        if len(marks) < 2:
+            loop = float("nan")
+        elif self.cuda:
+            loop = (len(marks) - 1) / (marks[0].elapsed_time(marks[-1]) / 1000)
+        else:
+            loop = (len(marks) - 1) / (marks[-1] - marks[0])
+        return {"seconds": seconds, "loop_it_per_s": loop}, images
+
+
+def memory_mark() -> tuple[int, int]:
+    """Allocated and reserved bytes now, with the allocator's cache emptied and the peaks reset,
+    so that the next peaks minus these are what the next pipeline adds."""
     import torch
 
-    with tempfile.TemporaryDirectory() as folder:
-        components = random_models.build_sd15(Path(folder), tiny=tiny, device=device, dtype=dtype)
-    pipe = random_models.pipeline(components)
-    pipe.set_progress_bar_config(disable=True)
-    if variant == "channels_last":
-        for model in (pipe.unet, pipe.vae, *pipe.controlnet.nets):
-            model.to(memory_format=torch.channels_last)
-    if variant in ("compile", "compile_graphs"):
-        mode = "reduce-overhead" if variant == "compile_graphs" else "max-autotune-no-cudagraphs"
-        pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True)
-        pipe.controlnet.nets = torch.nn.ModuleList(
-            torch.compile(net, mode=mode, fullgraph=True) for net in pipe.controlnet.nets)
-    return pipe
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
 
 
-def measure(pipe, unpacked, steps: int, count: int, device: str) -> dict:
-    """One timed call: iterations/s of the loop, seconds per image, peak memory."""
+def warm_up(name: str, args, tiny: bool, device: str, parts_for) -> tuple[Runner, dict, list]:
+    """Build ``name``'s pipeline and make its first call: build and first-call seconds, peak
+    memory above what was held before (allocated, and reserved: the allocator's cache, cuDNN
+    and cuBLAS workspaces and CUDA-graph pools included), and its images."""
     import torch
 
-    marks: list[float] = []
-    settings = core.DecodeSettings(steps=steps, seed=0)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    before = memory_mark() if cuda else (0, 0)
     start = time.perf_counter()
-    core.generate(pipe, unpacked, settings, on_step=lambda done, total: marks.append(time.perf_counter()),
-                  count=count)
+    runner = Runner(name, VARIANTS[name], tiny, device, args.steps)
+    built = time.perf_counter() - start
+    first, images = runner.call(parts_for(runner))
+    info = {"build_s": built, "first_call_s": first["seconds"], "peak_allocated_gb": None,
+            "peak_reserved_gb": None}
     if cuda:
-        torch.cuda.synchronize()
-    total = time.perf_counter() - start
-    loop = (len(marks) - 1) / (marks[-1] - marks[0]) if len(marks) > 1 else 1 / (marks[0] - start)
-    return {"iterations_per_s": round(loop, 3), "seconds_per_image": round(total / count, 4),
-            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None}
+        info["peak_allocated_gb"] = (torch.cuda.max_memory_allocated() - before[0]) / 2**30
+        info["peak_reserved_gb"] = (torch.cuda.max_memory_reserved() - before[1]) / 2**30
+    return runner, info, images
 
 
-def speedup(rows: list[dict], row: dict) -> float | None:
-    """Seconds per image of the reference pipeline ("base", same size and precision, this run)
-    over this row's: the peer every variant is judged against."""
-    for other in rows:
-        if (other["variant"], other["size"], other["precision"]) == ("base", row["size"], row["precision"]):
-            return round(other["seconds_per_image"] / row["seconds_per_image"], 2)
-    return None
+def pixel_difference(images: list[np.ndarray], reference: np.ndarray) -> tuple[int, float]:
+    """Max and mean absolute difference of every image from ``reference``, in 8-bit levels."""
+    diffs = [np.abs(image.astype(np.int16) - reference.astype(np.int16)) for image in images]
+    return int(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs]))
 
 
-def run(args) -> list[dict]:
+def run_size(size: str, names: list[str], args, tiny: bool, device: str) -> list[dict]:
+    """Every variant at ``size``: warm-ups one after another, then interleaved timed rounds."""
+    import torch
+
+    unpacked = sample_file(parse_size(size))
+    runners, rows, first, outputs = {}, {}, {}, {}
+    for name in names:
+        runners[name], rows[name], first[name] = warm_up(
+            name, args, tiny, device, lambda runner: [unpacked] * runner.variant.batch)
+        print(f"# {size} {name}: built in {rows[name]['build_s']:.1f} s, first call "
+              f"{rows[name]['first_call_s']:.1f} s", file=sys.stderr, flush=True)
+    # a compiled variant that would compile again (new guards, eager fallback) fails instead
+    with torch._dynamo.config.patch(error_on_recompile=True, fail_on_recompile_limit_hit=True):
+        for round_ in range(args.repeats):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                runner = runners[name]
+                timing, images = runner.call([unpacked] * runner.variant.batch)
+                runner.times.append(timing)
+                outputs[name] = images
+    results = []
+    for name in names:
+        runner = runners[name]
+        per_image = [t["seconds"] / runner.variant.batch for t in runner.times]
+        row = {"size": size, "variant": name, "precision": runner.precision,
+               "attention": runner.attention, "offload": runner.offload,
+               "steps": runner.settings.steps, "batch": runner.variant.batch,
+               "repeats": len(per_image), "s_per_image": statistics.median(per_image),
+               "s_per_image_min": min(per_image), "s_per_image_max": max(per_image),
+               "images_per_s": 1 / statistics.median(per_image),
+               "loop_it_per_s": statistics.median(t["loop_it_per_s"] for t in runner.times),
+               **rows[name]}
+        row["max_px_diff"], row["mean_px_diff"] = (
+            pixel_difference(outputs[name], first[REFERENCE][0]) if REFERENCE in first else (None, None))
+        results.append(row)
+    reference = next((r for r in results if r["variant"] == REFERENCE), None)
+    for row in results:
+        row["x_paper"] = reference["s_per_image"] / row["s_per_image"] if reference else None
+    del runners
+    torch._dynamo.reset()  # the next size compiles afresh, from fresh pipelines
+    if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+    return results
+
+
+def environment(device: str) -> dict:
+    """What the numbers were measured on."""
+    import diffusers
+    import torch
+
+    info = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": "CPU"}
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info()  # before any model: the CUDA context (and others)
+        info.update(device=torch.cuda.get_device_name(), gpu_memory_gb=round(total / 2**30, 1),
+                    in_use_before_models_gb=round((total - free) / 2**30, 2))
+    return info
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table, rounded."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return "-" if value is None else str(value)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run(args) -> tuple[dict, list[dict]]:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
@@ -120,49 +296,40 @@ def run(args) -> list[dict]:
     tiny = args.tiny or not cuda
     if not cuda:
         print("No CUDA GPU is available: the full-size table needs one. Running the tiny models on "
-              "the CPU (fp32) so the benchmark is exercised.", file=sys.stderr)
-    sizes = args.sizes or (TINY_SIZES if tiny else FULL_SIZES)
-    precisions = args.precisions or (("fp16", "bf16") if cuda else ("fp32",))
-    variants = args.variants or DEFAULT_VARIANTS
-    name = torch.cuda.get_device_name() if cuda else "CPU"
+              "the CPU (fp32, no offload, plain SDPA: the paper's configuration cannot run there).",
+              file=sys.stderr)
+    # warm-ups compile every variant's models once per shape: never fall back to eager silently
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    torch._dynamo.config.recompile_limit = 64
+    names = list(args.variants or (VARIANTS if cuda else [n for n in VARIANTS if n not in COMPILED]))
+    if REFERENCE not in names:
+        names.insert(0, REFERENCE)  # every variant is judged against it, in the same run
+    info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
+            "repeats": args.repeats}
     rows = []
-    for precision in precisions:
-        dtype = core.resolve_dtype(precision, device)
-        for variant in variants:
-            pipe = build_pipeline(tiny, device, dtype, variant)
-            steps = 20 if variant == "unipc20" and args.steps == 60 else args.steps
-            count = 2 if variant == "batch2" else 1
-            for size in sizes:
-                unpacked = sample_file(parse_size(size))
-                measure(pipe, unpacked, min(steps, 2), count, device)  # warm-up (and compilation)
-                row = {"device": name, "models": "tiny" if tiny else "sd15", "size": size,
-                       "precision": precision, "variant": variant, "steps": steps, "batch": count,
-                       **measure(pipe, unpacked, steps, count, device)}
-                row["speedup_vs_base"] = speedup(rows + [row], row)
-                rows.append(row)
-                print(" | ".join(str(v) for v in row.values()), flush=True)
-            del pipe
-            if cuda:
-                torch.cuda.empty_cache()
-    return rows
+    for size in args.sizes or (TINY_SIZES if tiny else FULL_SIZES):
+        rows += run_size(size, names, args, tiny, device)
+    return info, rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random models (CPU smoke run)")
-    parser.add_argument("--steps", type=int, default=60, help="denoising steps (default: 60, the reference)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (CPU run)")
+    parser.add_argument("--steps", type=int, default=60,
+                        help="denoising steps of every variant but the few-step ones (default: 60, "
+                             f"the reference); unipc20, dpmpp20 and fast always run {FEW_STEPS}")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default %(default)s)")
     parser.add_argument("--sizes", nargs="+", metavar="WxH", help=f"default {FULL_SIZES} ({TINY_SIZES} with --tiny)")
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "bf16"),
-                        help="default fp16 bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS),
-                        help=f"default {' '.join(DEFAULT_VARIANTS)}; " +
-                             "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+                        help="default: all on a GPU, all but the compiled ones on the CPU; 'paper' is "
+                             "always added. " + "; ".join(f"{k}: {v.what}" for k, v in VARIANTS.items()))
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    print("device | models | size | precision | variant | steps | batch | it/s | s/image | peak GB | x base")
-    rows = run(args)
+    info, rows = run(args)
+    print(json.dumps(info))
+    print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"results": rows}, indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps({"environment": info, "results": rows}, indent=1), encoding="utf-8")
     return 0
 
 

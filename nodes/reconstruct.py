@@ -51,9 +51,20 @@ class PlicDiffusersLoader:
             "cpu_offload": ("BOOLEAN", {
                 "default": False,
                 "tooltip": "Keep each model on the CPU until it is needed (less GPU memory, slower)."}),
+            "channels_last": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "channels_last memory format for UNet, ControlNets and VAE. Changes the "
+                           "image by rounding only."}),
+            "compile": (list(core.COMPILE_MODES), {
+                "default": "off",
+                "tooltip": "torch.compile the UNet and ControlNets: faster steps after the first image "
+                           "of each size, which waits for the compilation. reduce-overhead adds CUDA "
+                           "graphs; max-autotune tunes for many minutes. Changes the image by rounding "
+                           "only; not with cpu_offload."}),
         }}
 
-    def load(self, model, inpaint_controlnet, color_canny_controlnet, precision, cpu_offload):
+    def load(self, model, inpaint_controlnet, color_canny_controlnet, precision, cpu_offload,
+             channels_last=False, compile="off"):
         net_dirs = model_dirs("controlnet")
         paths = core.ModelPaths(
             pipeline=models.find_pipeline(model, model_dirs("diffusers")),
@@ -61,7 +72,8 @@ class PlicDiffusersLoader:
             color_canny_controlnet=models.find_controlnet(color_canny_controlnet, net_dirs,
                                                           "color+canny ControlNet"))
         options = core.LoadOptions(device=comfy_device(), precision=precision,
-                                   cpu_offload=bool(cpu_offload))
+                                   cpu_offload=bool(cpu_offload), channels_last=bool(channels_last),
+                                   compile=compile)
         memory.make_room(memory.weight_bytes(astuple(paths)), options.device)
         reconstructor = core.Reconstructor(paths, options)
         _load_managed(reconstructor)  # load now so that missing files are reported by this node
@@ -121,16 +133,30 @@ class PlicReconstruct:
             "keep_loaded": ("BOOLEAN", {"default": True,
                                         "tooltip": "Keep the pipeline in memory for the next run (fast). "
                                                    "Off: give its memory back to ComfyUI after this run."}),
+            "scheduler": (["file", *core.SCHEDULERS], {
+                "default": "file",
+                "tooltip": "Sampler; file takes the file's (unipc, as the reference). Another sampler, "
+                           "like fewer steps, changes the image (e.g. dpmpp_2m or unipc at 20 steps)."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                   "tooltip": "Payloads decoded per pipeline call (each keeps its seed): "
+                                              "faster per image, more memory. Rounding changes only."}),
+            "vae_tiling": ("BOOLEAN", {"default": False,
+                                       "tooltip": "Run the VAE in tiles: less memory for large images; "
+                                                  "changes images larger than the VAE tile (512 px for SD1.5)."}),
         }}
 
-    def run(self, pipeline, plic, steps, seed, guidance_scale, keep_loaded=True):
+    def run(self, pipeline, plic, steps, seed, guidance_scale, keep_loaded=True, scheduler="file",
+            batch_size=1, vae_tiling=False):
         parts = [codec.unpack(item) for item in plic]
         check_one_size(parts, "PLIC Reconstruct", "decode")
         settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
-                                       guidance_scale=guidance_scale)
+                                       guidance_scale=guidance_scale,
+                                       scheduler=None if scheduler == "file" else scheduler,
+                                       vae_tiling=bool(vae_tiling))
         _load_managed(pipeline)
-        progress = _Progress(sum(settings.resolve(p.decode_hints).steps for p in parts))
-        images = [pipeline.reconstruct(p, settings, on_step=progress.step) for p in parts]
+        groups = core.batches(parts, settings, batch_size)
+        progress = _Progress(sum(settings.resolve(g[0].decode_hints).steps for g in groups))
+        images = [image for g in groups for image in pipeline.reconstruct_batch(g, settings, progress.step)]
         if not keep_loaded:
             core.release()  # the loader's output stays valid: the next run loads again
         return (rgb_list_to_image(images),)

@@ -3,9 +3,12 @@
     plic decode FILE.plic... -o OUT.png|DIR --model DIR --inpaint-controlnet PATH
                 --color-canny-controlnet PATH [--steps N] [--seed S] [--device D]
                 [--precision P] [--cpu-offload] [--size working|original] [--models-dir DIR]
+                [--channels-last] [--compile MODE] [--scheduler S] [--batch-size N] [--vae-tiling]
 
 Model arguments are paths, or names looked up in ``<models-dir>/diffusers`` and
 ``<models-dir>/controlnet`` (``--models-dir`` or ``PLIC_MODELS_DIR``). Nothing is downloaded.
+The fast paths (--precision, --channels-last, --compile, --scheduler with --steps, --batch-size,
+--vae-tiling) and how each changes the output are described in :mod:`plic.reconstruct`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from PIL import Image
 
 from . import batch, codec, fileformat, models
 from . import reconstruct as core
-from .errors import PlicError
+from .errors import PlicError, one_line
 from .image import resize
 
 
@@ -48,6 +51,19 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=core.PRECISIONS, default="auto",
                    help="auto = fp16 on a GPU, fp32 on the CPU (half precision is never used on the CPU)")
     p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until needed")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format for UNet, ControlNets and VAE (output: rounding only)")
+    p.add_argument("--compile", choices=core.COMPILE_MODES, default="off",
+                   help="torch.compile the UNet and ControlNets; the first image of each size waits "
+                        "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
+                        "tunes for many minutes)")
+    p.add_argument("--scheduler", choices=core.SCHEDULERS,
+                   help="sampler (default: the file's, unipc); another sampler or --steps changes the image")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="decode up to N files of the same size in one call (each keeps its seed; "
+                        "output: rounding only)")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="run the VAE in tiles (less memory; changes images larger than 512 px)")
     p.add_argument("--size", choices=("working", "original"), default="working",
                    help="output at the working size (salient pixels exact) or scaled to the original size")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
@@ -75,27 +91,57 @@ def targets(files: list[Path], output: Path) -> list[batch.Job]:
 
 
 def run_decode(args) -> int:
-    """Decode every file; a file that fails is reported on one line and the others go on."""
+    """Decode every file, ``--batch-size`` neighbours of one size per call; a file (or a batch)
+    that fails is reported on one line and the others go on."""
     jobs = targets(args.files, args.output)
     for _, target in jobs:
         if target.exists() and not args.overwrite:
             raise PlicError(f"{target}: already exists; pass --overwrite to replace it")
-    reconstructor = core.Reconstructor(
-        model_paths(args), core.LoadOptions(args.device, args.precision, args.cpu_offload))
-    settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance)
-    return batch.run_each(jobs, lambda source, target: decode_one(reconstructor, settings, source,
-                                                                  target, args))
+    if args.batch_size < 1:
+        raise PlicError(f"--batch-size must be at least 1, got {args.batch_size}")
+    reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(
+        args.device, args.precision, args.cpu_offload, args.channels_last, args.compile))
+    settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
+                                   scheduler=args.scheduler, vae_tiling=args.vae_tiling)
+    status = 0
+    for start in range(0, len(jobs), args.batch_size):
+        read: list[tuple] = []  # (unpacked, source, target, plic) of the files that could be read
+        status |= batch.run_each(jobs[start:start + args.batch_size],
+                                 lambda source, target: read.append(read_one(settings, source, target)))
+        by_part = {id(item[0]): item for item in read}
+        for group in core.batches([item[0] for item in read], settings, args.batch_size):
+            status |= decode_group(reconstructor, settings, [by_part[id(u)] for u in group], args)
+    return status
 
 
-def decode_one(reconstructor: core.Reconstructor, settings: core.DecodeSettings, source: Path,
-               target: Path, args) -> None:
-    """Reconstruct ``source`` and write it to ``target`` as PNG, atomically."""
+def read_one(settings: core.DecodeSettings, source: Path, target: Path) -> tuple:
+    """(unpacked, source, target, plic) for one file, its decode settings printed."""
     plic = fileformat.load(source)
     unpacked = codec.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints)
     print(f"{source}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
           file=sys.stderr)
-    rgb = reconstructor.reconstruct(unpacked, settings)
+    return unpacked, source, target, plic
+
+
+def decode_group(reconstructor: core.Reconstructor, settings: core.DecodeSettings, group: list,
+                 args) -> int:
+    """Reconstruct ``group`` [(unpacked, source, target, plic)] in one call and write each PNG
+    atomically; 1 when it fails (one line naming the files) or a PNG cannot be written."""
+    try:
+        images = reconstructor.reconstruct_batch([item[0] for item in group], settings)
+    except PlicError as exc:
+        print(f"plic: {', '.join(str(item[1]) for item in group)}: {one_line(exc)}", file=sys.stderr)
+        return 1
+    done = {item[2]: (rgb, item) for rgb, item in zip(images, group)}
+    return batch.run_each([item[1:3] for item in group],
+                          lambda source, target: write_png(*done[target], args))
+
+
+def write_png(rgb, item: tuple, args) -> None:
+    """Write ``rgb`` for ``item`` (unpacked, source, target, plic) as PNG, atomically, scaled to
+    the original size when ``--size original``."""
+    unpacked, _, target, plic = item
     if args.size == "original" and tuple(plic.original_size) != (unpacked.width, unpacked.height):
         rgb = resize(rgb, tuple(plic.original_size))
     buffer = io.BytesIO()

@@ -58,7 +58,8 @@ PIXELS_PER_BYTE = 4096
 MAX_SEED = 2**64 - 1
 MAX_STEPS = 1000
 MAX_CONTROLNET_SCALE = 10.0
-SCHEDULERS = ("unipc",)
+#: Samplers a decoder offers: the reference's UniPC, and DPM-Solver++ (2M).
+SCHEDULERS = ("unipc", "dpmpp_2m")
 
 #: Codecs for the stored pixels of a salient region (SPIX ``codec`` byte).
 REGION_CODECS = {1: "png", 2: "webp", 3: "webp-lossless"}

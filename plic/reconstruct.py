@@ -4,19 +4,37 @@ The reference (shared reference, "Decoding") ran diffusers' ``StableDiffusionCon
 with ``control_v11p_sd15_inpaint`` and a color+canny ControlNet, UniPC, 60 steps, ControlNet scale
 1.0, a fixed negative prompt and a fixed seed. :class:`Reconstructor` does the same from the
 models on disk (offline, see :mod:`plic.models`), then puts the stored salient pixels back
-exactly. One loaded pipeline is cached: loading other models, or the same ones with another
-device, precision or offload, replaces it.
+exactly. One loaded pipeline is cached: loading other models, or the same ones with other
+:class:`LoadOptions`, replaces it.
+
+Fast paths (measured in bench/README.md, "Decoder speed"), and whether each changes the output
+against the reference (same file, same seed):
+
+* ``LoadOptions.precision`` fp16 / bf16 / fp32: changes it by rounding (bf16 most).
+* ``LoadOptions.channels_last``: UNet, ControlNets and VAE in channels_last memory format;
+  other convolution kernels, so it may change it by rounding.
+* ``LoadOptions.compile``: ``torch.compile`` of the UNet and both ControlNets (static shapes,
+  whole graphs, so a new size compiles again); fused kernels change it by rounding. The first
+  image of each size waits for the compilation. "reduce-overhead" adds CUDA graphs.
+* ``DecodeSettings.scheduler`` and ``steps``: another sampler or step count changes it (a
+  different image of the same content, not a rounding difference).
+* several files in one call (:func:`generate` with a list, ``batch_size`` in the node and the
+  CLI): each file keeps its own seed, so it matches the file decoded alone up to rounding.
+* ``DecodeSettings.vae_tiling``: the VAE works in overlapping tiles (less memory for large
+  outputs); it changes images larger than the VAE's tile (512 px for SD1.5) and leaves smaller
+  ones exactly as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,7 +42,7 @@ from PIL import Image
 from .codec import DEFAULT_DECODE_HINTS, Unpacked
 from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
-from .fileformat import MAX_STEPS
+from .fileformat import MAX_STEPS, SCHEDULERS
 from .image import resize
 from . import sd15_configs
 
@@ -35,6 +53,11 @@ DEFAULT_GUIDANCE = 7.5
 #: SD1.5 works on multiples of this many pixels (the VAE's downscale factor).
 SIZE_MULTIPLE = 8
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: ``torch.compile`` modes for :attr:`LoadOptions.compile` ("off": eager PyTorch).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+#: Scheduler settings that describe the model's noise schedule (kept when switching samplers).
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "prediction_type", "timestep_spacing", "steps_offset")
 
 #: Called after every denoising step with (steps done, total steps); may raise to cancel.
 StepCallback = Callable[[int, int], None]
@@ -52,22 +75,36 @@ class ModelPaths:
 @dataclass(frozen=True)
 class LoadOptions:
     """Where and how to run: ``device`` "auto" picks CUDA when present; ``precision`` "auto"
-    is fp16 on a GPU and fp32 on the CPU (half precision is never used on the CPU)."""
+    is fp16 on a GPU and fp32 on the CPU (half precision is never used on the CPU);
+    ``channels_last`` and ``compile`` (one of :data:`COMPILE_MODES`) are fast paths, see the
+    module's docstring."""
 
     device: str = "auto"
     precision: str = "auto"
     cpu_offload: bool = False
+    channels_last: bool = False
+    compile: str = "off"
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise PlicInputError(f"compile must be one of {', '.join(COMPILE_MODES)}, got '{self.compile}'")
+        if self.compile != "off" and self.cpu_offload:
+            raise PlicInputError("compile and cpu_offload cannot be combined: offloading moves the "
+                                 "models between devices under the compiled code; choose one")
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Sampling knobs; None takes the value from the file's decode hints (the reference's)."""
+    """Sampling knobs; None takes the value from the file's decode hints (the reference's).
+    ``scheduler`` is one of :data:`SCHEDULERS`; ``vae_tiling`` decodes in tiles."""
 
     steps: int | None = None
     seed: int | None = None
     negative_prompt: str | None = None
     controlnet_scale: float | None = None
     guidance_scale: float = DEFAULT_GUIDANCE
+    scheduler: str | None = None
+    vae_tiling: bool = False
 
     def resolve(self, hints: dict) -> "DecodeSettings":
         """Fill every None from ``hints`` (falling back to the reference defaults)."""
@@ -80,9 +117,14 @@ class DecodeSettings:
             controlnet_scale=float(self.controlnet_scale if self.controlnet_scale is not None
                                    else merged["controlnet_scale"]),
             guidance_scale=float(self.guidance_scale),
+            scheduler=str(self.scheduler if self.scheduler is not None else merged["scheduler"]),
+            vae_tiling=bool(self.vae_tiling),
         )
         if not 1 <= settings.steps <= MAX_STEPS:
             raise PlicInputError(f"steps must be in 1..{MAX_STEPS}, got {settings.steps}")
+        if settings.scheduler not in SCHEDULERS:
+            raise PlicInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got "
+                                 f"'{settings.scheduler}'")
         return settings
 
 
@@ -137,13 +179,53 @@ def load_pipeline(paths: ModelPaths, options: LoadOptions = LoadOptions()):
         raise ModelNotFoundError(
             f"Could not load the decoder models ({paths.pipeline}, {paths.inpaint_controlnet}, "
             f"{paths.color_canny_controlnet}): {exc}") from exc
-    pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = make_scheduler("unipc", pipe.scheduler.config)
+    return prepare(pipe, options, device)
+
+
+def prepare(pipe, options: LoadOptions, device: str):
+    """Put ``pipe`` on ``device`` (or offload it) and apply the fast paths of ``options``:
+    the one place both :func:`load_pipeline` and bench/decode_gpu.py set a pipeline up."""
+    torch = require("torch", package="torch", purpose="Reconstruction")
     pipe.set_progress_bar_config(disable=True)
     if options.cpu_offload and device.startswith("cuda"):
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)
+    if options.channels_last:
+        for model in (pipe.unet, pipe.vae, *pipe.controlnet.nets):
+            model.to(memory_format=torch.channels_last)
+    if options.compile != "off":
+        for model in (pipe.unet, *pipe.controlnet.nets):
+            compiled = torch.compile(model.forward, mode=options.compile, fullgraph=True, dynamic=False)
+            model.forward = _copy_outputs(compiled) if options.compile == "reduce-overhead" else compiled
     return pipe
+
+
+def _copy_outputs(compiled):
+    """``compiled`` (CUDA graphs) with its outputs copied out at once: a graph's outputs live in
+    memory that its next replay overwrites, and MultiControlNetModel adds the second net's
+    residuals to the first's after the second net ran (the same compiled graph)."""
+    import torch
+
+    def forward(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        outputs = compiled(*args, **kwargs)
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, outputs)
+    return forward
+
+
+def make_scheduler(name: str, config):
+    """The sampler ``name`` (one of :data:`SCHEDULERS`) for the noise schedule in ``config``
+    (any diffusers scheduler's config: only the schedule is kept)."""
+    diffusers = require("diffusers", package="diffusers", purpose="Reconstruction")
+    schedule = {key: config[key] for key in _SCHEDULE_KEYS if key in config}
+    if name == "unipc":
+        return diffusers.UniPCMultistepScheduler.from_config(schedule)
+    if name == "dpmpp_2m":
+        return diffusers.DPMSolverMultistepScheduler.from_config(
+            schedule, algorithm_type="dpmsolver++", solver_order=2)
+    raise PlicInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{name}'")
 
 
 _CACHE: dict[tuple, object] = {}
@@ -187,21 +269,48 @@ def _nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[rows][:, cols]
 
 
-def pipeline_inputs(unpacked: Unpacked, size: tuple[int, int]) -> dict:
-    """The pipeline's image arguments at ``size``: the init image (salient pixels over the
-    upscaled palette), the mask of pixels to regenerate (white) and the two control images
-    (inpaint hint with -1 to regenerate, as a tensor; the color+canny hint)."""
+def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int]) -> dict:
+    """The pipeline's image arguments for ``parts`` (one batch) at ``size``: the init images
+    (salient pixels over the upscaled palette), the masks of pixels to regenerate (white) and
+    the two control images as one tensor each (the inpaint hint with -1 to regenerate; the
+    color+canny hint scaled to 0..1, as diffusers does with an image)."""
     import torch
 
-    keep = unpacked.keep_mask()
-    init = np.where(keep[..., None], unpacked.salient_pixels, unpacked.palette_full)
-    hint = _nearest(unpacked.inpaint_hint(), size)
-    return {
-        "image": Image.fromarray(_nearest(init, size)),
-        "mask_image": Image.fromarray(_nearest(np.where(keep, 0, 255).astype(np.uint8), size)),
-        "control_image": [torch.from_numpy(np.ascontiguousarray(hint.transpose(2, 0, 1)))[None],
-                          Image.fromarray(_nearest(unpacked.color_canny_hint, size))],
-    }
+    def stacked(arrays) -> "torch.Tensor":
+        return torch.from_numpy(np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2)))
+
+    images, masks, inpaint, color_canny = [], [], [], []
+    for unpacked in parts:
+        keep = unpacked.keep_mask()
+        init = np.where(keep[..., None], unpacked.salient_pixels, unpacked.palette_full)
+        images.append(Image.fromarray(_nearest(init, size)))
+        masks.append(Image.fromarray(_nearest(np.where(keep, 0, 255).astype(np.uint8), size)))
+        inpaint.append(_nearest(unpacked.inpaint_hint(), size))
+        color_canny.append(_nearest(unpacked.color_canny_hint, size).astype(np.float32) / 255.0)
+    return {"image": images, "mask_image": masks,
+            "control_image": [stacked(inpaint), stacked(color_canny)]}
+
+
+def batch_key(unpacked: Unpacked, settings: DecodeSettings) -> tuple:
+    """What files decoded in one call must share: working size, steps, ControlNet scale and
+    sampler (seeds and negative prompts may differ)."""
+    chosen = settings.resolve(unpacked.decode_hints)
+    return (unpacked.width, unpacked.height), chosen.steps, chosen.controlnet_scale, chosen.scheduler
+
+
+def batches(parts: Sequence[Unpacked], settings: DecodeSettings, batch_size: int) -> list[list[Unpacked]]:
+    """``parts`` in order, cut into runs of at most ``batch_size`` neighbours that share a
+    :func:`batch_key` (each run is one :func:`generate` call)."""
+    if batch_size < 1:
+        raise PlicInputError(f"batch size must be at least 1, got {batch_size}")
+    groups: list[list[Unpacked]] = []
+    for unpacked in parts:
+        if (groups and len(groups[-1]) < batch_size
+                and batch_key(groups[-1][0], settings) == batch_key(unpacked, settings)):
+            groups[-1].append(unpacked)
+        else:
+            groups.append([unpacked])
+    return groups
 
 
 def restore_salient(image: np.ndarray, salient_pixels: np.ndarray,
@@ -220,32 +329,57 @@ def restore_salient(image: np.ndarray, salient_pixels: np.ndarray,
     return out
 
 
-def generate(pipe, unpacked: Unpacked, settings: DecodeSettings = DecodeSettings(),
-             on_step: StepCallback | None = None, count: int = 1) -> list[np.ndarray]:
-    """Run ``pipe`` (a ControlNet inpaint pipeline with the two ControlNets) on ``unpacked``:
-    ``count`` RGB uint8 images of the working size, salient pixels not yet restored."""
+def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
+             on_step: StepCallback | None = None) -> list[np.ndarray]:
+    """Run ``pipe`` (a ControlNet inpaint pipeline with the two ControlNets) on ``parts`` as one
+    batch, each with its own seed and negative prompt: one RGB uint8 image per part at the
+    working size, salient pixels not yet restored. The parts must share a :func:`batch_key`."""
     import torch
 
-    chosen = settings.resolve(unpacked.decode_hints)
-    size = run_size(unpacked.width, unpacked.height)
+    if len({batch_key(unpacked, settings) for unpacked in parts}) != 1:
+        raise PlicInputError("files decoded as one batch must share the working size, steps, "
+                             "ControlNet scale and scheduler; decode them separately")
+    chosen = [settings.resolve(unpacked.decode_hints) for unpacked in parts]
+    first, steps = parts[0], chosen[0].steps
+    size = run_size(first.width, first.height)
+    pipe.scheduler = make_scheduler(chosen[0].scheduler, pipe.scheduler.config)
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
 
     def step_end(pipe, step, timestep, tensors):
         if on_step is not None:
-            on_step(step + 1, chosen.steps)
+            on_step(step + 1, steps)
         return {}
 
-    result = pipe(
-        prompt=unpacked.prompt, negative_prompt=chosen.negative_prompt,
-        **pipeline_inputs(unpacked, size), width=size[0], height=size[1], strength=1.0,
-        num_inference_steps=chosen.steps, guidance_scale=chosen.guidance_scale,
-        controlnet_conditioning_scale=[chosen.controlnet_scale] * 2, num_images_per_prompt=count,
-        generator=torch.Generator("cpu").manual_seed(chosen.seed),
-        callback_on_step_end=step_end, output_type="np")
+    with _quiet(type(pipe).__module__):
+        result = pipe(
+            prompt=[p.prompt for p in parts], negative_prompt=[c.negative_prompt for c in chosen],
+            **pipeline_inputs(parts, size), width=size[0], height=size[1], strength=1.0,
+            num_inference_steps=steps, guidance_scale=chosen[0].guidance_scale,
+            controlnet_conditioning_scale=[chosen[0].controlnet_scale] * 2,
+            generator=[torch.Generator("cpu").manual_seed(c.seed) for c in chosen],
+            callback_on_step_end=step_end, output_type="np")
     images = []
     for image in result.images:
         rgb = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-        images.append(resize(rgb, (unpacked.width, unpacked.height)))  # Lanczos, no-op at size
+        images.append(resize(rgb, (first.width, first.height)))  # Lanczos, no-op at size
     return images
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Errors only from ``logger_name`` meanwhile: diffusers warns that the "conditionings will
+    be fixed across the prompts" whenever a MultiControlNet pipeline gets a list of prompts,
+    which is wrong here (every control image is batched with its prompt)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Reconstructor:
@@ -262,5 +396,11 @@ class Reconstructor:
     def reconstruct(self, unpacked: Unpacked, settings: DecodeSettings = DecodeSettings(),
                     on_step: StepCallback | None = None) -> np.ndarray:
         """RGB uint8 image of the working size with the salient pixels restored exactly."""
-        (rgb,) = generate(self.pipeline, unpacked, settings, on_step)
-        return restore_salient(rgb, unpacked.salient_pixels, unpacked.salient_mask)
+        (rgb,) = self.reconstruct_batch([unpacked], settings, on_step)
+        return rgb
+
+    def reconstruct_batch(self, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
+                          on_step: StepCallback | None = None) -> list[np.ndarray]:
+        """:meth:`reconstruct` for ``parts`` decoded in one pipeline call (see :func:`batches`)."""
+        images = generate(self.pipeline, parts, settings, on_step)
+        return [restore_salient(rgb, p.salient_pixels, p.salient_mask) for rgb, p in zip(images, parts)]
