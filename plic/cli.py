@@ -181,8 +181,8 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     original_size, work = codec.working_image(rgb, settings.max_side)
     mask_stream, regions, report = detect.salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
-    salient = codec.SalientPart(mask_stream, tuple(regions))
     size = (work.shape[1], work.shape[0])
+    salient = codec.SalientPart(mask_stream, tuple(regions), size)
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
     try:
         if goal is None:
