@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plic import caption as cap
-from plic.codec import MAX_PROMPT_CHARS
+from plic.prompt import MAX_PROMPT_CHARS
 
 from plic.deps import resolve_device
 

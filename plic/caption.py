@@ -31,11 +31,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .codec import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
 from .deps import require, resolve_device
 from . import models
 from .errors import CaptionError, PlicInputError
 from .image import check_rgb, to_working
+from .prompt import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
 
 log = logging.getLogger("plic.caption")
 
@@ -107,21 +107,6 @@ def parse_reply(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
         if line:
             return clean_prompt(line, limit)
     return ""
-
-
-def split_prompts(text: str, count: int) -> list[str]:
-    """Prompts for a batch of ``count`` images from one STRING: one line per image, or a single
-    line (or empty text) used for every image; one image takes the whole text. The caption node
-    joins its prompts this way."""
-    if count == 1:  # a single image takes the whole text, however many lines it has
-        return [str(text)]
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return [lines[0] if lines else ""] * count
-    if len(lines) != count:
-        raise PlicInputError(f"the prompt has {len(lines)} lines for {count} images: give one line "
-                             f"per image, or a single line for all of them")
-    return lines
 
 
 def jpeg_data_uri(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE,

@@ -19,10 +19,9 @@ from . import salient as salient_mod
 from .errors import PlicFormatError, PlicInputError
 from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_SIDE, PlicFile
 from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
+from .prompt import clean_prompt
 from .salient import SalientPart  # one of the parts pack_parts takes, with EdgesPart and PalettePart
 
-#: Prompts are cut to this many characters before use (reference).
-MAX_PROMPT_CHARS = 240
 #: How the reference decoded. These are the format's version-1 defaults (docs/format.md): a file
 #: stores only the hints that differ from them, so the usual file carries no HINT section.
 DEFAULT_DECODE_HINTS = {
@@ -111,7 +110,7 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); the palette
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`); the palette
     and a salient part must be made from a working image of the edges' size (PlicInputError
     otherwise)."""
     if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
@@ -249,26 +248,6 @@ def _decoded(source: str, section: str, decode, *args):
         raise PlicFormatError(source, f"section {section}: holds no image PLIC can read") from None
     except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
         raise PlicFormatError(source, f"section {section}: {exc}") from None
-
-
-def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
-    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters
-    (1..:data:`MAX_PROMPT_CHARS`, PlicInputError otherwise). None is no prompt: ""."""
-    check_prompt_limit(limit)
-    text = " ".join(("" if text is None else str(text)).split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
-    return cut[:limit].rstrip(" ,;:")
-
-
-def check_prompt_limit(limit: int) -> int:
-    """``limit`` unless it is outside 1..:data:`MAX_PROMPT_CHARS`, the one prompt limit every
-    captioner and PLIC Pack applies (PlicInputError)."""
-    if not 1 <= int(limit) <= MAX_PROMPT_CHARS:
-        raise PlicInputError(f"prompt limit {limit} is outside 1..{MAX_PROMPT_CHARS}: a .plic prompt "
-                             f"holds at most {MAX_PROMPT_CHARS} characters")
-    return int(limit)
 
 
 def bits_per_pixel(n_bytes: int, size: tuple[int, int]) -> float:

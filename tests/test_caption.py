@@ -22,6 +22,7 @@ from PIL import Image
 from plic import caption as cap
 from plic import fileformat
 from plic.errors import CaptionError, PlicError, PlicInputError
+from plic.prompt import split_prompts
 
 from conftest import REPO, image_path, load_shared
 
@@ -134,11 +135,11 @@ def test_parse_reply_cuts_at_a_word_boundary():
 
 
 def test_split_prompts_gives_one_line_per_image_or_one_for_all():
-    assert cap.split_prompts("a cat\nb dog\n", 2) == ["a cat", "b dog"]
-    assert cap.split_prompts("a cat", 3) == ["a cat"] * 3
-    assert cap.split_prompts("", 2) == ["", ""]
+    assert split_prompts("a cat\nb dog\n", 2) == ["a cat", "b dog"]
+    assert split_prompts("a cat", 3) == ["a cat"] * 3
+    assert split_prompts("", 2) == ["", ""]
     with pytest.raises(PlicInputError, match="3 lines for 2 images"):
-        cap.split_prompts("a\nb\nc", 2)
+        split_prompts("a\nb\nc", 2)
 
 
 def test_jpeg_data_uri_is_downscaled_jpeg(image):
@@ -383,7 +384,7 @@ def test_node_captions_a_batch_through_the_server(server, key, image):
     out = PlicCaption().caption(batch, "openai", "test-vision", server.url, KEY_ENV, "", "", 240, 5.0, 0)
     assert out["result"] == ("a cat\nan upside-down cat", ["a cat", "an upside-down cat"])
     assert out["ui"] == {"text": ["a cat", "an upside-down cat"]}
-    assert cap.split_prompts(out["result"][0], 2) == out["result"][1]
+    assert split_prompts(out["result"][0], 2) == out["result"][1]
 
 
 def test_node_manual_backend_and_errors_are_plic_errors(image):
