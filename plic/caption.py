@@ -10,14 +10,13 @@ cleaned prompt of at most ``limit`` characters):
   loaded offline with ``transformers`` and cached per folder and device.
 * :class:`ManualCaptioner` - text the user typed, cleaned the same way.
 
-:func:`make_captioner` builds one from a spec ("openai", "local:PATH", "none");
-:func:`add_caption_arguments` / :func:`captioner_from_args` give the command line its options.
+:func:`make_captioner` builds one from a spec ("openai", "local:PATH", "none"); the command
+line's options are in plic.cli_encode.
 Nothing here imports ComfyUI; the node passes its model folders in.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
@@ -443,36 +442,3 @@ def make_captioner(spec: str, **settings) -> Captioner | None:
         return LocalCaptioner(spec[len("local:"):].strip(),
                               **{k: v for k, v in given.items() if k in _LOCAL_SETTINGS})
     raise PlicInputError(f"--caption {spec!r}: use openai, local:PATH (a model folder) or none")
-
-
-def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--caption*`` options of ``plic encode``."""
-    group = parser.add_argument_group("prompt from the image (--prompt overrides)")
-    group.add_argument("--caption", default="none", metavar="openai|local:PATH|none",
-                       help="write the prompt with an OpenAI-compatible API, a local "
-                            "image-to-text model folder, or not at all (default: none)")
-    group.add_argument("--caption-model", default=DEFAULT_MODEL,
-                       help=f"model name for --caption openai (default: {DEFAULT_MODEL})")
-    group.add_argument("--caption-base-url", default=None,
-                       help="OpenAI-compatible API address, e.g. http://127.0.0.1:11434/v1 for "
-                            "Ollama (default: OpenAI, or $OPENAI_BASE_URL)")
-    group.add_argument("--caption-key-env", default=DEFAULT_KEY_ENV, metavar="VARIABLE",
-                       help="NAME of the environment variable holding the API key "
-                            f"(default: {DEFAULT_KEY_ENV})")
-    group.add_argument("--caption-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"time-out of one API request (default: {DEFAULT_TIMEOUT:g})")
-    group.add_argument("--caption-retries", type=int, default=DEFAULT_RETRIES,
-                       help=f"retries on 429/5xx/time-outs (default: {DEFAULT_RETRIES})")
-    group.add_argument("--caption-device", default="auto",
-                       help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
-    group.add_argument("--caption-limit", type=int, default=MAX_PROMPT_CHARS, metavar="CHARS",
-                       help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
-                            f"(default: {MAX_PROMPT_CHARS})")
-
-
-def captioner_from_args(args: argparse.Namespace) -> Captioner | None:
-    """The captioner the ``--caption*`` options ask for (None for --caption none)."""
-    return make_captioner(args.caption, model=args.caption_model, base_url=args.caption_base_url,
-                          api_key_env=args.caption_key_env, timeout=args.caption_timeout,
-                          max_retries=args.caption_retries, device=args.caption_device,
-                          limit=args.caption_limit)

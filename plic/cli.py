@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, batch, caption, codec, detect, fileformat, ratecontrol
+from . import __version__, batch, codec, fileformat, ratecontrol
 from .cli_decode import add_decode_parser, targets
+from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
 from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
 from .errors import PlicError, one_line
@@ -81,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)
     add_decode_hint_arguments(p)
-    caption.add_caption_arguments(p)
-    detect.add_salient_arguments(p)
+    add_caption_arguments(p)
+    add_salient_arguments(p)
     p.set_defaults(run=run_encode)
 
     p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
@@ -141,7 +142,7 @@ def run_encode(args) -> int:
                                     palette_quality=args.palette_quality)
     if args.output.exists() and not args.output.is_dir():
         raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
-    captioner = None if args.prompt is not None else caption.captioner_from_args(args)
+    captioner = None if args.prompt is not None else captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
     hints = decode_hints_from_args(args)
@@ -178,10 +179,10 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
         raise _fail(target, "already exists; pass --overwrite to replace it")
     rgb = load_rgb(path)
     original_size, work = codec.working_image(rgb, settings.max_side)
-    mask_stream, regions, report = detect.salient_from_args(args, work, path)
+    stored = salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
+    salient, report = stored.part, stored.report
     size = (work.shape[1], work.shape[0])
-    salient = codec.SalientPart(mask_stream, tuple(regions), size)
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
     try:
         if goal is None:

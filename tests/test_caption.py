@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from plic import caption as cap
-from plic import fileformat
+from plic import cli_encode, fileformat
 from plic.errors import CaptionError, PlicError, PlicInputError
 from plic.prompt import split_prompts
 
@@ -304,7 +304,7 @@ def test_no_option_or_widget_takes_a_key():
     from nodes.caption import PlicCaption
 
     parser = argparse.ArgumentParser()
-    cap.add_caption_arguments(parser)
+    cli_encode.add_caption_arguments(parser)
     options = [o for action in parser._actions for o in action.option_strings]
     assert not [o for o in options if "key" in o and o != "--caption-key-env"]
     widgets = PlicCaption.INPUT_TYPES()["required"]
@@ -328,14 +328,14 @@ def test_make_captioner_specs(server, tmp_path):
 
 def test_cli_helpers_caption_through_the_server(server, key, image):
     parser = argparse.ArgumentParser()
-    cap.add_caption_arguments(parser)
+    cli_encode.add_caption_arguments(parser)
     args = parser.parse_args(["--caption", "openai", "--caption-model", "llava",
                               "--caption-base-url", server.url, "--caption-key-env", KEY_ENV,
                               "--caption-timeout", "5", "--caption-limit", "12"])
     server.script(completion('"a cat lying on a wooden floor"'))
-    assert cap.captioner_from_args(args).caption(image) == "a cat lying"
+    assert cli_encode.captioner_from_args(args).caption(image) == "a cat lying"
     assert json.loads(server.requests[0]["body"])["model"] == "llava"
-    assert cap.captioner_from_args(parser.parse_args([])) is None
+    assert cli_encode.captioner_from_args(parser.parse_args([])) is None
 
 
 def test_plic_encode_captions_through_a_local_server(server, tmp_path):
