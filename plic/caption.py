@@ -299,15 +299,10 @@ _MODELS: dict[tuple[str, str], tuple] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def model_search_dirs() -> list[Path]:
-    """Folders searched for a local captioner named without a path, outside ComfyUI:
-    ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``."""
-    return [folder for kind in LOCAL_MODEL_FOLDERS for folder in models.search_dirs(kind)]
-
-
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
-    """Names of the model folders (holding a config.json) directly inside ``search_dirs``."""
-    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    """Names of the model folders (holding a config.json) directly inside ``search_dirs``
+    (default, outside ComfyUI: ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``)."""
+    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
     return models.names_in(dirs, lambda entry: (entry / "config.json").is_file())
 
 
@@ -316,7 +311,7 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     if not str(name).strip():
         raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
                            f"folder in models/captioners and choose it in {setting('path')}")
-    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
     candidates = models.candidate_paths(str(name).strip(), dirs)
     for folder in candidates:
         if folder.is_dir():

@@ -33,7 +33,7 @@ from .deps import require
 from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
 from .grounded_sam import GroundedSAM, ModelFolders, find_text_encoder, list_models
 from .image import check_rgb, load_rgb, resize
-from .models import models_dir_from_env
+from .models import models_roots
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
 
 SOURCES = ("faces", "text", "dino+sam")
@@ -333,13 +333,13 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
 
 
 def model_folders(models_dir: str | os.PathLike | None = None):
-    """The Grounding DINO / SAM folders under ``models_dir`` or $PLIC_MODELS_DIR."""
-    root = models_dir or models_dir_from_env()
-    if not root:
+    """The Grounding DINO / SAM folders under ``models_dir``, else under $PLIC_MODELS_DIR."""
+    roots = models_roots(models_dir)
+    if not roots:
         raise PlicInputError(
             "dino+sam needs a models folder: pass models_dir (command line: --models-dir) or set "
             "PLIC_MODELS_DIR to a folder holding grounding-dino/, sams/ and bert-base-uncased/")
-    return ModelFolders.under(Path(root))
+    return ModelFolders.under(roots[0])
 
 
 def dino_sam_ready(folders: ModelFolders) -> bool:
