@@ -55,7 +55,7 @@ def comfy_model_dirs(key: str, subfolder: str | None = None) -> list[Path] | Non
 
 def model_dirs(key: str, subfolder: str | None = None) -> list[Path]:
     """The folders to search for the model kind ``key``: ComfyUI's (:func:`comfy_model_dirs`),
-    outside ComfyUI ``<subfolder or key>`` under --models-dir / PLIC_MODELS_DIR
+    outside ComfyUI ``<subfolder or key>`` under $PLIC_MODELS_DIR
     (plic.models.search_dirs)."""
     dirs = comfy_model_dirs(key, subfolder)
     return models.search_dirs(subfolder or key) if dirs is None else dirs

@@ -110,9 +110,9 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`); the palette
-    and a salient part must be made from a working image of the edges' size (PlicInputError
-    otherwise)."""
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`);
+    the palette and a salient part must be made from a working image of the edges' size
+    (PlicInputError otherwise)."""
     if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
         raise PlicInputError(f"the palette was made from a {palette.working_size[0]}x"
                              f"{palette.working_size[1]} working image but the edges from a "
