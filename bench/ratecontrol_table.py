@@ -50,7 +50,7 @@ def main() -> int:
         start = time.perf_counter()
         original_size, work = codec.working_image(load_rgb(path))
         stored = detect.run_salient(work, detect.DEFAULT_SOURCES, strict=False)
-        part = codec.SalientPart(stored.mask_stream, tuple(stored.regions))
+        part = stored.part
         fileformat.dumps(codec.encode_working(work, original_size, salient=part))
         encode_s = time.perf_counter() - start
         _, codec_s = best_time(lambda: fileformat.dumps(codec.encode_working(work, original_size, salient=part)),

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from plic import caption as cap
-from plic.codec import MAX_PROMPT_CHARS
+from plic.prompt import MAX_PROMPT_CHARS
 
 from plic.deps import resolve_device
 
 from . import memory
-from .common import CATEGORY, comfy_device, comfy_model_dirs, image_to_rgb_list, map_batch
+from .common import CATEGORY, comfy_device, image_to_rgb_list, map_batch, model_dirs
 
 BACKENDS = ["openai", "local", "manual"]
 #: First entry of the local-model list: no folder chosen (the default, valid in every install).
@@ -21,16 +21,15 @@ NO_LOCAL_MODEL = "(none)"
 FOLDER_KEY = "plic_captioners"
 
 
-def model_dirs() -> list[Path] | None:
+def captioner_dirs() -> list[Path]:
     """ComfyUI's captioner folders (models/captioners, known as "plic_captioners", and
-    models/LLM); None outside ComfyUI, where plic.caption searches $PLIC_MODELS_DIR."""
-    captioners = comfy_model_dirs(FOLDER_KEY, "captioners")
-    return None if captioners is None else captioners + comfy_model_dirs("LLM")
+    models/LLM); outside ComfyUI the same folders under $PLIC_MODELS_DIR."""
+    return model_dirs(FOLDER_KEY, "captioners") + model_dirs("LLM")
 
 
 def local_model_input() -> tuple:
     """The model folders found, after "(none)", as a list."""
-    return ([NO_LOCAL_MODEL] + cap.list_local_models(model_dirs()),
+    return ([NO_LOCAL_MODEL] + cap.list_local_models(captioner_dirs()),
             {"default": NO_LOCAL_MODEL,
              "tooltip": "Image-to-text model folder (BLIP, GIT, Florence-2...) in models/captioners "
                         "or models/LLM (outside ComfyUI: $PLIC_MODELS_DIR/captioners), for the "
@@ -103,7 +102,7 @@ class PlicCaption:
         if backend == "local":
             name = "" if local_model == NO_LOCAL_MODEL else local_model
             return cap.LocalCaptioner(name, device=comfy_device(), limit=max_chars,
-                                      search_dirs=model_dirs())
+                                      search_dirs=captioner_dirs())
         return cap.OpenAICaptioner(model, base_url=base_url, api_key_env=api_key_env,
                                    timeout=timeout, max_retries=max_retries, limit=max_chars)
 

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
+from plic import models
 from plic.errors import PlicInputError
 
 CATEGORY = "PLIC"
@@ -50,6 +51,14 @@ def comfy_model_dirs(key: str, subfolder: str | None = None) -> list[Path] | Non
     if key not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(key, str(Path(folder_paths.models_dir) / (subfolder or key)))
     return [Path(p) for p in folder_paths.get_folder_paths(key)]
+
+
+def model_dirs(key: str, subfolder: str | None = None) -> list[Path]:
+    """The folders to search for the model kind ``key``: ComfyUI's (:func:`comfy_model_dirs`),
+    outside ComfyUI ``<subfolder or key>`` under $PLIC_MODELS_DIR
+    (plic.models.search_dirs)."""
+    dirs = comfy_model_dirs(key, subfolder)
+    return models.search_dirs(subfolder or key) if dirs is None else dirs
 
 
 def image_to_rgb_list(image) -> list[np.ndarray]:

@@ -12,21 +12,11 @@ from plic.errors import PlicInputError
 from plic.evaluation import Result
 from plic.image import resize
 
-from .common import CATEGORY, PAYLOAD, check_batch, comfy_device, comfy_model_dirs, image_to_rgb_list, \
+from .common import CATEGORY, PAYLOAD, check_batch, comfy_device, image_to_rgb_list, model_dirs, \
     rgb_list_to_image
 
 #: First entry of the model lists: leave that metric out.
 NO_MODEL = "(none)"
-
-
-def dino_dirs() -> list[Path]:
-    """ComfyUI's models/dinov2 folders; outside ComfyUI $PLIC_MODELS_DIR/dinov2."""
-    return comfy_model_dirs(metrics.DINO_FOLDER) or metrics.dino_dirs()
-
-
-def lpips_dirs() -> list[Path]:
-    """ComfyUI's models/lpips folders; outside ComfyUI $PLIC_MODELS_DIR/lpips."""
-    return comfy_model_dirs(metrics.LPIPS_FOLDER) or metrics.lpips_dirs()
 
 
 def _choices(dirs: list[Path], accept) -> list[str]:
@@ -77,10 +67,11 @@ class PlicEvaluate:
                 "original": ("IMAGE", {"tooltip": "The original images (scaled to the "
                                                   "reconstruction's size when they differ)."}),
                 "reconstruction": ("IMAGE", {"tooltip": "PLIC's reconstructions of them."}),
-                "dinov2": (_choices(dino_dirs(), lambda p: p.is_dir()), {
+                "dinov2": (_choices(model_dirs(metrics.DINO_FOLDER), lambda p: p.is_dir()), {
                     "default": NO_MODEL, "tooltip": "facebook/dinov2-base folder in models/dinov2; "
                                                     "(none) leaves DINOv2 out."}),
-                "lpips": (_choices(lpips_dirs(), lambda p: p.suffix in (".pth", ".safetensors")), {
+                "lpips": (_choices(model_dirs(metrics.LPIPS_FOLDER),
+                                   lambda p: p.suffix in (".pth", ".safetensors")), {
                     "default": NO_MODEL, "tooltip": "torchvision's AlexNet weights "
                                                     "(alexnet-owt-7be5be79.pth) in models/lpips; "
                                                     "(none) leaves LPIPS out."}),
@@ -99,9 +90,9 @@ class PlicEvaluate:
         chosen = [m for m in metrics.METRIC_NAMES
                   if (m == "dinov2" and dinov2 != NO_MODEL) or (m == "lpips" and lpips != NO_MODEL)
                   or m in ("psnr", "ssim") or (m in metrics.NO_REFERENCE and no_reference)]
-        evaluator = metrics.Evaluator.load(chosen, dino_name=dinov2, lpips_name=lpips,
-                                           device=comfy_device(), dino_search=dino_dirs(),
-                                           lpips_search=lpips_dirs())
+        evaluator = metrics.Evaluator.load(chosen, dino_name=dinov2, lpips_name=lpips, device=comfy_device(),
+                                           dino_search=model_dirs(metrics.DINO_FOLDER),
+                                           lpips_search=model_dirs(metrics.LPIPS_FOLDER))
         results, rows = [], []
         for i, (rec, size) in enumerate(zip(recons, payload_sizes(plic, len(recons), "PLIC Evaluate"))):
             mine = evaluation.evaluate_image(evaluator, f"image {i + 1}", originals[min(i, len(originals) - 1)],

@@ -2,8 +2,8 @@
 optionally brought to a size by rate control (plic.ratecontrol)."""
 
 from plic import codec, fileformat, ratecontrol
-from plic.caption import split_prompts
 from plic.errors import PlicInputError
+from plic.prompt import clean_prompt, split_prompts
 
 from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, check_batch, rgb_list_to_image
 
@@ -55,7 +55,7 @@ class PlicPack:
         salients = per_image(salient, count, "salient selections")
         payloads, notes, previews = [], [], []
         for index, (text, edge, colours, kept) in enumerate(zip(prompts, edges, palettes, salients)):
-            if not codec.clean_prompt(text or ""):
+            if not clean_prompt(text or ""):
                 raise PlicInputError(f"PLIC Pack: the prompt for image {index + 1} is empty; type a "
                                      "short description of the image or connect a caption node")
             goal = ratecontrol.target_bytes(edge.working_size, target_bpp or None, target_bytes or None)

@@ -10,14 +10,13 @@ cleaned prompt of at most ``limit`` characters):
   loaded offline with ``transformers`` and cached per folder and device.
 * :class:`ManualCaptioner` - text the user typed, cleaned the same way.
 
-:func:`make_captioner` builds one from a spec ("openai", "local:PATH", "none");
-:func:`add_caption_arguments` / :func:`captioner_from_args` give the command line its options.
+:func:`make_captioner` builds one from a spec ("openai", "local:PATH", "none"); the command
+line's options are in plic.cli_encode.
 Nothing here imports ComfyUI; the node passes its model folders in.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
@@ -31,11 +30,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .codec import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
 from .deps import require, resolve_device
 from . import models
 from .errors import CaptionError, PlicInputError
 from .image import check_rgb, to_working
+from .prompt import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
 
 log = logging.getLogger("plic.caption")
 
@@ -107,21 +106,6 @@ def parse_reply(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
         if line:
             return clean_prompt(line, limit)
     return ""
-
-
-def split_prompts(text: str, count: int) -> list[str]:
-    """Prompts for a batch of ``count`` images from one STRING: one line per image, or a single
-    line (or empty text) used for every image; one image takes the whole text. The caption node
-    joins its prompts this way."""
-    if count == 1:  # a single image takes the whole text, however many lines it has
-        return [str(text)]
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return [lines[0] if lines else ""] * count
-    if len(lines) != count:
-        raise PlicInputError(f"the prompt has {len(lines)} lines for {count} images: give one line "
-                             f"per image, or a single line for all of them")
-    return lines
 
 
 def jpeg_data_uri(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE,
@@ -315,15 +299,10 @@ _MODELS: dict[tuple[str, str], tuple] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def model_search_dirs() -> list[Path]:
-    """Folders searched for a local captioner named without a path, outside ComfyUI:
-    ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``."""
-    return [folder for kind in LOCAL_MODEL_FOLDERS for folder in models.search_dirs(kind)]
-
-
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
-    """Names of the model folders (holding a config.json) directly inside ``search_dirs``."""
-    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    """Names of the model folders (holding a config.json) directly inside ``search_dirs``
+    (default, outside ComfyUI: ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``)."""
+    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
     return models.names_in(dirs, lambda entry: (entry / "config.json").is_file())
 
 
@@ -332,7 +311,7 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     if not str(name).strip():
         raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
                            f"folder in models/captioners and choose it in {setting('path')}")
-    dirs = model_search_dirs() if search_dirs is None else search_dirs
+    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
     candidates = models.candidate_paths(str(name).strip(), dirs)
     for folder in candidates:
         if folder.is_dir():
@@ -458,36 +437,3 @@ def make_captioner(spec: str, **settings) -> Captioner | None:
         return LocalCaptioner(spec[len("local:"):].strip(),
                               **{k: v for k, v in given.items() if k in _LOCAL_SETTINGS})
     raise PlicInputError(f"--caption {spec!r}: use openai, local:PATH (a model folder) or none")
-
-
-def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--caption*`` options of ``plic encode``."""
-    group = parser.add_argument_group("prompt from the image (--prompt overrides)")
-    group.add_argument("--caption", default="none", metavar="openai|local:PATH|none",
-                       help="write the prompt with an OpenAI-compatible API, a local "
-                            "image-to-text model folder, or not at all (default: none)")
-    group.add_argument("--caption-model", default=DEFAULT_MODEL,
-                       help=f"model name for --caption openai (default: {DEFAULT_MODEL})")
-    group.add_argument("--caption-base-url", default=None,
-                       help="OpenAI-compatible API address, e.g. http://127.0.0.1:11434/v1 for "
-                            "Ollama (default: OpenAI, or $OPENAI_BASE_URL)")
-    group.add_argument("--caption-key-env", default=DEFAULT_KEY_ENV, metavar="VARIABLE",
-                       help="NAME of the environment variable holding the API key "
-                            f"(default: {DEFAULT_KEY_ENV})")
-    group.add_argument("--caption-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"time-out of one API request (default: {DEFAULT_TIMEOUT:g})")
-    group.add_argument("--caption-retries", type=int, default=DEFAULT_RETRIES,
-                       help=f"retries on 429/5xx/time-outs (default: {DEFAULT_RETRIES})")
-    group.add_argument("--caption-device", default="auto",
-                       help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
-    group.add_argument("--caption-limit", type=int, default=MAX_PROMPT_CHARS, metavar="CHARS",
-                       help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
-                            f"(default: {MAX_PROMPT_CHARS})")
-
-
-def captioner_from_args(args: argparse.Namespace) -> Captioner | None:
-    """The captioner the ``--caption*`` options ask for (None for --caption none)."""
-    return make_captioner(args.caption, model=args.caption_model, base_url=args.caption_base_url,
-                          api_key_env=args.caption_key_env, timeout=args.caption_timeout,
-                          max_retries=args.caption_retries, device=args.caption_device,
-                          limit=args.caption_limit)

@@ -11,21 +11,21 @@ import csv
 import io
 import json
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from . import __version__, batch, caption, codec, detect, fileformat, jbig2, ratecontrol
+from . import __version__, batch, codec, fileformat, ratecontrol
 from .cli_decode import add_decode_parser, targets
+from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
 from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
 from .image import load_rgb
+from .parts import EXPORTED_NAME, export_files, preview_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)
     add_decode_hint_arguments(p)
-    caption.add_caption_arguments(p)
-    detect.add_salient_arguments(p)
+    add_caption_arguments(p)
+    add_salient_arguments(p)
     p.set_defaults(run=run_encode)
 
     p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
@@ -142,7 +142,7 @@ def run_encode(args) -> int:
                                     palette_quality=args.palette_quality)
     if args.output.exists() and not args.output.is_dir():
         raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
-    captioner = None if args.prompt is not None else caption.captioner_from_args(args)
+    captioner = None if args.prompt is not None else captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
     hints = decode_hints_from_args(args)
@@ -179,9 +179,9 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
         raise _fail(target, "already exists; pass --overwrite to replace it")
     rgb = load_rgb(path)
     original_size, work = codec.working_image(rgb, settings.max_side)
-    mask_stream, regions, report = detect.salient_from_args(args, work, path)
+    stored = salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
-    salient = codec.SalientPart(mask_stream, tuple(regions))
+    salient, report = stored.part, stored.report
     size = (work.shape[1], work.shape[0])
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
     try:
@@ -279,38 +279,6 @@ def print_info(source: Path, info: dict) -> None:
 
 # -- export and preview ------------------------------------------------------------------------
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
-    """Every part of ``plic`` as a standard file, name -> bytes (decoded first, so a damaged
-    file fails before anything is written)."""
-    parts = codec.unpack(plic, source)
-    files = {"prompt.txt": (parts.prompt + "\n").encode("utf-8"),
-             "hint.png": _png(parts.color_canny_hint),
-             "decode_hints.json": json.dumps(parts.decode_hints, indent=2).encode("utf-8")}
-    if plic.edges is not None:
-        files["edges.jb2"] = jbig2.embedded_to_file(plic.edges)
-        files["edges.png"] = _png((1 - parts.edges) * 255)  # black edges on white, as JBIG2 shows
-    if plic.palette is not None:
-        files["palette.webp"] = plic.palette
-    if parts.salient_mask is not None:
-        files["salient_mask.png"] = _png(parts.salient_mask.astype(np.uint8) * 255)
-        files["salient_pixels.png"] = _png(parts.salient_pixels)
-        for i, region in enumerate(plic.salient_regions):
-            suffix = "png" if region.codec == "png" else "webp"
-            files[f"salient_{i:03d}_{region.x}_{region.y}.{suffix}"] = region.data
-    return files
-
-
-#: Names export_files gives; with --overwrite, such files an earlier export left are removed.
-EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_hints\.json|edges\.(jb2|png)|palette\.webp|"
-                           r"salient_(mask|pixels)\.png|salient_\d{3}_\d+_\d+\.(png|webp)")
-
-
 def run_export(args) -> int:
     sources = batch.expand(args.files, {".plic"}, ".plic files")
     several = len(sources) > 1 or sources[0] not in args.files
@@ -331,41 +299,6 @@ def export_one(source: Path, folder: Path, overwrite: bool) -> None:
         if EXPORTED_NAME.fullmatch(stale.name) and stale.name not in files:
             stale.unlink()
     print(f"{folder}: {', '.join(sorted(files))}")
-
-
-def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
-                  before: np.ndarray | None = None) -> Image.Image:
-    """Hint, palette, edges and salient mask side by side, each labelled with its size; with
-    ``before`` (the edge map the encoder started from) also the edges rate control removed."""
-    parts = codec.unpack(plic, source)
-    sizes = plic.section_sizes()
-    edges = np.repeat(((1 - parts.edges) * 255).astype(np.uint8)[..., None], 3, axis=-1)
-    mask = parts.salient_mask if parts.salient_mask is not None else np.zeros(edges.shape[:2], bool)
-    kept = np.where(mask[..., None], parts.salient_pixels, 40).astype(np.uint8)
-    panels = [
-        ("color+canny hint", parts.color_canny_hint),
-        (f"palette {sizes.get('palette', 0)} B", parts.palette_full),
-        (f"edges {sizes.get('edges', 0)} B", edges),
-        (f"salient {sizes.get('salient_mask', 0) + sizes.get('salient_pixels', 0)} B", kept),
-    ]
-    if before is not None:
-        share = parts.edges.sum() / max(1, int(before.sum()))
-        panels.append((f"removed edges (red), {share:.0%} kept", ratecontrol.removed_preview(before, parts.edges)))
-    width, height = parts.width, parts.height
-    scale = min(1.0, 384 / max(width, height))
-    tile = (max(1, round(width * scale)), max(1, round(height * scale)))
-    label_h, pad = 16, 4
-    canvas = Image.new("RGB", (len(panels) * (tile[0] + pad) + pad, tile[1] + 2 * label_h + 2 * pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (label, array) in enumerate(panels):
-        x = pad + i * (tile[0] + pad)
-        canvas.paste(Image.fromarray(array).resize(tile, Image.NEAREST), (x, label_h + pad))
-        draw.text((x, 2), label, fill="black")
-    bpp = codec.bits_per_pixel(total_bytes, (width, height))
-    footer = (f"{total_bytes} bytes, {bpp:.4f} bpp, working {width}x{height}, original "
-              f"{plic.original_size[0]}x{plic.original_size[1]}; prompt: {plic.prompt[:80]}")
-    draw.text((pad, label_h + 2 * pad + tile[1]), footer, fill="black")
-    return canvas
 
 
 def run_preview(args) -> int:

@@ -13,15 +13,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import edges as edges_mod
-from . import hints, jbig2
+from . import hints
 from . import palette as palette_mod
 from . import salient as salient_mod
 from .errors import PlicFormatError, PlicInputError
-from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_SIDE, PlicFile, SalientRegion
+from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_SIDE, PlicFile
 from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
+from .prompt import clean_prompt
+from .salient import SalientPart  # one of the parts pack_parts takes, with EdgesPart and PalettePart
 
-#: Prompts are cut to this many characters before use (reference).
-MAX_PROMPT_CHARS = 240
 #: How the reference decoded. These are the format's version-1 defaults (docs/format.md): a file
 #: stores only the hints that differ from them, so the usual file carries no HINT section.
 DEFAULT_DECODE_HINTS = {
@@ -73,15 +73,6 @@ class PalettePart:
     working_size: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
-class SalientPart:
-    """The salient pixels of one image as :func:`plic.salient.pack` returns them: the JBIG2
-    ``mask_stream`` (None when nothing is kept) and the stored ``regions``."""
-
-    mask_stream: bytes | None
-    regions: tuple[SalientRegion, ...] = ()
-
-
 def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tuple[int, int], np.ndarray]:
     """The original size (width, height) of ``rgb`` and its working image, both within what a
     .plic file can hold (PlicInputError otherwise)."""
@@ -114,14 +105,14 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
                  quality: int = 90) -> SalientPart:
     """The pixels of ``work`` under ``mask`` (a mask of the working image), packed."""
     mask_stream, regions = salient_mod.pack(work, mask, codec=codec, quality=quality)
-    return SalientPart(mask_stream, tuple(regions))
+    return SalientPart(mask_stream, tuple(regions), (work.shape[1], work.shape[0]))
 
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`clean_prompt`); the palette
-    and a salient part must be made from a working image of the edges' size (PlicInputError
-    otherwise)."""
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`);
+    the palette and a salient part must be made from a working image of the edges' size
+    (PlicInputError otherwise)."""
     if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
         raise PlicInputError(f"the palette was made from a {palette.working_size[0]}x"
                              f"{palette.working_size[1]} working image but the edges from a "
@@ -141,21 +132,16 @@ def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = N
     )
 
 
-def check_salient_fits(part, size: tuple[int, int]) -> None:
-    """Raise PlicInputError unless ``part`` (anything with ``.mask_stream`` and ``.regions``)
-    describes an image of ``size`` = (width, height)."""
+def check_salient_fits(part: SalientPart, size: tuple[int, int]) -> None:
+    """Raise PlicInputError unless ``part`` was made from a working image of ``size`` =
+    (width, height)."""
     width, height = size
     if part.mask_stream is None:
         return
-    try:
-        mask = jbig2.decode(part.mask_stream, max_pixels=width * height)
-    except ValueError as exc:
-        raise PlicInputError(f"the salient mask is not for a {width}x{height} image ({exc}); "
-                             "make the salient selection from the same image at the same max side") from None
-    if mask.shape != (height, width):
-        raise PlicInputError(f"the salient mask is {mask.shape[1]}x{mask.shape[0]} but the edges' "
-                             f"working image is {width}x{height}; make both from the same image "
-                             "with the same max side")
+    if tuple(part.working_size) != (width, height):
+        raise PlicInputError(f"the salient mask is {part.working_size[0]}x{part.working_size[1]} but "
+                             f"the edges' working image is {width}x{height}; make both from the same "
+                             "image with the same max side")
     for r in part.regions:
         if r.x + r.width > width or r.y + r.height > height:
             raise PlicInputError(f"a salient region ({r.width}x{r.height} at {r.x},{r.y}) lies "
@@ -262,26 +248,6 @@ def _decoded(source: str, section: str, decode, *args):
         raise PlicFormatError(source, f"section {section}: holds no image PLIC can read") from None
     except (ValueError, OSError, Image.DecompressionBombError) as exc:  # JBIG2Error is a ValueError
         raise PlicFormatError(source, f"section {section}: {exc}") from None
-
-
-def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
-    """Collapse whitespace and cut at a word boundary to at most ``limit`` characters
-    (1..:data:`MAX_PROMPT_CHARS`, PlicInputError otherwise). None is no prompt: ""."""
-    check_prompt_limit(limit)
-    text = " ".join(("" if text is None else str(text)).split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
-    return cut[:limit].rstrip(" ,;:")
-
-
-def check_prompt_limit(limit: int) -> int:
-    """``limit`` unless it is outside 1..:data:`MAX_PROMPT_CHARS`, the one prompt limit every
-    captioner and PLIC Pack applies (PlicInputError)."""
-    if not 1 <= int(limit) <= MAX_PROMPT_CHARS:
-        raise PlicInputError(f"prompt limit {limit} is outside 1..{MAX_PROMPT_CHARS}: a .plic prompt "
-                             f"holds at most {MAX_PROMPT_CHARS} characters")
-    return int(limit)
 
 
 def bits_per_pixel(n_bytes: int, size: tuple[int, int]) -> float:

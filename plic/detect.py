@@ -33,7 +33,7 @@ from .deps import require
 from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
 from .grounded_sam import GroundedSAM, ModelFolders, find_text_encoder, list_models
 from .image import check_rgb, load_rgb, resize
-from .models import models_dir_from_env
+from .models import models_roots
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
 
 SOURCES = ("faces", "text", "dino+sam")
@@ -333,13 +333,13 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
 
 
 def model_folders(models_dir: str | os.PathLike | None = None):
-    """The Grounding DINO / SAM folders under ``models_dir`` or $PLIC_MODELS_DIR."""
-    root = models_dir or models_dir_from_env()
-    if not root:
+    """The Grounding DINO / SAM folders under ``models_dir``, else under $PLIC_MODELS_DIR."""
+    roots = models_roots(models_dir)
+    if not roots:
         raise PlicInputError(
             "dino+sam needs a models folder: pass models_dir (command line: --models-dir) or set "
             "PLIC_MODELS_DIR to a folder holding grounding-dino/, sams/ and bert-base-uncased/")
-    return ModelFolders.under(Path(root))
+    return ModelFolders.under(roots[0])
 
 
 def dino_sam_ready(folders: ModelFolders) -> bool:
@@ -440,44 +440,10 @@ def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray 
     return stored
 
 
-# --- command line ------------------------------------------------------------------------------
+# --- one image file ----------------------------------------------------------------------------
 
+#: The sources value that runs what can run (:func:`auto_sources`).
 AUTO = "auto"
-
-
-def add_salient_arguments(parser) -> None:
-    """The salient options of `plic encode` (see :func:`salient_from_args`)."""
-    group = parser.add_argument_group("salient regions (pixels kept verbatim)")
-    group.add_argument("--salient", default=AUTO, metavar="SOURCES",
-                       help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces, text where "
-                            "Tesseract is installed, and dino+sam where its models are in --models-dir "
-                            "(default); 'none' = only --salient-mask")
-    group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
-                       help="also keep the pixels under this mask (white = keep), of the image's size")
-    group.add_argument("--salient-budget", type=float, default=None, metavar="BPP",
-                       help="most bits per working-image pixel the salient regions may take "
-                            f"(default {salient.DEFAULT_MAX_BPP}, never more than the original file; "
-                            "a --salient-mask given with --salient none is capped only at the raw "
-                            "image size unless this is given)")
-    group.add_argument("--salient-max-fraction", type=float, metavar="F",
-                       help="most share of the image (0..1) that may be kept")
-    group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
-                       help="how region pixels are stored (default %(default)s, lossless)")
-    group.add_argument("--salient-quality", type=int, default=90, metavar="Q",
-                       help="WebP quality for --salient-codec webp (default %(default)s)")
-    group.add_argument("--face-threshold", type=float, default=DEFAULT_FACE_THRESHOLD, metavar="S",
-                       help="score (0..1) a face needs to be kept (default %(default)s)")
-    group.add_argument("--word-threshold", type=float, default=DEFAULT_WORD_THRESHOLD, metavar="S",
-                       help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
-    group.add_argument("--dino-prompt", default=DEFAULT_DINO_PROMPT,
-                       help="what Grounding DINO looks for (default %(default)r)")
-    group.add_argument("--box-threshold", type=float, default=DEFAULT_BOX_THRESHOLD,
-                       help="Grounding DINO box score threshold (default %(default)s)")
-    group.add_argument("--text-threshold", type=float, default=DEFAULT_TEXT_THRESHOLD,
-                       help="Grounding DINO phrase threshold (default %(default)s)")
-    group.add_argument("--models-dir", type=Path, metavar="DIR",
-                       help="folder with grounding-dino/, sams/ and bert-base-uncased/ "
-                            "(default $PLIC_MODELS_DIR)")
 
 
 def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the mask") -> np.ndarray:
@@ -495,25 +461,28 @@ def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray
     return load_mask_array(load_rgb(path)[..., 0] >= 128, size, f"{path}: the mask")
 
 
-def salient_from_args(args, rgb_working: np.ndarray, image_path: str | os.PathLike | None = None):
-    """Run the step for one image as the options of :func:`add_salient_arguments` say.
+def salient_for_file(rgb_working: np.ndarray, sources: str | tuple[str, ...] = AUTO,
+                     mask_path: str | os.PathLike | None = None, *,
+                     image_path: str | os.PathLike | None = None, max_bpp: float | None = None,
+                     max_fraction: float | None = None, codec: str = "png", quality: int = 90,
+                     models_dir: str | os.PathLike | None = None, **params) -> salient.Stored:
+    """The salient step of encoding one image file, as ``plic encode`` runs it.
 
-    Returns (mask_stream, regions, report). The budget also caps the salient bytes at the size
-    of ``image_path`` (the original file) when given; a user's mask with no detector is capped
-    only at the raw image size (and ``--salient-max-fraction``) unless ``--salient-budget`` is
-    given: the user asked for those pixels."""
+    ``sources`` is "auto" (faces, text where Tesseract is installed, dino+sam where its models
+    are under ``models_dir`` / $PLIC_MODELS_DIR; a detector that cannot run is skipped with a
+    note) or the detectors to run (each must run); ``mask_path`` is a mask image (white = keep)
+    of the image's shape. The budget is ``max_bpp`` (default DEFAULT_MAX_BPP), ``max_fraction``
+    and the size of ``image_path`` (the original file) when given; a user's mask with no
+    detector is capped only at the raw image size (and ``max_fraction``) unless ``max_bpp`` is
+    given: the user asked for those pixels. ``params`` go to :func:`find_salient`."""
     size = (rgb_working.shape[1], rgb_working.shape[0])
-    auto = str(args.salient).strip().lower() == AUTO
-    sources = auto_sources(models_dir=args.models_dir) if auto else parse_sources(args.salient)
-    user_mask = load_mask_file(args.salient_mask, size) if args.salient_mask else None
-    mask_alone = user_mask is not None and not sources and args.salient_budget is None
-    max_bpp = salient.DEFAULT_MAX_BPP if args.salient_budget is None else args.salient_budget
-    budget = salient.Budget(max_bpp=None if mask_alone else max_bpp, max_fraction=args.salient_max_fraction,
+    auto = str(sources).strip().lower() == AUTO
+    sources = auto_sources(models_dir=models_dir) if auto else parse_sources(sources)
+    user_mask = load_mask_file(mask_path, size) if mask_path else None
+    mask_alone = user_mask is not None and not sources and max_bpp is None
+    bpp = salient.DEFAULT_MAX_BPP if max_bpp is None else max_bpp
+    budget = salient.Budget(max_bpp=None if mask_alone else bpp, max_fraction=max_fraction,
                             max_bytes=Path(image_path).stat().st_size if image_path and not mask_alone
                             else None)
-    stored = run_salient(rgb_working, sources, user_mask, budget=budget, codec=args.salient_codec,
-                         quality=args.salient_quality, strict=not auto, models_dir=args.models_dir,
-                         dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
-                         text_threshold=args.text_threshold, face_threshold=args.face_threshold,
-                         word_threshold=args.word_threshold)
-    return stored.mask_stream, stored.regions, stored.report
+    return run_salient(rgb_working, sources, user_mask, budget=budget, codec=codec, quality=quality,
+                       strict=not auto, models_dir=models_dir, **params)

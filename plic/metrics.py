@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -159,14 +158,6 @@ def load_alexnet_features(path: Path, torch) -> dict:
     return {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith("features.")}
 
 
-def dino_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
-    return models.search_dirs(DINO_FOLDER, models_dir)
-
-
-def lpips_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
-    return models.search_dirs(LPIPS_FOLDER, models_dir)
-
-
 def find_dino(name: str, dirs: Sequence[Path]) -> Path:
     """The DINOv2 folder ``name`` (a path or a folder under ``dirs``), checked complete."""
     for folder in models.candidate_paths(name, dirs):
@@ -222,10 +213,10 @@ class Evaluator:
         dino = lpips = None
         if "dinov2" in metrics:
             dino = DinoSimilarity(find_dino(dino_name, dino_search if dino_search is not None
-                                            else dino_dirs(models_dir)), device)
+                                            else models.search_dirs(DINO_FOLDER, models_dir)), device)
         if "lpips" in metrics:
             lpips = Lpips(find_lpips(lpips_name, lpips_search if lpips_search is not None
-                                     else lpips_dirs(models_dir)), device)
+                                     else models.search_dirs(LPIPS_FOLDER, models_dir)), device)
         return cls(metrics, dino, lpips)
 
     def __call__(self, original: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:

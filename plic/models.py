@@ -4,8 +4,10 @@ Layout (ComfyUI's): an SD1.5 diffusers pipeline folder under ``models/diffusers/
 ControlNets under ``models/controlnet/`` (each a diffusers folder or a single checkpoint file).
 Inside ComfyUI the nodes pass ``folder_paths``' folders; outside it the ``plic`` command and
 scripts pass a models folder or set ``PLIC_MODELS_DIR``. Nothing here touches the network.
-The local captioners (:mod:`plic.caption`) and Grounding DINO / SAM (:mod:`plic.grounded_sam`)
-list and look up their own models with :func:`names_in` and :func:`candidate_paths`.
+The local captioners (:mod:`plic.caption`), the metrics' models (:mod:`plic.metrics`) and
+Grounding DINO / SAM (:mod:`plic.detect`) find their folders with :func:`search_dirs` /
+:func:`models_roots` and list and look up their models with :func:`names_in` and
+:func:`candidate_paths`.
 """
 
 from __future__ import annotations
@@ -46,20 +48,23 @@ CONTROLNET_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def models_dir_from_env() -> Path | None:
-    """The ``models`` folder named by ``PLIC_MODELS_DIR``, or None."""
-    value = os.environ.get(MODELS_ENV, "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def search_dirs(kind: str, models_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders to search for ``kind`` ("diffusers" or "controlnet") outside ComfyUI:
-    ``<models_dir>/<kind>`` for the argument, then for ``PLIC_MODELS_DIR``."""
+def models_roots(models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The ``models`` folders used outside ComfyUI, in order: ``models_dir`` (the argument,
+    e.g. ``--models-dir``), then the one ``PLIC_MODELS_DIR`` names. Empty when neither is set."""
     roots = [Path(models_dir).expanduser()] if models_dir else []
-    env = models_dir_from_env()
+    value = os.environ.get(MODELS_ENV, "").strip()
+    env = Path(value).expanduser() if value else None
     if env is not None and env not in roots:
         roots.append(env)
-    return [root / kind for root in roots]
+    return roots
+
+
+def search_dirs(kind: str | Sequence[str], models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The folders to search for the model kind ``kind`` ("diffusers", "controlnet", "dinov2",
+    "captioners"... or several, in order) outside ComfyUI: ``<root>/<kind>`` for each of
+    :func:`models_roots`. The nodes use ComfyUI's folders instead (nodes.common.model_dirs)."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    return [root / name for name in kinds for root in models_roots(models_dir)]
 
 
 def missing_files(folder: Path, required: Sequence[tuple[str, tuple[str, ...]]]) -> list[str]:

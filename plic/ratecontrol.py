@@ -327,23 +327,24 @@ def _stages(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings):
     yield ([q for q in PALETTE_QUALITIES if q < first.palette.quality],
            lambda base, quality: replace(base, palette=codec.palette_part(pricer.work, settings.palette_size,
                                                                           quality)))
-    yield _cheaper_salient(first.salient, pricer.size)
+    yield _cheaper_salient(first.salient)
     yield [None], lambda base, _: replace(base, max_drop=None)
 
 
-def _cheaper_salient(part: codec.SalientPart | None, size):
+def _cheaper_salient(part: codec.SalientPart | None):
     """(options, make) of the salient stage: the cheaper steps of the salient quality ladder
     and the step that stores the pixels of ``part`` at one of them, every region kept."""
     if part is None or part.mask_stream is None:
         return [], None
-    mask, pixels = salient_mod.unpack(part.mask_stream, list(part.regions), size)
+    mask, pixels = salient_mod.unpack(part.mask_stream, list(part.regions), part.working_size)
     lossless = all(r.codec in salient_mod.LOSSLESS_CODECS for r in part.regions)
 
     def make(base: _Step, option: tuple[str, int]) -> _Step:
         kind, quality = option
         stream, regions = salient_mod.pack(pixels, mask, codec=kind, quality=quality)
         label = kind if kind in salient_mod.LOSSLESS_CODECS else f"{kind} q{quality}"
-        return replace(base, salient=codec.SalientPart(stream, tuple(regions)), salient_codec=label)
+        return replace(base, salient=codec.SalientPart(stream, tuple(regions), part.working_size),
+                       salient_codec=label)
 
     return salient_mod.quality_ladder("png" if lossless else "webp", 90)[1:], make
 

@@ -349,6 +349,17 @@ class _Selection:
         return regions
 
 
+@dataclass(frozen=True)
+class SalientPart:
+    """The salient pixels of one image as PLIC Pack and :func:`plic.codec.pack_parts` take them:
+    the JBIG2 ``mask_stream`` (None when nothing is kept), the stored ``regions`` and the
+    ``working_size`` (width, height) of the image they were taken from."""
+
+    mask_stream: bytes | None
+    regions: tuple[SalientRegion, ...]
+    working_size: tuple[int, int]
+
+
 @dataclass
 class Stored:
     """The result of :func:`store`: what goes into the file, and the report."""
@@ -359,11 +370,9 @@ class Stored:
     mask: np.ndarray  # (H, W) bool, what was kept
 
     @property
-    def part(self):
-        """As a plic.codec.SalientPart (what PLIC Pack takes)."""
-        from .codec import SalientPart
-
-        return SalientPart(self.mask_stream, tuple(self.regions))
+    def part(self) -> SalientPart:
+        """What PLIC Pack takes."""
+        return SalientPart(self.mask_stream, tuple(self.regions), self.report.size)
 
 
 def keep_order(candidates: list[Candidate]) -> list[Candidate]:

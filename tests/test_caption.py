@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from plic import caption as cap
-from plic import fileformat
+from plic import cli_encode, fileformat
 from plic.errors import CaptionError, PlicError, PlicInputError
+from plic.prompt import split_prompts
 
 from conftest import REPO, image_path, load_shared
 
@@ -134,11 +135,11 @@ def test_parse_reply_cuts_at_a_word_boundary():
 
 
 def test_split_prompts_gives_one_line_per_image_or_one_for_all():
-    assert cap.split_prompts("a cat\nb dog\n", 2) == ["a cat", "b dog"]
-    assert cap.split_prompts("a cat", 3) == ["a cat"] * 3
-    assert cap.split_prompts("", 2) == ["", ""]
+    assert split_prompts("a cat\nb dog\n", 2) == ["a cat", "b dog"]
+    assert split_prompts("a cat", 3) == ["a cat"] * 3
+    assert split_prompts("", 2) == ["", ""]
     with pytest.raises(PlicInputError, match="3 lines for 2 images"):
-        cap.split_prompts("a\nb\nc", 2)
+        split_prompts("a\nb\nc", 2)
 
 
 def test_jpeg_data_uri_is_downscaled_jpeg(image):
@@ -303,7 +304,7 @@ def test_no_option_or_widget_takes_a_key():
     from nodes.caption import PlicCaption
 
     parser = argparse.ArgumentParser()
-    cap.add_caption_arguments(parser)
+    cli_encode.add_caption_arguments(parser)
     options = [o for action in parser._actions for o in action.option_strings]
     assert not [o for o in options if "key" in o and o != "--caption-key-env"]
     widgets = PlicCaption.INPUT_TYPES()["required"]
@@ -327,14 +328,14 @@ def test_make_captioner_specs(server, tmp_path):
 
 def test_cli_helpers_caption_through_the_server(server, key, image):
     parser = argparse.ArgumentParser()
-    cap.add_caption_arguments(parser)
+    cli_encode.add_caption_arguments(parser)
     args = parser.parse_args(["--caption", "openai", "--caption-model", "llava",
                               "--caption-base-url", server.url, "--caption-key-env", KEY_ENV,
                               "--caption-timeout", "5", "--caption-limit", "12"])
     server.script(completion('"a cat lying on a wooden floor"'))
-    assert cap.captioner_from_args(args).caption(image) == "a cat lying"
+    assert cli_encode.captioner_from_args(args).caption(image) == "a cat lying"
     assert json.loads(server.requests[0]["body"])["model"] == "llava"
-    assert cap.captioner_from_args(parser.parse_args([])) is None
+    assert cli_encode.captioner_from_args(parser.parse_args([])) is None
 
 
 def test_plic_encode_captions_through_a_local_server(server, tmp_path):
@@ -383,7 +384,7 @@ def test_node_captions_a_batch_through_the_server(server, key, image):
     out = PlicCaption().caption(batch, "openai", "test-vision", server.url, KEY_ENV, "", "", 240, 5.0, 0)
     assert out["result"] == ("a cat\nan upside-down cat", ["a cat", "an upside-down cat"])
     assert out["ui"] == {"text": ["a cat", "an upside-down cat"]}
-    assert cap.split_prompts(out["result"][0], 2) == out["result"][1]
+    assert split_prompts(out["result"][0], 2) == out["result"][1]
 
 
 def test_node_manual_backend_and_errors_are_plic_errors(image):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import EVERY_IMAGE, image_path, large_image, load_shared
-from plic import codec, edges, fileformat, hints, palette, salient
+from plic import codec, edges, fileformat, hints, palette, prompt, salient
 from plic.errors import PlicFormatError, PlicInputError
 from plic.image import load_rgb, to_working, working_size
 
@@ -183,7 +183,7 @@ def test_empty_image_is_refused():
     ("", 240, ""),
 ])
 def test_clean_prompt(text, limit, expected):
-    assert codec.clean_prompt(text, limit) == expected
+    assert prompt.clean_prompt(text, limit) == expected
 
 
 def test_images_beyond_the_format_are_refused_before_encoding():
@@ -195,16 +195,16 @@ def test_images_beyond_the_format_are_refused_before_encoding():
 
 def test_no_prompt_stores_no_prompt():
     """Issue 11 item 1: None (``plic encode`` without --prompt) is no prompt, not "None"."""
-    assert codec.clean_prompt(None) == ""
+    assert prompt.clean_prompt(None) == ""
     plic = codec.encode_image(np.full((32, 48, 3), 128, np.uint8), prompt=None)
     assert plic.prompt == "" and "prompt" not in plic.section_sizes()
 
 
-@pytest.mark.parametrize("limit", [0, codec.MAX_PROMPT_CHARS + 1, 4096])
+@pytest.mark.parametrize("limit", [0, prompt.MAX_PROMPT_CHARS + 1, 4096])
 def test_the_prompt_limit_is_stated_once(limit):
     """Issue 11 item 4: no limit beyond the one PLIC Pack applies is accepted."""
-    with pytest.raises(PlicInputError, match=f"outside 1..{codec.MAX_PROMPT_CHARS}"):
-        codec.clean_prompt("a red boat", limit)
+    with pytest.raises(PlicInputError, match=f"outside 1..{prompt.MAX_PROMPT_CHARS}"):
+        prompt.clean_prompt("a red boat", limit)
 
 
 def high_depth_ramp(mode: str) -> Image.Image:

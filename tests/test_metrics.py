@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 
 from conftest import SHARED_IMAGES, needs_shared
 from metric_models import metric_models_dir  # noqa: F401  (fixture)
-from plic import metrics, quality
+from plic import metrics, models, quality
 from plic.errors import ModelNotFoundError
 from plic.image import load_rgb, to_working
 
@@ -131,9 +131,9 @@ def test_lpips_uses_the_packages_linear_layers_and_the_users_trunk(evaluator, me
 
 def test_missing_models_name_the_file_and_the_folders_searched(tmp_path, metric_models_dir):  # noqa: F811
     with pytest.raises(ModelNotFoundError, match=r"dinov2-large.*looked in: .*dinov2"):
-        metrics.find_dino("dinov2-large", metrics.dino_dirs(metric_models_dir))
+        metrics.find_dino("dinov2-large", models.search_dirs(metrics.DINO_FOLDER, metric_models_dir))
     with pytest.raises(ModelNotFoundError, match=r"alexnet.pth.*looked in: .*lpips"):
-        metrics.find_lpips("alexnet.pth", metrics.lpips_dirs(metric_models_dir))
+        metrics.find_lpips("alexnet.pth", models.search_dirs(metrics.LPIPS_FOLDER, metric_models_dir))
     incomplete = tmp_path / "dinov2" / "half"
     incomplete.mkdir(parents=True)
     (incomplete / "config.json").write_text("{}")

@@ -14,6 +14,7 @@ from conftest import REPO, load_shared
 from plic import codec, fileformat
 from plic.errors import PlicError, PlicInputError
 from plic.image import resize
+from plic.prompt import MAX_PROMPT_CHARS
 
 import nodes
 from nodes.edges import PlicCannyEdges
@@ -298,7 +299,7 @@ def test_caption_node_offers_no_limit_beyond_the_prompts():
     from nodes.caption import PlicCaption
 
     max_chars = PlicCaption.INPUT_TYPES()["required"]["max_chars"][1]
-    assert max_chars["max"] == codec.MAX_PROMPT_CHARS == max_chars["default"]
+    assert max_chars["max"] == MAX_PROMPT_CHARS == max_chars["default"]
 
 
 def test_example_inputs_are_installed_once_and_never_over_a_users_file(tmp_path):

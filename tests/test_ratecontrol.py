@@ -124,7 +124,7 @@ def test_a_target_below_what_the_salient_regions_take_is_refused_with_the_reason
     mask = np.zeros((512, 512), bool)
     mask[40:300, 150:360] = True  # a large region: far more than 600 bytes at any quality
     stream, regions = salient.pack(work, mask)
-    result = ratecontrol.fit(work, size, 600, salient=codec.SalientPart(stream, tuple(regions)))
+    result = ratecontrol.fit(work, size, 600, salient=codec.SalientPart(stream, tuple(regions), size))
     assert not result.met and "salient regions alone take" in result.reason
     assert "NOT met" in result.summary() and "cannot reach the target" in result.summary()
     # still a normal file, salient pixels stored more cheaply but all of them kept

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import EVERY_IMAGE, image_path, load_shared
-from plic import detect, fileformat, salient
+from plic import cli_encode, fileformat, salient
 from plic.salient import Candidate
 from plic.errors import PlicInputError
 
@@ -116,7 +116,7 @@ def test_bad_budgets_are_refused():
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    detect.add_salient_arguments(parser)
+    cli_encode.add_salient_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -132,31 +132,33 @@ def test_command_line_helpers_with_a_mask_file(tmp_path):
     Image.fromarray(mask).save(tmp_path / "mask.png")
     args = parse(["--salient", "faces", "--salient-mask", str(tmp_path / "mask.png"),
                   "--salient-budget", "4", "--salient-codec", "webp-lossless"])
-    stream, regions, report = detect.salient_from_args(args, rgb, path)
+    stored = cli_encode.salient_from_args(args, rgb, path)
+    stream, regions, report = stored.mask_stream, stored.regions, stored.report
     assert report.counts() == {"user": 1, "faces": 1} and report.codec == "webp-lossless"
     kept, _ = salient.unpack(stream, regions, (256, 256))
     assert kept[:32, :32].all() and kept.sum() > 32 * 32
     assert report.salient_bytes <= min(path.stat().st_size, 4 * 256 * 256 // 8)
     with pytest.raises(PlicInputError, match="not the image's shape"):
         Image.fromarray(mask[:, :100]).save(tmp_path / "thin.png")
-        detect.salient_from_args(parse(["--salient-mask", str(tmp_path / "thin.png")]), rgb, path)
+        cli_encode.salient_from_args(parse(["--salient-mask", str(tmp_path / "thin.png")]), rgb, path)
 
 
 def test_auto_sources_skip_what_is_missing_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
     rgb = load_shared("page.png")
-    _, _, report = detect.salient_from_args(parse([]), rgb, None)
+    report = cli_encode.salient_from_args(parse([]), rgb, None).report
     assert any("text skipped" in note and "tesseract-ocr" in note for note in report.notes)
     assert "ran faces" in report.summary()
     with pytest.raises(Exception, match="tesseract-ocr"):
-        detect.salient_from_args(parse(["--salient", "text"]), rgb, None)
+        cli_encode.salient_from_args(parse(["--salient", "text"]), rgb, None)
 
 
 def test_command_line_thresholds_reach_the_detectors():
     rgb = load_shared("astronaut.png")
-    _, _, strict = detect.salient_from_args(parse(["--salient", "faces", "--face-threshold", "0.99"]), rgb, None)
+    strict = cli_encode.salient_from_args(parse(["--salient", "faces", "--face-threshold", "0.99"]),
+                                          rgb, None).report
     assert strict.kept == [] and [c.source for c, _ in strict.rejected] == ["faces"]
-    _, _, default = detect.salient_from_args(parse(["--salient", "faces"]), rgb, None)
+    default = cli_encode.salient_from_args(parse(["--salient", "faces"]), rgb, None).report
     assert default.counts() == {"faces": 1} and default.rejected == []
 
 

@@ -1,0 +1,94 @@
+"""Options of ``plic encode`` that belong to steps of their own: the prompt from the image
+(plic.caption) and the salient regions (plic.detect), each an argument group and the call it
+makes from the parsed options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import caption, detect, salient
+from .prompt import MAX_PROMPT_CHARS
+
+
+def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--caption*`` options of ``plic encode``."""
+    group = parser.add_argument_group("prompt from the image (--prompt overrides)")
+    group.add_argument("--caption", default="none", metavar="openai|local:PATH|none",
+                       help="write the prompt with an OpenAI-compatible API, a local "
+                            "image-to-text model folder, or not at all (default: none)")
+    group.add_argument("--caption-model", default=caption.DEFAULT_MODEL,
+                       help=f"model name for --caption openai (default: {caption.DEFAULT_MODEL})")
+    group.add_argument("--caption-base-url", default=None,
+                       help="OpenAI-compatible API address, e.g. http://127.0.0.1:11434/v1 for "
+                            "Ollama (default: OpenAI, or $OPENAI_BASE_URL)")
+    group.add_argument("--caption-key-env", default=caption.DEFAULT_KEY_ENV, metavar="VARIABLE",
+                       help="NAME of the environment variable holding the API key "
+                            f"(default: {caption.DEFAULT_KEY_ENV})")
+    group.add_argument("--caption-timeout", type=float, default=caption.DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"time-out of one API request (default: {caption.DEFAULT_TIMEOUT:g})")
+    group.add_argument("--caption-retries", type=int, default=caption.DEFAULT_RETRIES,
+                       help=f"retries on 429/5xx/time-outs (default: {caption.DEFAULT_RETRIES})")
+    group.add_argument("--caption-device", default="auto",
+                       help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
+    group.add_argument("--caption-limit", type=int, default=MAX_PROMPT_CHARS, metavar="CHARS",
+                       help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
+                            f"(default: {MAX_PROMPT_CHARS})")
+
+
+def captioner_from_args(args: argparse.Namespace) -> caption.Captioner | None:
+    """The captioner the ``--caption*`` options ask for (None for --caption none)."""
+    return caption.make_captioner(args.caption, model=args.caption_model, base_url=args.caption_base_url,
+                                  api_key_env=args.caption_key_env, timeout=args.caption_timeout,
+                                  max_retries=args.caption_retries, device=args.caption_device,
+                                  limit=args.caption_limit)
+
+
+def add_salient_arguments(parser) -> None:
+    """The salient options of ``plic encode`` (see :func:`salient_from_args`)."""
+    group = parser.add_argument_group("salient regions (pixels kept verbatim)")
+    group.add_argument("--salient", default=detect.AUTO, metavar="SOURCES",
+                       help="comma-separated detectors: faces, text, dino+sam; 'auto' = faces, text where "
+                            "Tesseract is installed, and dino+sam where its models are in --models-dir "
+                            "(default); 'none' = only --salient-mask")
+    group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
+                       help="also keep the pixels under this mask (white = keep), of the image's size")
+    group.add_argument("--salient-budget", type=float, default=None, metavar="BPP",
+                       help="most bits per working-image pixel the salient regions may take "
+                            f"(default {salient.DEFAULT_MAX_BPP}, never more than the original file; "
+                            "a --salient-mask given with --salient none is capped only at the raw "
+                            "image size unless this is given)")
+    group.add_argument("--salient-max-fraction", type=float, metavar="F",
+                       help="most share of the image (0..1) that may be kept")
+    group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
+                       help="how region pixels are stored (default %(default)s, lossless)")
+    group.add_argument("--salient-quality", type=int, default=90, metavar="Q",
+                       help="WebP quality for --salient-codec webp (default %(default)s)")
+    group.add_argument("--face-threshold", type=float, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
+                       help="score (0..1) a face needs to be kept (default %(default)s)")
+    group.add_argument("--word-threshold", type=float, default=detect.DEFAULT_WORD_THRESHOLD, metavar="S",
+                       help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
+    group.add_argument("--dino-prompt", default=detect.DEFAULT_DINO_PROMPT,
+                       help="what Grounding DINO looks for (default %(default)r)")
+    group.add_argument("--box-threshold", type=float, default=detect.DEFAULT_BOX_THRESHOLD,
+                       help="Grounding DINO box score threshold (default %(default)s)")
+    group.add_argument("--text-threshold", type=float, default=detect.DEFAULT_TEXT_THRESHOLD,
+                       help="Grounding DINO phrase threshold (default %(default)s)")
+    group.add_argument("--models-dir", type=Path, metavar="DIR",
+                       help="folder with grounding-dino/, sams/ and bert-base-uncased/ "
+                            "(default $PLIC_MODELS_DIR)")
+
+
+def salient_from_args(args: argparse.Namespace, rgb_working: np.ndarray,
+                      image_path: str | os.PathLike | None = None) -> salient.Stored:
+    """The salient step for one image as the options of :func:`add_salient_arguments` say
+    (:func:`plic.detect.salient_for_file`; ``image_path``, the original file, caps the bytes)."""
+    return detect.salient_for_file(
+        rgb_working, args.salient, args.salient_mask, image_path=image_path, max_bpp=args.salient_budget,
+        max_fraction=args.salient_max_fraction, codec=args.salient_codec, quality=args.salient_quality,
+        models_dir=args.models_dir, dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
+        text_threshold=args.text_threshold, face_threshold=args.face_threshold,
+        word_threshold=args.word_threshold)
