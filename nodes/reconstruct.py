@@ -4,21 +4,13 @@ pipeline with the inpaint and color+canny ControlNets) inside ComfyUI."""
 from __future__ import annotations
 
 from dataclasses import astuple
-from pathlib import Path
 
 from plic import codec, models
 from plic import reconstruct as core
 
 from . import memory
-from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_model_dirs,
-                     comfy_module, rgb_list_to_image)
-
-
-def model_dirs(kind: str) -> list[Path]:
-    """ComfyUI's folders for ``kind`` ("diffusers" or "controlnet"); outside ComfyUI the
-    ``PLIC_MODELS_DIR`` ones."""
-    dirs = comfy_model_dirs(kind)
-    return models.search_dirs(kind) if dirs is None else dirs
+from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_module, model_dirs,
+                     rgb_list_to_image)
 
 
 class PlicDiffusersLoader:
