@@ -43,6 +43,7 @@ class PlicDiffusersLoader:
             "cpu_offload": ("BOOLEAN", {
                 "default": False,
                 "tooltip": "Keep each model on the CPU until it is needed (less GPU memory, slower)."}),
+        }, "optional": {  # the fast paths: optional, so workflows saved before them still queue
             "channels_last": ("BOOLEAN", {
                 "default": False,
                 "tooltip": "channels_last memory format for UNet, ControlNets and VAE. Changes the "
@@ -125,6 +126,7 @@ class PlicReconstruct:
             "keep_loaded": ("BOOLEAN", {"default": True,
                                         "tooltip": "Keep the pipeline in memory for the next run (fast). "
                                                    "Off: give its memory back to ComfyUI after this run."}),
+        }, "optional": {  # the fast paths: optional, so workflows saved before them still queue
             "scheduler": (["file", *core.SCHEDULERS], {
                 "default": "file",
                 "tooltip": "Sampler; file takes the file's (unipc, as the reference). Another sampler, "
