@@ -107,6 +107,16 @@ def check_batch(have: int, count: int, what: str, node: str = "") -> None:
                              "one for all of them or one per image, from the same image batch")
 
 
+def per_image(value, count: int, what: str, node: str) -> list:
+    """``value`` as one item per image of a batch of ``count`` for ``node``: None applies to
+    every image; a list must hold one item per image (or a single item for all)."""
+    if value is None:
+        return [value] * count
+    items = list(value)
+    check_batch(len(items), count, what, node)
+    return items * count if len(items) == 1 else items
+
+
 def masks_to_tensor(masks: Iterable[np.ndarray]):
     """List of (H,W) bool/0..1 arrays to a MASK tensor [B,H,W] float."""
     import torch

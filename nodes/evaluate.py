@@ -12,7 +12,7 @@ from plic.errors import PlicInputError
 from plic.evaluation import Result
 from plic.image import resize
 
-from .common import CATEGORY, PAYLOAD, check_batch, comfy_device, image_to_rgb_list, model_dirs, \
+from .common import CATEGORY, PAYLOAD, comfy_device, image_to_rgb_list, model_dirs, per_image, \
     rgb_list_to_image
 
 #: First entry of the model lists: leave that metric out.
@@ -28,10 +28,9 @@ def payload_sizes(plic, count: int, node: str) -> list[tuple[int, tuple[int, int
     None per image without a payload."""
     if plic is None:
         return [None] * count
-    items = list(plic)
-    check_batch(len(items), count, "payloads", node)
-    return [(len(fileformat.dumps(items[min(i, len(items) - 1)])), items[min(i, len(items) - 1)].working_size)
-            for i in range(count)]
+    items = per_image(plic, count, "payloads", node)
+    sizes = {id(item): len(fileformat.dumps(item)) for item in items}  # one payload may serve all
+    return [(sizes[id(item)], item.working_size) for item in items]
 
 
 def summary_text(results: list[Result]) -> str:
@@ -85,8 +84,8 @@ class PlicEvaluate:
         }
 
     def run(self, original, reconstruction, dinov2, lpips, no_reference, plic=None):
-        originals, recons = image_to_rgb_list(original), image_to_rgb_list(reconstruction)
-        check_batch(len(originals), len(recons), "originals", "PLIC Evaluate")
+        recons = image_to_rgb_list(reconstruction)
+        originals = per_image(image_to_rgb_list(original), len(recons), "originals", "PLIC Evaluate")
         chosen = [m for m in metrics.METRIC_NAMES
                   if (m == "dinov2" and dinov2 != NO_MODEL) or (m == "lpips" and lpips != NO_MODEL)
                   or m in ("psnr", "ssim") or (m in metrics.NO_REFERENCE and no_reference)]
@@ -95,8 +94,8 @@ class PlicEvaluate:
                                            lpips_search=model_dirs(metrics.LPIPS_FOLDER))
         results, rows = [], []
         for i, (rec, size) in enumerate(zip(recons, payload_sizes(plic, len(recons), "PLIC Evaluate"))):
-            mine = evaluation.evaluate_image(evaluator, f"image {i + 1}", originals[min(i, len(originals) - 1)],
-                                             rec, *(size or (None, None)))
+            mine = evaluation.evaluate_image(evaluator, f"image {i + 1}", originals[i], rec,
+                                             *(size or (None, None)))
             results.extend(mine)
             rows.append(evaluation.side_by_side(mine))
         text = summary_text(results)

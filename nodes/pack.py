@@ -5,7 +5,9 @@ from plic import codec, fileformat, ratecontrol
 from plic.errors import PlicInputError
 from plic.prompt import clean_prompt, split_prompts
 
-from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, check_batch, rgb_list_to_image
+from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, per_image, rgb_list_to_image
+
+NODE = "PLIC Pack"
 
 
 class PlicPack:
@@ -50,10 +52,10 @@ class PlicPack:
 
     def run(self, prompt, edges, palette, salient=None, target_bpp=0.0, target_bytes=0):
         count = len(edges)
-        prompts = split_prompts(prompt, count) if isinstance(prompt, str) else per_image(prompt, count, "prompts")
-        palettes = per_image(palette, count, "palettes")
-        salients = per_image(salient, count, "salient selections")
-        payloads, notes, previews = [], [], []
+        prompts = split_prompts(prompt, count) if isinstance(prompt, str) else per_image(prompt, count, "prompts", NODE)
+        palettes = per_image(palette, count, "palettes", NODE)
+        salients = per_image(salient, count, "salient selections", NODE)
+        payloads, sizes, notes, previews = [], [], [], []
         for index, (text, edge, colours, kept) in enumerate(zip(prompts, edges, palettes, salients)):
             if not clean_prompt(text or ""):
                 raise PlicInputError(f"PLIC Pack: the prompt for image {index + 1} is empty; type a "
@@ -61,16 +63,18 @@ class PlicPack:
             goal = ratecontrol.target_bytes(edge.working_size, target_bpp or None, target_bytes or None)
             if goal is None:
                 payload = codec.pack_parts(prompt=text, edges=edge, palette=colours, salient=kept)
+                size = len(fileformat.dumps(payload))
                 note = None if edge.work is None else ratecontrol.webp_warning(
-                    len(fileformat.dumps(payload)), edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
+                    size, edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
                 after = edge.bitmap
             else:
                 fitted = fit_part(text, edge, colours, kept, goal)
-                payload, note, after = fitted.plic, fitted.summary(), fitted.after
+                payload, size, note, after = fitted.plic, len(fitted.data), fitted.summary(), fitted.after
             payloads.append(payload)
+            sizes.append(size)
             previews.append(ratecontrol.removed_preview(edge.bitmap, after))
             notes += [f"image {index + 1}: {note}"] if note else []
-        reports = [codec.size_report(len(fileformat.dumps(p)), p) for p in payloads]
+        reports = [codec.size_report(size, p) for size, p in zip(sizes, payloads)]
         return {"ui": {"plic": reports, "text": ["\n".join(notes)] if notes else []},
                 "result": (payloads, rgb_list_to_image(previews))}
 
@@ -87,16 +91,6 @@ def fit_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | No
         codec.check_salient_fits(salient, edge.working_size)
     return ratecontrol.fit(edge.work, edge.original_size, goal, prompt=prompt, settings=settings,
                            salient=salient, palette=palette)
-
-
-def per_image(value, count: int, what: str) -> list:
-    """``value`` as one item per image: None applies to every image; a list must hold one item
-    per image (or a single item for all)."""
-    if value is None:
-        return [value] * count
-    items = list(value)
-    check_batch(len(items), count, what, "PLIC Pack")
-    return items * count if len(items) == 1 else items
 
 
 NODE_CLASS_MAPPINGS = {"PlicPack": PlicPack}
