@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
 
-from plic import codec, fileformat, random_models, sd15_configs  # noqa: E402
+from bench import random_models  # noqa: E402
+from plic import codec, fileformat, sd15_configs  # noqa: E402
 from plic.image import load_rgb, to_working  # noqa: E402
 from scripts.comfy_server import ComfyServer  # noqa: E402
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree  # noqa: E402
