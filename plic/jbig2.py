@@ -82,13 +82,17 @@ def _lazy_jit(pixel: bool):
 
 
 def _compile_all() -> None:
+    global NUMBA
     with _COMPILE_LOCK:
         if not _COMPILED:
             return
         entry = pixel_helper = lambda func: func
         if NUMBA:
-            import numba
-
+            try:
+                import numba
+            except ImportError:  # installed but unusable (e.g. built for another numpy): plain Python
+                NUMBA = False
+        if NUMBA:
             # Per-pixel helpers are compiled without the numba runtime (_nrt=False): they
             # allocate nothing, and with it every call would reference-count its array
             # arguments, which costs more than the arithmetic coding itself.
