@@ -64,8 +64,7 @@ class PlicPack:
             if goal is None:
                 payload = codec.pack_parts(prompt=text, edges=edge, palette=colours, salient=kept)
                 size = len(fileformat.dumps(payload))
-                note = None if edge.work is None else ratecontrol.webp_warning(
-                    size, edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
+                note = ratecontrol.webp_warning(size, edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
                 after = edge.bitmap
             else:
                 fitted = fit_part(text, edge, colours, kept, goal)
@@ -82,7 +81,7 @@ class PlicPack:
 def fit_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | None,
              salient: codec.SalientPart | None, goal: int) -> ratecontrol.Result:
     """Rate control for one image from the parts PLIC Pack was given."""
-    if edge.work is None or palette is None:
+    if palette is None:
         raise PlicInputError("PLIC Pack: a target needs the edges from PLIC Canny Edges and a palette "
                              "from PLIC Palette (it searches their settings again)")
     settings = codec.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1],

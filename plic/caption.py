@@ -407,7 +407,7 @@ class ManualCaptioner:
     backend = "manual"
 
     def __init__(self, text: str, *, limit: int = MAX_PROMPT_CHARS):
-        self.prompt = clean_prompt(text, check_prompt_limit(limit))
+        self.prompt = clean_prompt(text, limit)
 
     def caption(self, rgb: np.ndarray) -> str:
         return self.prompt

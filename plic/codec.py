@@ -57,20 +57,20 @@ class EdgesPart:
     bitmap: np.ndarray
     #: What rate control (plic.ratecontrol) needs to search again: the working image the edges
     #: were found in and the Canny thresholds used.
-    work: np.ndarray | None = None
-    canny: tuple[int, int] = (edges_mod.DEFAULT_LOW, edges_mod.DEFAULT_HIGH)
+    work: np.ndarray
+    canny: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class PalettePart:
     """The colour palette of one image: the WebP ``data`` stored in the file, the decoded
     ``small`` (s, s, 3) uint8 image it holds and the ``working_size`` (width, height) of the
-    image it was made from (None: not known)."""
+    image it was made from."""
 
     data: bytes
     small: np.ndarray
-    quality: int = palette_mod.DEFAULT_QUALITY  # the WebP quality ``data`` was stored at
-    working_size: tuple[int, int] | None = None
+    quality: int  # the WebP quality ``data`` was stored at
+    working_size: tuple[int, int]
 
 
 def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tuple[int, int], np.ndarray]:
@@ -113,7 +113,7 @@ def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = N
     """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`);
     the palette and a salient part must be made from a working image of the edges' size
     (PlicInputError otherwise)."""
-    if palette is not None and palette.working_size not in (None, tuple(edges.working_size)):
+    if palette is not None and palette.working_size != tuple(edges.working_size):
         raise PlicInputError(f"the palette was made from a {palette.working_size[0]}x"
                              f"{palette.working_size[1]} working image but the edges from a "
                              f"{edges.working_size[0]}x{edges.working_size[1]} one; give both the "

@@ -13,7 +13,7 @@ MAX_PROMPT_CHARS = 240
 def clean_prompt(text: str | None, limit: int = MAX_PROMPT_CHARS) -> str:
     """Collapse whitespace and cut at a word boundary to at most ``limit`` characters
     (1..:data:`MAX_PROMPT_CHARS`, PlicInputError otherwise). None is no prompt: ""."""
-    check_prompt_limit(limit)
+    limit = check_prompt_limit(limit)
     text = " ".join(("" if text is None else str(text)).split())
     if len(text) <= limit:
         return text

@@ -182,7 +182,7 @@ class _Pricer:
         ``stream`` is the coded map when already made (the quick one otherwise)."""
         bitmap = self.edge_map(step.canny, min_length)
         stream = stream or self.stream(step.canny, min_length)
-        edges = codec.EdgesPart(self.original_size, self.size, stream, bitmap)
+        edges = codec.EdgesPart(self.original_size, self.size, stream, bitmap, self.work, step.canny)
         plic = codec.pack_parts(prompt=self.prompt, edges=edges, palette=step.palette,
                                 salient=step.salient, decode_hints=self.decode_hints)
         return plic, fileformat.dumps(plic)
