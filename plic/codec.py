@@ -208,6 +208,10 @@ class Unpacked:
             return np.zeros((self.height, self.width), bool)
         return self.salient_mask.astype(bool)
 
+    def init_image(self) -> np.ndarray:
+        """(H, W, 3) uint8: where the decoder starts, the kept pixels over the palette."""
+        return np.where(self.keep_mask()[..., None], self.salient_pixels, self.palette_full)
+
     def inpaint_hint(self) -> np.ndarray:
         """Float32 (H, W, 3): kept pixels in 0..1, pixels to regenerate at -1."""
         return hints.inpaint(self.salient_pixels, self.salient_mask)

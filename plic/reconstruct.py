@@ -281,10 +281,8 @@ def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int]) -> dict:
 
     images, masks, inpaint, color_canny = [], [], [], []
     for unpacked in parts:
-        keep = unpacked.keep_mask()
-        init = np.where(keep[..., None], unpacked.salient_pixels, unpacked.palette_full)
-        images.append(Image.fromarray(_nearest(init, size)))
-        masks.append(Image.fromarray(_nearest(np.where(keep, 0, 255).astype(np.uint8), size)))
+        images.append(Image.fromarray(_nearest(unpacked.init_image(), size)))
+        masks.append(Image.fromarray(_nearest(np.where(unpacked.keep_mask(), 0, 255).astype(np.uint8), size)))
         inpaint.append(_nearest(unpacked.inpaint_hint(), size))
         color_canny.append(_nearest(unpacked.color_canny_hint, size).astype(np.float32) / 255.0)
     return {"image": images, "mask_image": masks,

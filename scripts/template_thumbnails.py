@@ -34,9 +34,8 @@ def _grid(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> Image.I
 
 def main() -> None:
     parts = codec.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
-    keep = parts.keep_mask()[..., None]
     edges = np.repeat((parts.edges * 255).astype(np.uint8)[..., None], 3, axis=-1)
-    init = np.where(keep, parts.salient_pixels, parts.palette_full)
+    init = parts.init_image()
     original = load_rgb(REPO / "plic" / "data" / "example.png")
     thumbnails = {"plic_compress": _grid(original, edges, parts.palette_full, init),
                   "plic_decompress": _grid(edges, parts.palette_full, parts.color_canny_hint, init)}
