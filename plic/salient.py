@@ -250,10 +250,10 @@ def _group_boxes(mask: np.ndarray, pad: int, merge_gap: int) -> list[tuple[int, 
     height, width = mask.shape
     boxes = [(max(0, x0[i] - pad), max(0, y0[i] - pad), min(width, x1[i] + pad), min(height, y1[i] + pad))
              for i in range(1, count) if x1[i] > 0]
-    return _merge_overlaps([tuple(int(v) for v in b) for b in boxes])
+    return merge_overlaps([tuple(int(v) for v in b) for b in boxes])
 
 
-def _merge_overlaps(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+def merge_overlaps(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) boxes merged until no two overlap."""
     merged = True
     while merged:
