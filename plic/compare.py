@@ -10,7 +10,7 @@ larger than the budget the result says so (``data`` is None). Files carry no met
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -47,21 +47,22 @@ EXTRA_TRIES = 3
 
 @dataclass(frozen=True)
 class SameSize:
-    """One codec's best file within ``budget`` bytes; ``data`` is None when it cannot fit."""
+    """One codec's best file within ``budget`` bytes and its decoded ``picture``; ``data`` and
+    ``picture`` are None when it cannot fit."""
 
     codec: Codec
     budget: int
     quality: int | None
     data: bytes | None
     lowest_size: int
+    picture: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def fits(self) -> bool:
         return self.data is not None
 
     def decoded(self) -> np.ndarray:
-        with Image.open(io.BytesIO(self.data)) as im:
-            return np.asarray(im.convert("RGB"))
+        return self.picture
 
     def describe(self) -> str:
         if not self.fits:
@@ -83,11 +84,17 @@ def fit(rgb: np.ndarray, budget: int, codec: Codec) -> SameSize:
     if budget < 1:
         raise PlicInputError(f"the byte budget must be positive, got {budget}")
     sizes: dict[int, bytes] = {}
+    pictures: dict[int, np.ndarray] = {}
 
     def encoded(quality: int) -> bytes:
         if quality not in sizes:
             sizes[quality] = codec.encode(rgb, quality)
         return sizes[quality]
+
+    def decoded(quality: int) -> np.ndarray:
+        if quality not in pictures:
+            pictures[quality] = _decode(encoded(quality))
+        return pictures[quality]
 
     low, high = codec.lowest, codec.highest
     if len(encoded(low)) > budget:
@@ -100,14 +107,17 @@ def fit(rgb: np.ndarray, budget: int, codec: Codec) -> SameSize:
             high = middle - 1
     candidates = [q for q in range(max(codec.lowest, low - EXTRA_TRIES), low + 1)
                   if len(encoded(q)) <= budget]
-    quality = min(candidates, key=lambda q: (_mse(rgb, encoded(q)), -q))
-    return SameSize(codec, budget, quality, encoded(quality), len(encoded(codec.lowest)))
+    quality = min(candidates, key=lambda q: (_mse(rgb, decoded(q)), -q))
+    return SameSize(codec, budget, quality, encoded(quality), len(encoded(codec.lowest)), decoded(quality))
 
 
-def _mse(rgb: np.ndarray, data: bytes) -> float:
+def _decode(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        decoded = np.asarray(im.convert("RGB"), dtype=np.float64)
-    return float(np.mean((decoded - rgb) ** 2))
+        return np.asarray(im.convert("RGB"))
+
+
+def _mse(rgb: np.ndarray, decoded: np.ndarray) -> float:
+    return float(np.mean((decoded.astype(np.float64) - rgb) ** 2))
 
 
 def same_size(rgb: np.ndarray, budget: int, codecs=CODECS) -> list[SameSize]:
