@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from . import compare
 from .codec import bits_per_pixel
-from .image import check_rgb, resize
+from .image import check_rgb, resize_to_height
 from .metrics import Evaluator, reference_for
 
 PLIC_METHOD = "plic"
@@ -70,8 +70,7 @@ def side_by_side(results: list[Result], height: int = 256) -> np.ndarray:
     tiles = []
     for result in results:
         if result.picture is not None:
-            h, w = result.picture.shape[:2]
-            tile = resize(result.picture, (max(1, round(w * height / h)), height))
+            tile = resize_to_height(result.picture, height)
             label = result.method + (f" q{result.quality}" if result.quality is not None else "")
         else:
             tile = np.full((height, height, 3), 96, dtype=np.uint8)

@@ -94,6 +94,12 @@ def resize(rgb: np.ndarray, size: tuple[int, int], resample: int = Image.LANCZOS
     return np.asarray(Image.fromarray(rgb).resize(size, resample), dtype=np.uint8)
 
 
+def resize_to_height(rgb: np.ndarray, height: int) -> np.ndarray:
+    """``rgb`` resized (Lanczos) to ``height`` pixels, keeping its aspect ratio."""
+    h, w = rgb.shape[:2]
+    return resize(rgb, (max(1, round(w * height / h)), height))
+
+
 def to_working(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> np.ndarray:
     """The working image: longest side scaled down to ``max_side`` with Lanczos."""
     rgb = check_rgb(rgb)

@@ -19,6 +19,7 @@ from PIL import Image
 from .deps import require
 from .evaluation import Result
 from .fileformat import write_atomic
+from .image import resize_to_height
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES
 
 THUMB_HEIGHT = 192
@@ -102,9 +103,7 @@ def _png_uri(data: bytes) -> str:
 
 
 def _thumb(picture: np.ndarray) -> str:
-    h, w = picture.shape[:2]
-    image = Image.fromarray(np.ascontiguousarray(picture)).resize(
-        (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT), Image.LANCZOS)
+    image = Image.fromarray(resize_to_height(np.ascontiguousarray(picture), THUMB_HEIGHT))
     out = io.BytesIO()
     image.save(out, "PNG")
     return _png_uri(out.getvalue())
