@@ -28,6 +28,7 @@ the whole image) measured on the same images in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -169,9 +170,18 @@ def build_set(cache: Path) -> list[Sample]:
 
 # --- the detectors -----------------------------------------------------------------------------
 
+@functools.cache
+def _haar_cascade(name: str):
+    """One cascade classifier, read once (PLIC's earlier detector kept them the same way)."""
+    import cv2
+
+    return cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, f"haarcascade_{name}.xml"))
+
+
 def haar_faces(rgb: np.ndarray) -> list[Candidate]:
     """PLIC's earlier face detector, for comparison: frontal + profile cascades, profile also on
-    the mirrored image, minimum side 5 % of the image, minNeighbors 5."""
+    the mirrored image, minimum side 5 % of the image, minNeighbors 5, boxes grown by the same
+    margin the current detector uses (detect.FACE_MARGIN)."""
     import cv2
 
     gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
@@ -179,14 +189,14 @@ def haar_faces(rgb: np.ndarray) -> list[Candidate]:
     side = max(20, int(min(height, width) * 0.05))
     found = []
     for name, flipped in (("frontalface_default", False), ("profileface", False), ("profileface", True)):
-        cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, f"haarcascade_{name}.xml"))
         image = gray[:, ::-1].copy() if flipped else gray
-        rects, _, weights = cascade.detectMultiScale3(image, scaleFactor=1.1, minNeighbors=5,
-                                                      minSize=(side, side), outputRejectLevels=True)
+        rects, _, weights = _haar_cascade(name).detectMultiScale3(image, scaleFactor=1.1, minNeighbors=5,
+                                                                  minSize=(side, side), outputRejectLevels=True)
         for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
-            x = width - x - w if flipped else x
-            found.append(Candidate("faces", "face", (int(x), int(y), int(w), int(h)),
-                                   1 - float(np.exp(-max(float(weight), 0) / 3))))
+            x, y, w, h = int(width - x - w if flipped else x), int(y), int(w), int(h)
+            box = detect._grown((x, y, w, h), round(w * detect.FACE_MARGIN), round(h * detect.FACE_MARGIN),
+                                width, height)
+            found.append(Candidate("faces", "face", box, 1 - float(np.exp(-max(float(weight), 0) / 3))))
     return found
 
 
