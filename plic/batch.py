@@ -27,6 +27,19 @@ def expand(paths: list[Path], suffixes: set[str], what: str) -> list[Path]:
     return files
 
 
+def several(files: list[Path], given: list[Path]) -> bool:
+    """Whether the ``files`` expanded from the paths ``given`` are more than one file named on
+    the command line (several, or from a folder): then each gets an output of its own."""
+    return len(files) > 1 or files[0] not in given
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output ``path`` up front, before any work is spent on it, unless
+    ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise PlicError(f"{path}: already exists; pass --overwrite to replace it")
+
+
 def clash(source: Path, target: Path, first: Path) -> PlicError:
     """The error for ``source``, whose output ``target`` the earlier input ``first`` writes."""
     if Path(source).resolve() == Path(first).resolve():

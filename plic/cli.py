@@ -175,8 +175,7 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     """Compress the image ``path`` to ``target`` (storing ``decode_hints``) and print its sizes
     and what the salient step kept; a note in ``shown_notes`` (such as a detector that cannot
     run) is not repeated."""
-    if target.exists() and not args.overwrite:
-        raise _fail(target, "already exists; pass --overwrite to replace it")
+    batch.refuse_existing(target, args.overwrite)
     rgb = load_rgb(path)
     original_size, work = codec.working_image(rgb, settings.max_side)
     stored = salient_from_args(args, work, path)
@@ -249,8 +248,8 @@ def run_info(args) -> int:
     status = batch.run_each([(source, source) for source in sources],
                             lambda source, _: infos.append(info_one(source, args)))
     if args.json and infos:
-        several = len(sources) > 1 or sources[0] not in args.files
-        print(json.dumps([{"file": str(source), **info} for source, info in infos] if several
+        print(json.dumps([{"file": str(source), **info} for source, info in infos]
+                         if batch.several(sources, args.files)
                          else infos[0][1], indent=2))
     return status
 
@@ -281,7 +280,7 @@ def print_info(source: Path, info: dict) -> None:
 
 def run_export(args) -> int:
     sources = batch.expand(args.files, {".plic"}, ".plic files")
-    several = len(sources) > 1 or sources[0] not in args.files
+    several = batch.several(sources, args.files)
     jobs = [(source, args.output / source.stem if several else args.output) for source in sources]
     return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))
 
@@ -290,9 +289,8 @@ def export_one(source: Path, folder: Path, overwrite: bool) -> None:
     """Write the parts of ``source`` into ``folder``; with ``overwrite`` the parts an earlier
     export wrote there and this one does not (salient regions...) are removed."""
     files = export_files(fileformat.load(source), str(source))
-    clashes = [name for name in files if (folder / name).exists()]
-    if clashes and not overwrite:
-        raise _fail(folder / clashes[0], "already exists; pass --overwrite to replace it")
+    for name in files:
+        batch.refuse_existing(folder / name, overwrite)
     for name, data in files.items():
         write_atomic(folder / name, data, overwrite=overwrite)
     for stale in sorted(folder.iterdir()):

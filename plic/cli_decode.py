@@ -95,8 +95,7 @@ def run_decode(args) -> int:
     that fails is reported on one line and the others go on."""
     jobs = targets(args.files, args.output)
     for _, target in jobs:
-        if target.exists() and not args.overwrite:
-            raise PlicError(f"{target}: already exists; pass --overwrite to replace it")
+        batch.refuse_existing(target, args.overwrite)
     if args.batch_size < 1:
         raise PlicError(f"--batch-size must be at least 1, got {args.batch_size}")
     reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from . import batch, compare, evaluation, fileformat, metrics, models, report
-from .errors import ModelNotFoundError, PlicError, PlicInputError
+from .errors import ModelNotFoundError, PlicInputError
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
 
@@ -108,7 +108,7 @@ def _by_stem(folder: Path, suffixes: set[str], what: str) -> dict[str, Path]:
 
 
 def pair_files(args) -> list[tuple[Path, Path, Path | None]]:
-    """(original, reconstruction, .plic or None) for each original; PlicError naming every
+    """(original, reconstruction, .plic or None) for each original; PlicInputError naming every
     original whose reconstruction or .plic is missing, before any work."""
     originals = batch.expand(args.originals, IMAGE_SUFFIXES, "images")
     recons = _by_stem(args.reconstructions, IMAGE_SUFFIXES, "reconstructions")
@@ -125,10 +125,8 @@ def pair_files(args) -> list[tuple[Path, Path, Path | None]]:
 
 def run_eval(args) -> int:
     pairs = pair_files(args)
-    if not args.overwrite:
-        existing = [args.output / n for n in report.FILES if (args.output / n).exists()]
-        if existing:
-            raise PlicError(f"{existing[0]}: already exists; pass --overwrite to replace it")
+    for name in report.FILES:
+        batch.refuse_existing(args.output / name, args.overwrite)
     try:
         evaluator = metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
                                            lpips_name=args.lpips, device=args.device)
