@@ -73,17 +73,16 @@ class PlicDiffusersLoader:
         return (reconstructor,)
 
 
-def _load_managed(reconstructor: core.Reconstructor):
-    """The reconstructor's pipeline, registered with ComfyUI's memory manager and on its device
-    with room to run (ComfyUI offloads only what it must); with cpu_offload, only room for the
-    largest model at a time, which diffusers moves in and out itself."""
+def _load_managed(reconstructor: core.Reconstructor) -> None:
+    """Load the reconstructor's pipeline, registered with ComfyUI's memory manager and on its
+    device with room to run (ComfyUI offloads only what it must); with cpu_offload, only room
+    for the largest model at a time, which diffusers moves in and out itself."""
     pipe = reconstructor.pipeline
     device = str(reconstructor.options.device)
     if reconstructor.options.cpu_offload:
         memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
-        return pipe
-    memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
-    return pipe
+    else:
+        memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
 
 
 class _Progress:

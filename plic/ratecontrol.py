@@ -106,7 +106,7 @@ class Result:
     @property
     def removed(self) -> np.ndarray:
         """(H, W) bool: edge pixels of the starting map that are not stored."""
-        return self.before.astype(bool) & ~self.after.astype(bool)
+        return _removed(self.before, self.after)
 
     @property
     def longest_removed(self) -> int:
@@ -351,12 +351,16 @@ def _cheaper_salient(part: codec.SalientPart | None):
 
 # -- telling users, and comparing with the usual codecs ------------------------------------------
 
+#: Pillow's save options for WebP at its lowest quality, the size a .plic is compared with.
+WEBP_Q0 = {"format": "WEBP", "quality": 0, "method": 6}
+
+
 def reference_sizes(rgb: np.ndarray, avif: bool = True) -> dict[str, int | None]:
     """Bytes of ``rgb`` as JPEG at quality 1, WebP at quality 0 and (when ``avif``) AVIF at
     quality 0: the smallest files those codecs make. ``avif_q0`` is None when this Pillow was
     built without AVIF (see :func:`avif_available`)."""
     options = {"jpeg_q1": {"format": "JPEG", "quality": 1},
-               "webp_q0": {"format": "WEBP", "quality": 0, "method": 6}}
+               "webp_q0": WEBP_Q0}
     if avif:
         options["avif_q0"] = {"format": "AVIF", "quality": 0} if avif_available() else None
     sizes = {}
@@ -379,16 +383,21 @@ def _encoded_size(rgb: np.ndarray, save: dict) -> int:
 def webp_warning(n_bytes: int, work: np.ndarray, how: str) -> str | None:
     """A note when a file of ``n_bytes`` is larger than the working image ``work`` at WebP
     quality 0, suggesting a target (``how`` names the option: "--target-bpp 0.05"...)."""
-    webp = _encoded_size(work, {"format": "WEBP", "quality": 0, "method": 6})
+    webp = _encoded_size(work, WEBP_Q0)
     if n_bytes <= webp:
         return None
     return (f"note: this file is larger than the image as WebP at quality 0 ({webp} bytes); "
             f"{how} searches for smaller settings (fewer texture edges)")
 
 
+def _removed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """(H, W) bool: edge pixels of the map ``before`` that are not in ``after``."""
+    return before.astype(bool) & ~after.astype(bool)
+
+
 def removed_preview(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """RGB picture of what rate control removed: kept edges black, removed edges red, on white."""
     picture = np.full(before.shape + (3,), 255, dtype=np.uint8)
-    picture[before.astype(bool) & ~after.astype(bool)] = (230, 0, 0)
+    picture[_removed(before, after)] = (230, 0, 0)
     picture[after.astype(bool)] = 0
     return picture
