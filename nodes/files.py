@@ -12,7 +12,7 @@ from plic.errors import PlicError, PlicInputError
 
 from .common import CATEGORY, PAYLOAD, comfy_directory
 
-EXTENSION = ".plic"
+EXTENSION = fileformat.SUFFIX
 PACK = Path(__file__).resolve().parents[1]
 #: The inputs the shipped workflows name, copied into ComfyUI's input folder so that every
 #: template queues as it is: input file name -> the pack's file.

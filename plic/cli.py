@@ -24,10 +24,8 @@ from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
 from .errors import PlicError, one_line
 from .fileformat import write_atomic
-from .image import load_rgb
+from .image import IMAGE_SUFFIXES, load_rgb
 from .parts import EXPORTED_NAME, export_files, preview_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +241,7 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
 
 
 def run_info(args) -> int:
-    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    sources = batch.expand(args.files, {fileformat.SUFFIX}, ".plic files")
     infos = []
     status = batch.run_each([(source, source) for source in sources],
                             lambda source, _: infos.append(info_one(source, args)))
@@ -279,7 +277,7 @@ def print_info(source: Path, info: dict) -> None:
 # -- export and preview ------------------------------------------------------------------------
 
 def run_export(args) -> int:
-    sources = batch.expand(args.files, {".plic"}, ".plic files")
+    sources = batch.expand(args.files, {fileformat.SUFFIX}, ".plic files")
     several = batch.several(sources, args.files)
     jobs = [(source, args.output / source.stem if several else args.output) for source in sources]
     return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))

@@ -84,7 +84,7 @@ def model_paths(args) -> core.ModelPaths:
 def targets(files: list[Path], output: Path) -> list[batch.Job]:
     """(input, output PNG) pairs: ``output`` itself for one file given as a .png, else
     ``output/<stem>.png`` for every .plic file (folders expanded)."""
-    inputs = batch.expand(files, {".plic"}, ".plic files")
+    inputs = batch.expand(files, {fileformat.SUFFIX}, ".plic files")
     if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
         return [(inputs[0], output)]
     return [(path, output / f"{path.stem}.png") for path in inputs]

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import batch, compare, evaluation, fileformat, metrics, models, report
+from . import batch, compare, evaluation, fileformat, image, metrics, models, report
 from .errors import ModelNotFoundError, PlicInputError
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
 
 #: What ``plic encode`` reads, plus AVIF (a reconstruction or codec output may be one).
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif"}
-PLIC_SUFFIX = ".plic"
+IMAGE_SUFFIXES = image.IMAGE_SUFFIXES | {".avif"}
+PLIC_SUFFIX = fileformat.SUFFIX
 
 
 def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ from pathlib import Path
 from .errors import OutputExistsError, PlicFormatError, PlicOutputError
 
 MAGIC = b"\x89PLIC\r\n\x1a"
+#: The ending of a .plic file's name.
+SUFFIX = ".plic"
 VERSION = 1
 HEADER = struct.Struct(">8sBBHIIII")  # magic, version, flags, section count, 4 sizes
 SECTION_HEAD = struct.Struct(">4sI")  # type, payload length

@@ -16,6 +16,8 @@ from .errors import PlicInputError
 
 #: Longest side of the working image in the reference pipeline.
 DEFAULT_MAX_SIDE = 1024
+#: File name endings taken as images when a folder is expanded (plic encode, bench, eval).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
