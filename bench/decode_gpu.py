@@ -8,7 +8,12 @@ runs, on a real encoded image.
 
     python bench/decode_gpu.py                          # GPU: 512x512 and 1024x640, every variant
     python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
-    python bench/decode_gpu.py --tiny --steps 2         # CPU run with tiny models
+    python bench/decode_gpu.py --models tiny --steps 2  # CPU run with tiny models
+    python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui  # CPU
+
+The ``comfyui`` variant runs the shipped decompress workflow through ComfyUI's own executor and
+nodes in this process (bench/comfy_graph.py; ComfyUI's source from ``--comfyui``); ComfyUI
+recognises a model by its layer shapes, so it needs the full-size models (at any image size).
 
 Method: per size, every variant gets a fresh pipeline and one untimed warm-up call (reported:
 build seconds and first-call seconds, which hold the compilation of the compiled variants; its
@@ -40,7 +45,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import random_models  # noqa: E402
-from plic import codec  # noqa: E402
+from bench.comfy_graph import DEFAULT_COMFYUI  # noqa: E402
+from bench.step_clock import StepClock  # noqa: E402
+from plic import codec, fileformat  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402
 
@@ -84,11 +91,14 @@ VARIANTS = {
     "vae_tiling": Variant("fp16, VAE in tiles", vae_tiling=True),
     "fast": Variant(f"fp16 + compile (default) + UniPC {FEW_STEPS} steps + four files per call",
                     compile="default", steps=FEW_STEPS, batch=4),
+    "comfyui": Variant("workflows/api/plic_decompress.json through ComfyUI's executor and nodes "
+                       "(DiffusersLoader for the checkpoint; ComfyUI picks precision and attention)"),
 }
+COMFYUI = "comfyui"
 COMPILED = tuple(name for name, v in VARIANTS.items() if v.compile != "off")
 COLUMNS = ("size", "variant", "precision", "attention", "offload", "steps", "batch", "repeats",
            "s_per_image", "s_per_image_min", "s_per_image_max", "images_per_s", "loop_it_per_s",
-           "x_paper", "max_px_diff", "mean_px_diff", "build_s", "first_call_s",
+           "x_paper", "max_px_diff", "mean_px_diff", "salient_max_px_diff", "build_s", "first_call_s",
            "peak_allocated_gb", "peak_reserved_gb")
 
 
@@ -97,14 +107,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def sample_file(size: tuple[int, int]) -> codec.Unpacked:
-    """The example image at ``size``, encoded and unpacked, with a salient rectangle."""
+@dataclass(frozen=True)
+class Sample:
+    """The file every variant decodes: its bytes (ComfyUI reads the file) and its parts."""
+
+    data: bytes
+    unpacked: codec.Unpacked
+
+
+def sample_file(size: tuple[int, int]) -> Sample:
+    """The example image at ``size``, encoded, with a salient rectangle."""
     rgb = resize(load_rgb(EXAMPLE), size)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] = True
     plic = codec.encode_image(rgb, prompt="a photograph, detailed, natural light",
                               settings=codec.EncodeSettings(max_side=max(size)), salient_mask=mask)
-    return codec.unpack(plic)
+    return Sample(fileformat.dumps(plic), codec.unpack(plic))
+
+
+def build_components(tiny: bool, dtype):
+    """Fresh random models (the tokenizer's files in a folder deleted at once)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return random_models.build_sd15(Path(folder), tiny=tiny, dtype=dtype)
 
 
 class Runner:
@@ -116,8 +140,8 @@ class Runner:
         self.dtype = core.resolve_dtype(variant.precision, device)
         self.settings = core.DecodeSettings(steps=variant.steps or steps, seed=0,
                                             scheduler=variant.scheduler, vae_tiling=variant.vae_tiling)
-        with tempfile.TemporaryDirectory() as folder:
-            components = random_models.build_sd15(Path(folder), tiny=tiny, dtype=self.dtype)
+        self.steps = self.settings.steps
+        components = build_components(tiny, self.dtype)
         options = core.LoadOptions(device=device, precision=variant.precision,
                                    cpu_offload=variant.cpu_offload and self.cuda,
                                    channels_last=variant.channels_last, compile=variant.compile)
@@ -147,36 +171,24 @@ class Runner:
 
         return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
-    def call(self, parts: list[codec.Unpacked]) -> tuple[dict, list[np.ndarray]]:
-        """One synchronised call: wall seconds and loop iterations/s (CUDA events at the step
-        callbacks on a GPU, host clock on the CPU, where every kernel runs before it returns)."""
+    def call(self, sample: Sample) -> tuple[dict, list[np.ndarray]]:
+        """One synchronised decode of ``variant.batch`` copies of the file, as ``plic decode``
+        makes it (salient pixels restored): wall seconds and loop iterations/s (see
+        :class:`StepClock`)."""
         import torch
 
-        marks: list = []
-
-        def on_step(done, total):
-            if self.cuda:
-                event = torch.cuda.Event(enable_timing=True)
-                event.record()
-                marks.append(event)
-            else:
-                marks.append(time.perf_counter())
-
+        clock = StepClock(self.cuda)
+        part = sample.unpacked
         if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         with self._attention_context():
-            images = core.generate(self.pipe, parts, self.settings, on_step=on_step)
+            images = core.generate(self.pipe, [part] * self.variant.batch, self.settings,
+                                   on_step=lambda done, total: clock.mark())
+        images = [core.restore_salient(image, part.salient_pixels, part.salient_mask) for image in images]
         if self.cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        if len(marks) < 2:
-            loop = float("nan")
-        elif self.cuda:
-            loop = (len(marks) - 1) / (marks[0].elapsed_time(marks[-1]) / 1000)
-        else:
-            loop = (len(marks) - 1) / (marks[-1] - marks[0])
-        return {"seconds": seconds, "loop_it_per_s": loop}, images
+        return {"seconds": time.perf_counter() - start, "loop_it_per_s": clock.rate()}, images
 
 
 def memory_mark() -> tuple[int, int]:
@@ -190,18 +202,41 @@ def memory_mark() -> tuple[int, int]:
     return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
 
 
-def warm_up(name: str, args, tiny: bool, device: str, parts_for) -> tuple[Runner, dict, list]:
+@dataclass(frozen=True)
+class Setup:
+    """What every variant of a run shares."""
+
+    device: str
+    tiny: bool
+    steps: int  # --steps
+    comfy: object = None  # bench.comfy_graph.ComfyUI, when the comfyui variant runs
+
+
+def new_runner(name: str, setup: Setup):
+    """``name``'s runner: a diffusers pipeline, or ComfyUI's graph for ``comfyui``."""
+    if name != COMFYUI:
+        return Runner(name, VARIANTS[name], setup.tiny, setup.device, setup.steps)
+    import torch
+
+    from bench.comfy_graph import ComfyGraphRunner
+
+    # written as fp16 files, on the CPU too (half the disk and memory): ComfyUI casts as it loads
+    return ComfyGraphRunner(name, VARIANTS[name], build_components(setup.tiny, torch.float16),
+                            setup.device, setup.steps, setup.comfy)
+
+
+def warm_up(name: str, setup: Setup, sample: Sample) -> tuple[object, dict, list]:
     """Build ``name``'s pipeline and make its first call: build and first-call seconds, peak
     memory above what was held before (allocated, and reserved: the allocator's cache, cuDNN
     and cuBLAS workspaces and CUDA-graph pools included), and its images."""
     import torch
 
-    cuda = device.startswith("cuda")
+    cuda = setup.device.startswith("cuda")
     before = memory_mark() if cuda else (0, 0)
     start = time.perf_counter()
-    runner = Runner(name, VARIANTS[name], tiny, device, args.steps)
+    runner = new_runner(name, setup)
     built = time.perf_counter() - start
-    first, images = runner.call(parts_for(runner))
+    first, images = runner.call(sample)
     info = {"build_s": built, "first_call_s": first["seconds"], "peak_allocated_gb": None,
             "peak_reserved_gb": None}
     if cuda:
@@ -210,30 +245,37 @@ def warm_up(name: str, args, tiny: bool, device: str, parts_for) -> tuple[Runner
     return runner, info, images
 
 
+def salient_difference(images: list[np.ndarray], unpacked: codec.Unpacked) -> int:
+    """Max difference, in 8-bit levels, of every image from the file's stored salient pixels
+    inside its salient mask: 0 when a variant restores them verbatim, as PLIC promises."""
+    keep = unpacked.keep_mask()
+    return int(max(np.abs(image[keep].astype(np.int16) - unpacked.salient_pixels[keep]).max()
+                   for image in images))
+
+
 def pixel_difference(images: list[np.ndarray], reference: np.ndarray) -> tuple[int, float]:
     """Max and mean absolute difference of every image from ``reference``, in 8-bit levels."""
     diffs = [np.abs(image.astype(np.int16) - reference.astype(np.int16)) for image in images]
     return int(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs]))
 
 
-def run_size(size: str, names: list[str], args, tiny: bool, device: str) -> list[dict]:
+def run_size(size: str, names: list[str], setup: Setup, repeats: int) -> list[dict]:
     """Every variant at ``size``: warm-ups one after another, then interleaved timed rounds."""
     import torch
 
-    unpacked = sample_file(parse_size(size))
+    sample = sample_file(parse_size(size))
     runners, rows, first, outputs = {}, {}, {}, {}
     for name in names:
-        runners[name], rows[name], first[name] = warm_up(
-            name, args, tiny, device, lambda runner: [unpacked] * runner.variant.batch)
+        runners[name], rows[name], first[name] = warm_up(name, setup, sample)
         print(f"# {size} {name}: built in {rows[name]['build_s']:.1f} s, first call "
               f"{rows[name]['first_call_s']:.1f} s", file=sys.stderr, flush=True)
     # a compiled variant that would compile again (new guards, eager fallback) fails instead
     with torch._dynamo.config.patch(error_on_recompile=True, fail_on_recompile_limit_hit=True):
-        for round_ in range(args.repeats):
+        for round_ in range(repeats):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 runner = runners[name]
-                timing, images = runner.call([unpacked] * runner.variant.batch)
+                timing, images = runner.call(sample)
                 runner.times.append(timing)
                 outputs[name] = images
     results = []
@@ -242,7 +284,7 @@ def run_size(size: str, names: list[str], args, tiny: bool, device: str) -> list
         per_image = [t["seconds"] / runner.variant.batch for t in runner.times]
         row = {"size": size, "variant": name, "precision": runner.precision,
                "attention": runner.attention, "offload": runner.offload,
-               "steps": runner.settings.steps, "batch": runner.variant.batch,
+               "steps": runner.steps, "batch": runner.variant.batch,
                "repeats": len(per_image), "s_per_image": statistics.median(per_image),
                "s_per_image_min": min(per_image), "s_per_image_max": max(per_image),
                "images_per_s": 1 / statistics.median(per_image),
@@ -250,13 +292,14 @@ def run_size(size: str, names: list[str], args, tiny: bool, device: str) -> list
                **rows[name]}
         row["max_px_diff"], row["mean_px_diff"] = (
             pixel_difference(outputs[name], first[REFERENCE][0]) if REFERENCE in first else (None, None))
+        row["salient_max_px_diff"] = salient_difference(outputs[name], sample.unpacked)
         results.append(row)
     reference = next((r for r in results if r["variant"] == REFERENCE), None)
     for row in results:
         row["x_paper"] = reference["s_per_image"] / row["s_per_image"] if reference else None
     del runners
     torch._dynamo.reset()  # the next size compiles afresh, from fresh pipelines
-    if device.startswith("cuda"):
+    if setup.device.startswith("cuda"):
         gc.collect()
         torch.cuda.empty_cache()
     return results
@@ -286,6 +329,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def open_comfyui(names: list[str], explicit: bool, tiny: bool, source: Path, cuda: bool):
+    """ComfyUI imported for the comfyui variant when ``names`` holds it, or None. Where it cannot
+    run, a variant the user named stops the run before any work; a default one is left out
+    (removed from ``names``), saying why."""
+    if COMFYUI not in names:
+        return None
+    from bench.comfy_graph import ComfyUI
+
+    try:
+        if tiny:
+            raise ImportError("it needs the full-size models (--models sd15): ComfyUI recognises "
+                              "SD1.5 by its layer shapes and loads no tiny model")
+        return ComfyUI(source, cuda)
+    except ImportError as exc:
+        if explicit:
+            raise SystemExit(f"The comfyui variant cannot run: {exc}") from None
+        names.remove(COMFYUI)
+        print(f"Leaving out the comfyui variant: {exc}.", file=sys.stderr)
+        return None
+
+
 def run(args) -> tuple[dict, list[dict]]:
     import torch
     from diffusers.utils import logging as diffusers_logging
@@ -293,35 +357,43 @@ def run(args) -> tuple[dict, list[dict]]:
     diffusers_logging.set_verbosity_error()  # random weights: no casting or loading chatter
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    tiny = args.tiny or not cuda
+    tiny = args.models == "tiny" or (args.models == "auto" and not cuda)
     if not cuda:
-        print("No CUDA GPU is available: the full-size table needs one. Running the tiny models on "
-              "the CPU (fp32, no offload, plain SDPA: the paper's configuration cannot run there).",
-              file=sys.stderr)
+        print(f"No CUDA GPU is available: the full-size table needs one. Running the "
+              f"{'tiny' if tiny else 'full-size'} models on the CPU (fp32, no offload, plain SDPA: "
+              "the paper's configuration cannot run there).", file=sys.stderr)
     # warm-ups compile every variant's models once per shape: never fall back to eager silently
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch._dynamo.config.recompile_limit = 64
-    names = list(args.variants or (VARIANTS if cuda else [n for n in VARIANTS if n not in COMPILED]))
+    # on the CPU not the compiled variants: inductor compiles C++ there for minutes
+    names = list(args.variants or [n for n in VARIANTS if cuda or n not in COMPILED])
+    comfy = open_comfyui(names, bool(args.variants), tiny, args.comfyui, cuda)
     if REFERENCE not in names:
         names.insert(0, REFERENCE)  # every variant is judged against it, in the same run
     info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
-            "repeats": args.repeats}
+            "repeats": args.repeats, "comfyui": args.comfyui.name if comfy else None}
     rows = []
+    setup = Setup(device, tiny, args.steps, comfy)
     for size in args.sizes or (TINY_SIZES if tiny else FULL_SIZES):
-        rows += run_size(size, names, args, tiny, device)
+        rows += run_size(size, names, setup, args.repeats)
     return info, rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random models (CPU run)")
+    parser.add_argument("--models", choices=("auto", "sd15", "tiny"), default="auto",
+                        help="random models: full-size SD1.5 or tiny (default: sd15 on a GPU, tiny "
+                             "on the CPU)")
+    parser.add_argument("--comfyui", type=Path, default=DEFAULT_COMFYUI,
+                        help="ComfyUI's source folder, for the comfyui variant (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=60,
                         help="denoising steps of every variant but the few-step ones (default: 60, "
                              f"the reference); unipc20, dpmpp20 and fast always run {FEW_STEPS}")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default %(default)s)")
-    parser.add_argument("--sizes", nargs="+", metavar="WxH", help=f"default {FULL_SIZES} ({TINY_SIZES} with --tiny)")
+    parser.add_argument("--sizes", nargs="+", metavar="WxH", help=f"default {FULL_SIZES} ({TINY_SIZES} with tiny models)")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS),
-                        help="default: all on a GPU, all but the compiled ones on the CPU; 'paper' is "
+                        help="default: all on a GPU, all but the compiled ones on the CPU, comfyui where it can "
+                             "run; 'paper' is "
                              "always added. " + "; ".join(f"{k}: {v.what}" for k, v in VARIANTS.items()))
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -108,6 +108,20 @@ def pipeline(components: Components):
         requires_safety_checker=False)
 
 
+def _released_text_encoder_keys(path: Path) -> None:
+    """Rewrite a CLIPTextModel file saved by transformers 5 (keys ``embeddings.*``,
+    ``encoder.*``, ``final_layer_norm.*``) in the layout of released SD1.5 pipelines, written by
+    transformers 4: the same keys under ``text_model.``. transformers 5 loads both; ComfyUI's
+    DiffusersLoader and CLIPLoader read only the released one."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    released = {key if key.startswith(("text_model.", "text_projection")) else f"text_model.{key}": value
+                for key, value in state.items()}
+    if released != state:
+        save_file(released, str(path), metadata={"format": "pt"})
+
+
 def save_models_tree(components: Components, models_dir: Path, pipeline_name: str = "sd15",
                      controlnet_names: tuple[str, str] = ("inpaint", "color_canny")) -> dict[str, Path]:
     """Save ``components`` as ComfyUI keeps them: ``models/diffusers/<pipeline_name>`` (a
@@ -119,6 +133,7 @@ def save_models_tree(components: Components, models_dir: Path, pipeline_name: st
              "scheduler": components.scheduler}
     for name, part in parts.items():
         part.save_pretrained(str(pipe_dir / name))
+    _released_text_encoder_keys(pipe_dir / "text_encoder" / "model.safetensors")
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": _diffusers().__version__,
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
              "text_encoder": ["transformers", "CLIPTextModel"],

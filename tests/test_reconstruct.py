@@ -17,7 +17,7 @@ from plic import codec, fileformat, models
 from plic import reconstruct as core
 from plic.errors import ModelNotFoundError, PlicInputError
 
-from conftest import REPO, load_shared
+from conftest import REPO, load_shared, needs_shared
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
 from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
@@ -360,7 +360,7 @@ def test_reconstruct_node_batches_with_the_chosen_sampler(loaded, plic_file):
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/decode_gpu.py", "--tiny", "--steps", "1", "--repeats", "2",
+    command = [sys.executable, "bench/decode_gpu.py", "--models", "tiny", "--steps", "1", "--repeats", "2",
                "--variants", "unipc20", "batch2", "--sizes", "64x64", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -371,4 +371,25 @@ def test_bench_runs_tiny_on_cpu(tmp_path):
                <= row["s_per_image_max"] for row in rows.values())
     assert rows["paper"]["x_paper"] == 1 and rows["paper"]["max_px_diff"] == 0  # run to run
     assert rows["batch2"]["max_px_diff"] <= 1 and rows["unipc20"]["max_px_diff"] > 0
+    assert all(row["salient_max_px_diff"] == 0 for row in rows.values())  # kept verbatim
     assert "| 64x64 | unipc20 |" in result.stdout
+
+
+@needs_shared
+def test_bench_times_the_shipped_decode_workflow_through_comfyui(tmp_path):
+    """bench/decode_gpu.py's comfyui variant: the shipped decompress workflow, run by the real
+    ComfyUI's executor in the benchmark's process, on full-size SD1.5-layout random models (the
+    only ones ComfyUI recognises), interleaved with the paper's configuration."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "bench/decode_gpu.py", "--models", "sd15", "--steps", "2", "--repeats",
+               "1", "--variants", "comfyui", "--sizes", "64x64", "--json", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
+    assert list(rows) == ["paper", "comfyui"]
+    comfy = rows["comfyui"]
+    assert (comfy["steps"], comfy["batch"], comfy["repeats"]) == (2, 1, 1)
+    assert comfy["s_per_image"] > 0 and comfy["loop_it_per_s"] > 0  # KSampler's steps were seen
+    assert comfy["attention"].startswith("attention_")  # ComfyUI's own attention function
+    assert comfy["max_px_diff"] > 0  # another sampler implementation: compared, not equal
+    assert comfy["salient_max_px_diff"] == rows["paper"]["salient_max_px_diff"] == 0  # kept verbatim
