@@ -34,7 +34,8 @@ from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI
 from scripts.comfy_server import REPO
 
 WORKFLOW = REPO / "workflows" / "api" / "plic_decompress.json"
-#: The node whose output is the decoded image, and the sampler's (its steps are the loop).
+#: Node ids in the shipped workflow: the decoded image (PLIC Restore Salient), KSampler (its steps
+#: are the loop), PLIC Decode Settings, PLIC Load and the checkpoint loader.
 OUTPUT_NODE, SAMPLER_NODE, SETTINGS_NODE, LOAD_NODE, LOADER_NODE = "16", "13", "3", "1", "4"
 #: Folder names of the models written for ComfyUI (models/diffusers/, models/controlnet/).
 PIPELINE, INPAINT, COLOR_CANNY = "sd15", "inpaint", "color_canny"
@@ -45,7 +46,6 @@ class _NoClient:
 
     client_id = None
     last_node_id = None
-    last_prompt_id = None
 
     def send_sync(self, event, data, sid=None):
         pass
@@ -119,7 +119,7 @@ class ComfyUI:
 class ComfyGraphRunner:
     """The ``comfyui`` variant: same interface as decode_gpu.Runner (``call``, ``times``...)."""
 
-    def __init__(self, name, variant, components, device: str, steps: int, comfy: ComfyUI):
+    def __init__(self, name, variant, components, device: str, steps: int, comfyui: ComfyUI):
         import torch
 
         import comfy.ldm.modules.attention as attention
@@ -128,17 +128,18 @@ class ComfyGraphRunner:
         self.cuda = device.startswith("cuda")
         self.steps = steps
         self.times: list[dict] = []
-        self.comfy = comfy
-        comfy.write_models(components)
-        self.executor = comfy.execution.PromptExecutor(_NoClient(), cache_type=False)  # loaders anew
+        self.comfyui = comfyui
+        comfyui.write_models(components)
+        self.executor = comfyui.execution.PromptExecutor(_NoClient(), cache_type=False)  # loaders anew
         self.graph = decode_graph(steps, seed=0)
         self.calls = 0
         self._clock = StepClock(self.cuda)
-        comfy.utils.set_progress_bar_global_hook(self._on_progress)
+        comfyui.utils.set_progress_bar_global_hook(self._on_progress)
         self.attention = attention.optimized_attention.__name__
         self.precision = "-"  # ComfyUI's choice, read from the loaded model after the first call
         self.offload = False  # ComfyUI's own memory management: whole models on a GPU that fits them
         self._torch = torch
+
     def _on_progress(self, value, total, preview, prompt_id=None, node_id=None):
         """ComfyUI's progress hook; KSampler's bar names no node, the executing context does."""
         from comfy_execution.utils import get_executing_context
@@ -152,7 +153,7 @@ class ComfyGraphRunner:
         synchronisations) and the sampler's iterations/s between its first and last step."""
         self.calls += 1
         name = f"bench-{self.calls}.plic"
-        (self.comfy.input / name).write_bytes(sample.data)
+        (self.comfyui.input / name).write_bytes(sample.data)
         graph = json.loads(json.dumps(self.graph))
         graph[LOAD_NODE]["inputs"]["file"] = name
         self._clock = StepClock(self.cuda)

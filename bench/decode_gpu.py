@@ -209,7 +209,7 @@ class Setup:
     device: str
     tiny: bool
     steps: int  # --steps
-    comfy: object = None  # bench.comfy_graph.ComfyUI, when the comfyui variant runs
+    comfyui: object = None  # bench.comfy_graph.ComfyUI, when the comfyui variant runs
 
 
 def new_runner(name: str, setup: Setup):
@@ -222,7 +222,7 @@ def new_runner(name: str, setup: Setup):
 
     # written as fp16 files, on the CPU too (half the disk and memory): ComfyUI casts as it loads
     return ComfyGraphRunner(name, VARIANTS[name], build_components(setup.tiny, torch.float16),
-                            setup.device, setup.steps, setup.comfy)
+                            setup.device, setup.steps, setup.comfyui)
 
 
 def warm_up(name: str, setup: Setup, sample: Sample) -> tuple[object, dict, list]:
@@ -367,13 +367,13 @@ def run(args) -> tuple[dict, list[dict]]:
     torch._dynamo.config.recompile_limit = 64
     # on the CPU not the compiled variants: inductor compiles C++ there for minutes
     names = list(args.variants or [n for n in VARIANTS if cuda or n not in COMPILED])
-    comfy = open_comfyui(names, bool(args.variants), tiny, args.comfyui, cuda)
+    comfyui = open_comfyui(names, bool(args.variants), tiny, args.comfyui, cuda)
     if REFERENCE not in names:
         names.insert(0, REFERENCE)  # every variant is judged against it, in the same run
     info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
-            "repeats": args.repeats, "comfyui": args.comfyui.name if comfy else None}
+            "repeats": args.repeats, "comfyui": args.comfyui.name if comfyui else None}
     rows = []
-    setup = Setup(device, tiny, args.steps, comfy)
+    setup = Setup(device, tiny, args.steps, comfyui)
     for size in args.sizes or (TINY_SIZES if tiny else FULL_SIZES):
         rows += run_size(size, names, setup, args.repeats)
     return info, rows

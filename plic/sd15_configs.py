@@ -3,8 +3,8 @@ transformers ships them and PLIC never downloads anything.
 
 ``full()`` is the real SD1.5 architecture (what the benchmark times and what single-file
 ControlNet checkpoints are converted with); ``tiny()`` is the same layout shrunk to a few
-thousand parameters for tests and ``bench/decode_gpu.py --tiny``. Both return plain dicts, one
-per pipeline component, in the form each class's ``from_config`` takes.
+thousand parameters for tests and ``bench/decode_gpu.py --models tiny``. Both return plain
+dicts, one per pipeline component, in the form each class's ``from_config`` takes.
 """
 
 from __future__ import annotations
