@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.step_clock import StepClock
+from bench.timing import StepClock
 from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI
 from scripts.comfy_server import REPO
 

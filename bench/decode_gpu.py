@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import random_models  # noqa: E402
 from bench.comfy_graph import DEFAULT_COMFYUI  # noqa: E402
-from bench.step_clock import StepClock  # noqa: E402
+from bench.timing import StepClock  # noqa: E402
 from plic import codec, fileformat  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import best_time  # noqa: E402
 from plic import jbig2  # noqa: E402
 
 EFFORTS = jbig2.EFFORTS
@@ -44,15 +44,6 @@ def edge_map(path: Path) -> np.ndarray:
     if scale < 1:
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
     return (cv2.Canny(np.asarray(img), 100, 200) > 0).astype(np.uint8)
-
-
-def best_time(func, runs: int) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def write_pbm(path: Path, bitmap: np.ndarray) -> None:
@@ -73,7 +64,7 @@ def read_pbm(path: Path) -> np.ndarray:
 
 def run_tool(cmd, runs: int) -> float:
     """Best wall time of `runs` runs of a process, its start included."""
-    return best_time(lambda: subprocess.run(cmd, check=True, capture_output=True), runs)
+    return best_time(lambda: subprocess.run(cmd, check=True, capture_output=True), runs)[1]
 
 
 def start_seconds(tool: str, tmp: Path, runs: int) -> float:
@@ -151,11 +142,11 @@ def measure(path: Path, tmp: Path, runs: int) -> dict:
     row = dict(name=path.name, shape=f"{bitmap.shape[1]}x{bitmap.shape[0]}",
                pixels=bitmap.size, template=region.template, tpgdon=region.tpgdon,
                t0tp=len(jbig2.encode_embedded(bitmap, **JBIG2ENC_LIKE)),
-               dec=mp / best_time(lambda: jbig2.decode(stream), runs))
+               dec=mp / best_time(lambda: jbig2.decode(stream), runs)[1])
     for effort in EFFORTS:
         row[effort] = len(jbig2.encode_embedded(bitmap, effort=effort))
         row[effort + "_mps"] = mp / best_time(
-            lambda: jbig2.encode_embedded(bitmap, effort=effort), 1 if effort == "max" else runs)
+            lambda: jbig2.encode_embedded(bitmap, effort=effort), 1 if effort == "max" else runs)[1]
     assert np.array_equal(jbig2.decode(stream), bitmap)
     row["file"] = len(jbig2.embedded_to_file(stream))
     pbm = tmp / "in.pbm"

@@ -21,20 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.timing import best_time  # noqa: E402
 from plic import codec, detect, fileformat, ratecontrol  # noqa: E402
 from plic.image import load_rgb  # noqa: E402
 
 IMAGES = REPO.parent / "shared" / "images"
-
-
-def best_time(fn, repeats: int):
-    """(result, seconds) of the fastest of ``repeats`` calls."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return result, best
 
 
 def main() -> int:

@@ -3,7 +3,6 @@ side by side in one picture (:func:`preview_image`). ``plic export`` / ``plic pr
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
@@ -11,12 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import codec, fileformat, jbig2, ratecontrol
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+from .salient import encode_crop  # PNG by default, as salient regions are stored
 
 
 def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
@@ -24,16 +18,16 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     file fails before anything is written)."""
     parts = codec.unpack(plic, source)
     files = {"prompt.txt": (parts.prompt + "\n").encode("utf-8"),
-             "hint.png": _png(parts.color_canny_hint),
+             "hint.png": encode_crop(parts.color_canny_hint),
              "decode_hints.json": json.dumps(parts.decode_hints, indent=2).encode("utf-8")}
     if plic.edges is not None:
         files["edges.jb2"] = jbig2.embedded_to_file(plic.edges)
-        files["edges.png"] = _png((1 - parts.edges) * 255)  # black edges on white, as JBIG2 shows
+        files["edges.png"] = encode_crop((1 - parts.edges) * 255)  # black edges on white, as JBIG2 shows
     if plic.palette is not None:
         files["palette.webp"] = plic.palette
     if parts.salient_mask is not None:
-        files["salient_mask.png"] = _png(parts.salient_mask.astype(np.uint8) * 255)
-        files["salient_pixels.png"] = _png(parts.salient_pixels)
+        files["salient_mask.png"] = encode_crop(parts.salient_mask.astype(np.uint8) * 255)
+        files["salient_pixels.png"] = encode_crop(parts.salient_pixels)
         for i, region in enumerate(plic.salient_regions):
             suffix = "png" if region.codec == "png" else "webp"
             files[f"salient_{i:03d}_{region.x}_{region.y}.{suffix}"] = region.data
