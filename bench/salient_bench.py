@@ -1,6 +1,7 @@
 """Salient detectors on a labelled set: precision, recall, box coverage, salient bytes, time.
 
     python bench/salient_bench.py [--cache DIR] [--peers] [--face-threshold S] [--word-threshold S]
+                                  [--min-face PX]
 
 The set is built at run time, nothing of it is in the repository:
 
@@ -275,7 +276,7 @@ def run_detector(name: str, detector, samples: list[Sample], threshold: float) -
     return tally
 
 
-def cli_seconds(paths: list[Path], salient_option: str, work: Path) -> float:
+def cli_seconds(paths: list[Path], salient_option: str, work: Path, min_face: int) -> float:
     """Wall time of one `plic encode` process over a folder holding ``paths`` (Python start,
     loading, encoding, writing; the prompt given, so no caption model)."""
     images, out = work / "images", work / f"out{salient_option}"
@@ -285,7 +286,8 @@ def cli_seconds(paths: list[Path], salient_option: str, work: Path) -> float:
             (images / path.name).symlink_to(path)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "plic", "encode", str(images), "-o", str(out), "--overwrite",
-                    "--prompt", "a photo", "--salient", salient_option], cwd=REPO, check=True,
+                    "--prompt", "a photo", "--salient", salient_option, "--min-face", str(min_face)],
+                   cwd=REPO, check=True,
                    capture_output=True)
     return time.perf_counter() - started
 
@@ -301,6 +303,7 @@ def main(argv=None) -> None:
                         help="where Debian packages that are not installed are unpacked")
     parser.add_argument("--peers", action="store_true", help="also measure the earlier detectors")
     parser.add_argument("--face-threshold", type=float, default=detect.DEFAULT_FACE_THRESHOLD)
+    parser.add_argument("--min-face", type=int, default=detect.DEFAULT_MIN_FACE)
     parser.add_argument("--word-threshold", type=float, default=detect.DEFAULT_WORD_THRESHOLD)
     args = parser.parse_args(argv)
     if shutil.which("apt-get") is None and not Path("/usr/share/backgrounds/mate/nature").is_dir():
@@ -310,7 +313,8 @@ def main(argv=None) -> None:
     print(f"{len(samples)} images: {len(plain)} with neither face nor text, "
           f"{sum(len(s.labels.get('faces', [])) for s in samples)} labelled faces, "
           f"{sum(len(s.labels.get('text', [])) for s in samples)} labelled words\n")
-    detectors = [("faces: libfacedetection", detect.detect_faces, args.face_threshold),
+    detectors = [("faces: libfacedetection", functools.partial(detect.detect_faces, min_face=args.min_face),
+                  args.face_threshold),
                  ("text: text_lines + Tesseract", detect.detect_text, args.word_threshold)]
     if args.peers:
         detectors += [("faces: Haar cascades (before)", haar_faces, 0.0),
@@ -324,7 +328,8 @@ def main(argv=None) -> None:
     print("\n| photos with neither face nor text | salient B | file B | salient share |")
     print("|---|---|---|---|")
     budget = {s.name: salient.Budget(max_bytes=s.original_bytes) for s in plain}
-    stored = [detect.run_salient(s.rgb, detect.auto_sources(), strict=False, budget=budget[s.name]) for s in plain]
+    stored = [detect.run_salient(s.rgb, detect.auto_sources(), strict=False, budget=budget[s.name],
+                                 min_face=args.min_face) for s in plain]
     salient_bytes = sum(st.report.salient_bytes for st in stored)
     file_bytes = sum(len(fileformat.dumps(codec.encode_working(s.rgb, (s.rgb.shape[1], s.rgb.shape[0]),
                                                                prompt="a photo", salient=st.part)))
@@ -336,7 +341,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as work:
         times = {}
         for option in ("none", "auto", "none", "auto"):
-            times.setdefault(option, []).append(cli_seconds(plain_paths(args.cache), option, Path(work)))
+            times.setdefault(option, []).append(cli_seconds(plain_paths(args.cache), option, Path(work),
+                                                            args.min_face))
             print(f"| --salient {option} | {times[option][-1]:.1f} |", flush=True)
     print(f"\nauto / none (best of 2 each): {min(times['auto']) / min(times['none']):.2f}x")
 

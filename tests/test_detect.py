@@ -30,6 +30,36 @@ def test_faces_found_on_astronaut():
     assert result.counts() == {"faces": 1} and result.rejected == [] and "faces" in result.seconds
 
 
+def _small_faces(heights=(24, 30)) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """The astronaut's face pasted at ``heights`` px onto coffee.png (600x400, no face)."""
+    from PIL import Image
+
+    face = load_shared("astronaut.png")[70:180, 165:270]  # the face, hair line to chin
+    rgb = load_shared("coffee.png").copy()
+    boxes = []
+    for i, height in enumerate(heights):
+        width = round(face.shape[1] * height / face.shape[0])
+        x, y = 120 + 400 * i, 60 + 150 * i
+        rgb[y:y + height, x:x + width] = np.asarray(Image.fromarray(face).resize((width, height), Image.LANCZOS))
+        boxes.append((x, y, width, height))
+    return rgb, boxes
+
+
+def test_faces_under_the_detectors_own_size_are_found_in_an_enlarged_copy():
+    rgb, boxes = _small_faces()
+    kept = [c for c in detect.detect_faces(rgb, min_face=24) if c.score >= detect.DEFAULT_FACE_THRESHOLD]
+    for x, y, w, h in boxes:  # each found once, its box on the face
+        on_it = [c for c in kept if abs(c.box[0] + c.box[2] / 2 - x - w / 2) < w / 2
+                 and abs(c.box[1] + c.box[3] / 2 - y - h / 2) < h / 2]
+        assert len(on_it) == 1, f"the {h} px face at {(x, y)}: {[(c.box, c.score) for c in kept]}"
+    assert len(kept) == len(boxes)
+    # at the detector's own scale (the default) they are missed or unsure
+    native = detect.detect_faces(rgb)
+    assert sum(c.score >= detect.DEFAULT_FACE_THRESHOLD for c in native) < len(boxes)
+    with pytest.raises(PlicInputError, match="12 px or more"):
+        detect.detect_faces(rgb, min_face=8)
+
+
 def test_no_face_on_a_plain_image():
     assert detect.detect_faces(np.full((200, 300, 3), 128, np.uint8)) == []
 

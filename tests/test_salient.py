@@ -167,7 +167,7 @@ def run_node(image, mask=None, **overrides):
 
     settings = dict(max_side=256, faces=True, text=False, dino_sam=False, budget_bpp=4.0, max_fraction=1.0,
                     codec="png", quality=90, dino_prompt="face", box_threshold=0.35, text_threshold=0.25,
-                    face_threshold=0.8, word_threshold=0.7)
+                    face_threshold=0.8, min_face=40, word_threshold=0.7)
     settings.update(overrides)
     return PlicSalientRegions().run(image, mask=mask, **settings)
 
