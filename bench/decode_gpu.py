@@ -335,19 +335,20 @@ def open_comfyui(names: list[str], explicit: bool, tiny: bool, source: Path, cud
     (removed from ``names``), saying why."""
     if COMFYUI not in names:
         return None
-    from bench.comfy_graph import ComfyUI
+    reason = ("it needs the full-size models (--models sd15): ComfyUI recognises SD1.5 by its "
+              "layer shapes and loads no tiny model") if tiny else None
+    if reason is None:
+        from bench.comfy_graph import ComfyUI
 
-    try:
-        if tiny:
-            raise ImportError("it needs the full-size models (--models sd15): ComfyUI recognises "
-                              "SD1.5 by its layer shapes and loads no tiny model")
-        return ComfyUI(source, cuda)
-    except ImportError as exc:
-        if explicit:
-            raise SystemExit(f"The comfyui variant cannot run: {exc}") from None
-        names.remove(COMFYUI)
-        print(f"Leaving out the comfyui variant: {exc}.", file=sys.stderr)
-        return None
+        try:
+            return ComfyUI(source, cuda)
+        except ImportError as exc:
+            reason = str(exc)
+    if explicit:
+        raise SystemExit(f"The comfyui variant cannot run: {reason}")
+    names.remove(COMFYUI)
+    print(f"Leaving out the comfyui variant: {reason}.", file=sys.stderr)
+    return None
 
 
 def run(args) -> tuple[dict, list[dict]]:
