@@ -119,12 +119,12 @@ class ComfyUI:
 class ComfyGraphRunner:
     """The ``comfyui`` variant: same interface as decode_gpu.Runner (``call``, ``times``...)."""
 
-    def __init__(self, name, variant, components, device: str, steps: int, comfyui: ComfyUI):
+    def __init__(self, variant, components, device: str, steps: int, comfyui: ComfyUI):
         import torch
 
         import comfy.ldm.modules.attention as attention
 
-        self.name, self.variant, self.device = name, variant, device
+        self.variant = variant
         self.cuda = device.startswith("cuda")
         self.steps = steps
         self.times: list[dict] = []

@@ -3,8 +3,8 @@ text encoder, random weights, every fast path of ``plic decode`` / PLIC Reconstr
 
 The models are built from PLIC's own SD1.5 configs (plic/sd15_configs.py) with random weights:
 nothing is downloaded and the compute is the same as with real weights. Every variant is set up
-by ``plic.reconstruct.prepare`` and run by ``plic.reconstruct.generate``, the code ``plic decode``
-runs, on a real encoded image.
+by ``plic.reconstruct.prepare`` and run by ``plic.reconstruct.decode`` (generate, then the salient
+pixels restored), the code ``plic decode`` runs, on a real encoded image.
 
     python bench/decode_gpu.py                          # GPU: 512x512 and 1024x640, every variant
     python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
@@ -134,8 +134,8 @@ def build_components(tiny: bool, dtype):
 class Runner:
     """A variant's pipeline on ``device`` and its timed calls."""
 
-    def __init__(self, name: str, variant: Variant, tiny: bool, device: str, steps: int):
-        self.name, self.variant, self.device = name, variant, device
+    def __init__(self, variant: Variant, tiny: bool, device: str, steps: int):
+        self.variant = variant
         self.cuda = device.startswith("cuda")
         self.dtype = core.resolve_dtype(variant.precision, device)
         self.settings = core.DecodeSettings(steps=variant.steps or steps, seed=0,
@@ -178,14 +178,12 @@ class Runner:
         import torch
 
         clock = StepClock(self.cuda)
-        part = sample.unpacked
         if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         with self._attention_context():
-            images = core.generate(self.pipe, [part] * self.variant.batch, self.settings,
-                                   on_step=lambda done, total: clock.mark())
-        images = [core.restore_salient(image, part.salient_pixels, part.salient_mask) for image in images]
+            images = core.decode(self.pipe, [sample.unpacked] * self.variant.batch, self.settings,
+                                 on_step=lambda done, total: clock.mark())
         if self.cuda:
             torch.cuda.synchronize()
         return {"seconds": time.perf_counter() - start, "loop_it_per_s": clock.rate()}, images
@@ -215,13 +213,13 @@ class Setup:
 def new_runner(name: str, setup: Setup):
     """``name``'s runner: a diffusers pipeline, or ComfyUI's graph for ``comfyui``."""
     if name != COMFYUI:
-        return Runner(name, VARIANTS[name], setup.tiny, setup.device, setup.steps)
+        return Runner(VARIANTS[name], setup.tiny, setup.device, setup.steps)
     import torch
 
     from bench.comfy_graph import ComfyGraphRunner
 
     # written as fp16 files, on the CPU too (half the disk and memory): ComfyUI casts as it loads
-    return ComfyGraphRunner(name, VARIANTS[name], build_components(setup.tiny, torch.float16),
+    return ComfyGraphRunner(VARIANTS[name], build_components(setup.tiny, torch.float16),
                             setup.device, setup.steps, setup.comfyui)
 
 

@@ -327,6 +327,14 @@ def restore_salient(image: np.ndarray, salient_pixels: np.ndarray,
     return out
 
 
+def decode(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
+           on_step: StepCallback | None = None) -> list[np.ndarray]:
+    """:func:`generate`, then each part's salient pixels restored exactly: what ``plic decode``
+    and PLIC Reconstruct return."""
+    images = generate(pipe, parts, settings, on_step)
+    return [restore_salient(rgb, p.salient_pixels, p.salient_mask) for rgb, p in zip(images, parts)]
+
+
 def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
              on_step: StepCallback | None = None) -> list[np.ndarray]:
     """Run ``pipe`` (a ControlNet inpaint pipeline with the two ControlNets) on ``parts`` as one
@@ -400,5 +408,4 @@ class Reconstructor:
     def reconstruct_batch(self, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
                           on_step: StepCallback | None = None) -> list[np.ndarray]:
         """:meth:`reconstruct` for ``parts`` decoded in one pipeline call (see :func:`batches`)."""
-        images = generate(self.pipeline, parts, settings, on_step)
-        return [restore_salient(rgb, p.salient_pixels, p.salient_mask) for rgb, p in zip(images, parts)]
+        return decode(self.pipeline, parts, settings, on_step)
