@@ -292,7 +292,11 @@ def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int]) -> dict:
 def batch_key(unpacked: Unpacked, settings: DecodeSettings) -> tuple:
     """What files decoded in one call must share: working size, steps, ControlNet scale and
     sampler (seeds and negative prompts may differ)."""
-    chosen = settings.resolve(unpacked.decode_hints)
+    return _resolved_key(unpacked, settings.resolve(unpacked.decode_hints))
+
+
+def _resolved_key(unpacked: Unpacked, chosen: DecodeSettings) -> tuple:
+    """:func:`batch_key` from settings already resolved for ``unpacked``."""
     return (unpacked.width, unpacked.height), chosen.steps, chosen.controlnet_scale, chosen.scheduler
 
 
@@ -342,10 +346,10 @@ def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeS
     working size, salient pixels not yet restored. The parts must share a :func:`batch_key`."""
     import torch
 
-    if len({batch_key(unpacked, settings) for unpacked in parts}) != 1:
+    chosen = [settings.resolve(unpacked.decode_hints) for unpacked in parts]
+    if len({_resolved_key(unpacked, c) for unpacked, c in zip(parts, chosen)}) != 1:
         raise PlicInputError("files decoded as one batch must share the working size, steps, "
                              "ControlNet scale and scheduler; decode them separately")
-    chosen = [settings.resolve(unpacked.decode_hints) for unpacked in parts]
     first, steps = parts[0], chosen[0].steps
     size = run_size(first.width, first.height)
     pipe.scheduler = make_scheduler(chosen[0].scheduler, pipe.scheduler.config)
