@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import PlicError, one_line
+from .errors import PlicError, one_line, printable
 
 Job = tuple[Path, Path]  # (input file, output file)
 
@@ -51,7 +51,7 @@ def clash(source: Path, target: Path, first: Path) -> PlicError:
 def show_progress(index: int, total: int, item) -> None:
     """``[index/total] item`` on stderr when there are several items and it is a terminal."""
     if total > 1 and sys.stderr.isatty():
-        print(f"[{index}/{total}] {item}", file=sys.stderr, flush=True)
+        print(f"[{index}/{total}] {printable(str(item))}", file=sys.stderr, flush=True)
 
 
 def run_each(jobs: list[Job], work: Callable[[Path, Path], None]) -> int:
@@ -70,8 +70,8 @@ def run_each(jobs: list[Job], work: Callable[[Path, Path], None]) -> int:
             first_input[target] = source
             work(source, target)
         except PlicError as exc:
-            message = one_line(exc)
+            message = str(exc)
             named = str(source) in message or str(target) in message
-            print(f"plic: {message if named else f'{source}: {message}'}", file=sys.stderr)
+            print(f"plic: {one_line(message if named else f'{source}: {message}')}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0

@@ -22,10 +22,11 @@ from .cli_decode import add_decode_parser, targets
 from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
 from .cli_eval import add_eval_parsers
 from .edges import canny as canny_map
-from .errors import PlicError, one_line
-from .fileformat import write_atomic
+from .errors import PlicError, one_line, printable
+from .fileformat import write_atomic, write_atomic_all
 from .image import IMAGE_SUFFIXES, load_rgb
-from .parts import EXPORTED_NAME, export_files, preview_image
+from .parts import EXPORT_LISTING, export_files, exported_before, preview_image
+from .safefs import output_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A library's warning as one line, without its source location."""
     print(f"plic: warning: {one_line(message)}", file=sys.stderr)
-
-
-def printable(text: str) -> str:
-    """``text`` with control and other unprintable characters escaped (``\\x1b``), so a file's
-    prompt cannot drive the terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +137,7 @@ def run_encode(args) -> int:
         raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
     captioner = None if args.prompt is not None else captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
-    jobs = [(path, args.output / f"{path.stem}.plic") for path in images]
+    jobs = [(path, output_path(args.output, path.stem, fileformat.SUFFIX)) for path in images]
     hints = decode_hints_from_args(args)
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
@@ -199,7 +194,7 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     ratio = path.stat().st_size / len(data)
     compared = f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
-          f"{plic.working_size[1]}, {compared} {path.name}")
+          f"{plic.working_size[1]}, {compared} {printable(path.name)}")
     if shown_notes is not None:
         report.notes = [note for note in report.notes if note not in shown_notes]
         shown_notes.update(report.notes)
@@ -264,7 +259,7 @@ def info_one(source: Path, args) -> tuple[Path, dict]:
 
 
 def print_info(source: Path, info: dict) -> None:
-    print(f"{source}: original {info['original_size'][0]}x{info['original_size'][1]}, "
+    print(f"{printable(str(source))}: original {info['original_size'][0]}x{info['original_size'][1]}, "
           f"working {info['working_size'][0]}x{info['working_size'][1]}")
     print(f"  {'section':<16}{'bytes':>10}{'bpp':>10}")
     for name, row in info["sections"].items():
@@ -279,21 +274,23 @@ def print_info(source: Path, info: dict) -> None:
 def run_export(args) -> int:
     sources = batch.expand(args.files, {fileformat.SUFFIX}, ".plic files")
     several = batch.several(sources, args.files)
-    jobs = [(source, args.output / source.stem if several else args.output) for source in sources]
+    jobs = [(source, output_path(args.output, source.stem) if several else args.output)
+            for source in sources]
     return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))
 
 
 def export_one(source: Path, folder: Path, overwrite: bool) -> None:
-    """Write the parts of ``source`` into ``folder``; with ``overwrite`` the parts an earlier
-    export wrote there and this one does not (salient regions...) are removed."""
+    """Write the parts of ``source`` into ``folder``, all or none of them, and list them in the
+    folder's EXPORT_LISTING; with ``overwrite`` the parts that an earlier export listed there
+    and this one does not write (salient regions...) are removed, and nothing else."""
     files = export_files(fileformat.load(source), str(source))
     for name in files:
         batch.refuse_existing(folder / name, overwrite)
-    for name, data in files.items():
-        write_atomic(folder / name, data, overwrite=overwrite)
-    for stale in sorted(folder.iterdir()):
-        if EXPORTED_NAME.fullmatch(stale.name) and stale.name not in files:
-            stale.unlink()
+    earlier = exported_before(folder)
+    write_atomic_all({folder / name: data for name, data in files.items()}, overwrite=overwrite)
+    write_atomic(folder / EXPORT_LISTING, json.dumps(sorted(files)).encode("utf-8"), overwrite=True)
+    for stale in sorted(earlier - set(files)):
+        (folder / stale).unlink(missing_ok=True)
     print(f"{folder}: {', '.join(sorted(files))}")
 
 

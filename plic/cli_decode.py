@@ -22,8 +22,9 @@ from PIL import Image
 
 from . import batch, codec, fileformat, models
 from . import reconstruct as core
-from .errors import PlicError, one_line
+from .errors import PlicError, one_line, printable
 from .image import resize
+from .safefs import output_path
 
 
 def add_decode_parser(subparsers) -> argparse.ArgumentParser:
@@ -87,7 +88,7 @@ def targets(files: list[Path], output: Path) -> list[batch.Job]:
     inputs = batch.expand(files, {fileformat.SUFFIX}, ".plic files")
     if len(inputs) == 1 and len(files) == 1 and not files[0].is_dir() and output.suffix.lower() == ".png":
         return [(inputs[0], output)]
-    return [(path, output / f"{path.stem}.png") for path in inputs]
+    return [(path, output_path(output, path.stem, ".png")) for path in inputs]
 
 
 def run_decode(args) -> int:
@@ -118,7 +119,7 @@ def read_one(settings: core.DecodeSettings, source: Path, target: Path) -> tuple
     plic = fileformat.load(source)
     unpacked = codec.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints)
-    print(f"{source}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
+    print(f"{printable(str(source))}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
           file=sys.stderr)
     return unpacked, source, target, plic
 
@@ -130,7 +131,7 @@ def decode_group(reconstructor: core.Reconstructor, settings: core.DecodeSetting
     try:
         images = reconstructor.reconstruct_batch([item[0] for item in group], settings)
     except PlicError as exc:
-        print(f"plic: {', '.join(str(item[1]) for item in group)}: {one_line(exc)}", file=sys.stderr)
+        print(f"plic: {one_line(', '.join(str(item[1]) for item in group) + ': ' + str(exc))}", file=sys.stderr)
         return 1
     done = {item[2]: (rgb, item) for rgb, item in zip(images, group)}
     return batch.run_each([item[1:3] for item in group],

@@ -15,9 +15,10 @@ import argparse
 from pathlib import Path
 
 from . import batch, compare, evaluation, fileformat, image, metrics, models, report
-from .errors import ModelNotFoundError, PlicInputError
+from .errors import ModelNotFoundError, PlicInputError, printable
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
+from .safefs import output_path
 
 #: What ``plic encode`` reads, plus AVIF (a reconstruction or codec output may be one).
 IMAGE_SUFFIXES = image.IMAGE_SUFFIXES | {".avif"}
@@ -91,7 +92,8 @@ def run_compare(args) -> int:
     print(f"{args.image}: {work.shape[1]}x{work.shape[0]}, budget {budget} bytes")
     for found in compare.same_size(work, budget, [compare.codec_by_name(n) for n in args.codecs]):
         if found.fits:
-            target = args.output / f"{args.image.stem}.{found.codec.name}-q{found.quality}{found.codec.suffix}"
+            name = f".{found.codec.name}-q{found.quality}{found.codec.suffix}"
+            target = output_path(args.output, args.image.stem, name)
             write_atomic(target, found.data, overwrite=args.overwrite)
             print(f"  {found.describe()} -> {target}")
         else:
@@ -142,7 +144,7 @@ def run_eval(args) -> int:
         rows = evaluation.evaluate_image(evaluator, original.name, load_rgb(original),
                                          load_rgb(reconstruction), plic_bytes, size, codecs)
         for row in rows[1:]:
-            print(f"{original.name} {row.method}: " + (row.note or ", ".join(
+            print(f"{printable(original.name)} {row.method}: " + (row.note or ", ".join(
                 f"{k} {v:.4f}" for k, v in row.scores.items())))
         results.extend(rows)
     written = report.write_report(results, args.output, overwrite=args.overwrite)

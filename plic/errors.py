@@ -50,6 +50,13 @@ class CaptionError(PlicError):
         super().__init__(f"captioning with the {backend!r} back end failed: {problem}")
 
 
-def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (whitespace collapsed), as the command line prints it."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+def one_line(exc: BaseException | str) -> str:
+    """The message of ``exc`` on one line, as the command line prints it: whitespace collapsed,
+    and control characters (a file name may hold any) escaped by :func:`printable`."""
+    return printable(" ".join(str(exc).split())) or type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\x1b``), so a file's
+    name or prompt cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OutputExistsError, PlicFormatError, PlicOutputError
+from .safefs import read_regular
 
 MAGIC = b"\x89PLIC\r\n\x1a"
 #: The ending of a .plic file's name.
@@ -346,10 +347,7 @@ def load(path: str | os.PathLike) -> PlicFile:
     """Read a ``.plic`` file from disk; any problem raises :class:`PlicFormatError`."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise PlicFormatError(str(path), f"{size} bytes is more than the {MAX_FILE_BYTES} allowed")
-        data = path.read_bytes()
+        data = read_regular(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise PlicFormatError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     return loads(data, str(path))
@@ -366,7 +364,36 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
     full disk never leaves a half-written file. Without ``overwrite`` an existing file is kept
     and :class:`~plic.errors.OutputExistsError` (a FileExistsError) raised; any other failure
     raises :class:`~plic.errors.PlicOutputError` (an OSError) naming ``path``."""
-    path = Path(path)
+    return write_atomic_all({Path(path): data}, overwrite=overwrite)[0]
+
+
+def write_atomic_all(files: dict[Path, bytes], *, overwrite: bool = False) -> list[Path]:
+    """Write several files all or nothing: every one is first written in full to a temporary
+    file beside it, and only when all are on disk are they renamed into place, so a full disk
+    leaves none of them; a rename that fails takes back the files the others created (a file
+    already replaced stays replaced). Errors as :func:`write_atomic`."""
+    staged: list[tuple[str, Path]] = []
+    created: list[Path] = []  # renamed into place where no file was: undone if a later one fails
+    try:
+        for path, data in files.items():
+            staged.append((_stage(Path(path), data), Path(path)))
+        for tmp, path in staged:
+            new = not os.path.lexists(path)
+            _commit(tmp, path, overwrite)
+            created += [path] if new else []
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
+    finally:  # on success every temporary file has been renamed away
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return [path for _, path in staged]
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """A temporary file beside ``path`` holding ``data``, flushed to disk; its name."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temporary(path)
@@ -380,6 +407,15 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as exc:
+        os.unlink(tmp)
+        raise _output_error(path, exc) from None
+    return tmp
+
+
+def _commit(tmp: str, path: Path, overwrite: bool) -> None:
+    """Rename the staged ``tmp`` to ``path`` (replacing it only when ``overwrite``)."""
+    try:
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -389,10 +425,6 @@ def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
                                 "replacing it (plic: --overwrite)") from None
     except OSError as exc:
         raise _output_error(path, exc) from None
-    finally:  # on success the temporary file has been renamed away
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,9 +35,24 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     return files
 
 
-#: Names export_files gives; with --overwrite, such files an earlier export left are removed.
+#: Names export_files gives; only such names are ever removed from an export's folder.
 EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_hints\.json|edges\.(jb2|png)|palette\.webp|"
                            r"salient_(mask|pixels)\.png|salient_\d{3}_\d+_\d+\.(png|webp)")
+#: The file in an export's folder listing the parts that export wrote (a JSON list of names).
+EXPORT_LISTING = ".plic-export.json"
+
+
+def exported_before(folder: Path) -> set[str]:
+    """The parts an earlier export listed in ``folder`` (EXPORT_LISTING): names of the form
+    export_files gives, and nothing else, so that a listing written by hand cannot point a
+    clean-up at another file. Empty when there is no readable listing."""
+    try:
+        listed = json.loads((folder / EXPORT_LISTING).read_text("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(listed, list):
+        return set()
+    return {name for name in listed if isinstance(name, str) and EXPORTED_NAME.fullmatch(name)}
 
 
 def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,

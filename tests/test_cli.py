@@ -78,8 +78,10 @@ def test_export_writes_standard_files(encoded, tmp_path):
     plic("export", out / "astronaut.plic", "-o", tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     # the face the default salient step finds is stored as one region
-    assert names == ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
-                     "salient_000_167_50.webp", "salient_mask.png", "salient_pixels.png"]
+    parts = ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
+             "salient_000_167_50.webp", "salient_mask.png", "salient_pixels.png"]
+    assert names == sorted([".plic-export.json", *parts])
+    assert json.loads((tmp_path / ".plic-export.json").read_text()) == parts  # what a re-export may remove
     assert (tmp_path / "prompt.txt").read_text() == "a test prompt\n"
     with Image.open(tmp_path / "palette.webp") as im:
         assert im.size == (32, 32)
