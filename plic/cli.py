@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, batch, codec, fileformat, ratecontrol
+from . import __version__, batch, codec, fileformat, palette, ratecontrol
+from .cli_args import BPP, CANNY, MAX_SIDE, add_pixel_limits, int_in
 from .cli_decode import add_decode_parser, targets
 from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
 from .cli_eval import add_eval_parsers
@@ -63,17 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder for the .plic files")
     p.add_argument("--prompt", default=None,
                    help="prompt stored in every file (cut to 240 characters); overrides --caption")
-    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=codec.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
-    p.add_argument("--canny", type=int, nargs=2, metavar=("LOW", "HIGH"),
+    p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
                    default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
                    help="Canny hysteresis thresholds (default %(default)s)")
-    p.add_argument("--palette-size", type=int, default=codec.EncodeSettings.palette_size, metavar="N",
+    p.add_argument("--palette-size", type=int_in(1, palette.MAX_SIZE), default=codec.EncodeSettings.palette_size, metavar="N",
                    help="palette side in pixels (default %(default)s)")
-    p.add_argument("--palette-quality", type=int, default=codec.EncodeSettings.palette_quality, metavar="Q",
+    p.add_argument("--palette-quality", type=int_in(0, 100), default=codec.EncodeSettings.palette_quality, metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)
+    add_pixel_limits(p)
     add_decode_hint_arguments(p)
     add_caption_arguments(p)
     add_salient_arguments(p)
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true",
                    help="do not decode the sections (by default a file export or preview would "
                         "refuse fails here too)")
+    add_pixel_limits(p, images=False)
     p.set_defaults(run=run_info)
 
     p = sub.add_parser("export", help="write the parts of .plic files as standard files")
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                    help="the folder for one file; for several, DIR/<name>/ each")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    add_pixel_limits(p, images=False)
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("preview", help="draw the parts of .plic files side by side, one PNG each")
@@ -103,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, metavar="IMAGE",
                    help="the image the file was made from: adds a panel of the edges rate control "
                         "removed (red) from the Canny map at --canny")
-    p.add_argument("--canny", type=int, nargs=2, metavar=("LOW", "HIGH"),
+    p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
                    default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
                    help="thresholds the encode started from (default %(default)s)")
+    add_pixel_limits(p)
     p.set_defaults(run=run_preview)
 
     add_decode_parser(sub)
@@ -115,10 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "next to JPEG, WebP and AVIF at their lowest quality")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("--csv", type=Path, metavar="FILE.csv", help="also write the table as CSV")
-    p.add_argument("--max-side", type=int, default=codec.EncodeSettings.max_side, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=codec.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
-    p.add_argument("--target-bpp", type=float, default=ratecontrol.SUGGESTED_BPP, metavar="BPP",
+    p.add_argument("--target-bpp", type=BPP, default=ratecontrol.SUGGESTED_BPP, metavar="BPP",
                    help="target of the 'target' column (default %(default)s)")
+    add_pixel_limits(p)
     p.set_defaults(run=run_bench)
     return parser
 
@@ -132,7 +138,8 @@ def _fail(source: Path | str, reason: str) -> PlicError:
 def run_encode(args) -> int:
     settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
-                                    palette_quality=args.palette_quality)
+                                    palette_quality=args.palette_quality,
+                                    max_working_pixels=args.max_working_pixels)
     if args.output.exists() and not args.output.is_dir():
         raise _fail(args.output, "is a file; -o takes the folder the .plic files go to")
     captioner = None if args.prompt is not None else captioner_from_args(args)
@@ -147,18 +154,14 @@ def run_encode(args) -> int:
 def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decode settings stored in the file (a decoder uses them "
                                       "unless told otherwise; nothing is stored for the defaults)")
-    group.add_argument("--decode-steps", type=int, metavar="N",
+    group.add_argument("--decode-steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
                        help=f"denoising steps (default {codec.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
-    group.add_argument("--decode-seed", type=int, metavar="N",
+    group.add_argument("--decode-seed", type=int_in(0, fileformat.MAX_SEED), metavar="N",
                        help=f"random seed (default {codec.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
 
 
 def decode_hints_from_args(args) -> dict:
     """The decode hints --decode-steps / --decode-seed ask to store."""
-    if args.decode_steps is not None and args.decode_steps < 1:
-        raise _fail("--decode-steps", f"must be at least 1, got {args.decode_steps}")
-    if args.decode_seed is not None and args.decode_seed < 0:
-        raise _fail("--decode-seed", f"must not be negative, got {args.decode_seed}")
     hints = {"steps": args.decode_steps, "seed": args.decode_seed}
     return {key: value for key, value in hints.items() if value is not None}
 
@@ -169,8 +172,9 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     and what the salient step kept; a note in ``shown_notes`` (such as a detector that cannot
     run) is not repeated."""
     batch.refuse_existing(target, args.overwrite)
-    rgb = load_rgb(path)
-    original_size, work = codec.working_image(rgb, settings.max_side)
+    rgb = load_rgb(path, args.max_pixels)
+    original_size, work = codec.working_image(rgb, settings.max_side,
+                                              max_working_pixels=settings.max_working_pixels)
     stored = salient_from_args(args, work, path)
     prompt = captioner.caption(rgb) if captioner is not None else args.prompt
     salient, report = stored.part, stored.report
@@ -207,11 +211,11 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
 def add_target_arguments(parser) -> None:
     """The rate control options of `plic encode` (see plic.ratecontrol)."""
     group = parser.add_argument_group("rate control (default: the paper's fixed settings)")
-    group.add_argument("--target-bpp", type=float, metavar="BPP",
+    group.add_argument("--target-bpp", type=BPP, metavar="BPP",
                        help="bring each whole file to at most BPP bits per working-image pixel: "
                             "drops the shortest edge fragments first, then raises the Canny "
                             "thresholds (up to 127/255), then lowers palette and salient quality")
-    group.add_argument("--target-bytes", type=int, metavar="N",
+    group.add_argument("--target-bytes", type=int_in(1, fileformat.MAX_FILE_BYTES), metavar="N",
                        help="the same as a size in bytes (with --target-bpp, the smaller wins)")
 
 
@@ -249,7 +253,7 @@ def run_info(args) -> int:
 
 def info_one(source: Path, args) -> tuple[Path, dict]:
     """``source`` and what :func:`describe` says of it, printed as a table unless ``--json``."""
-    plic = fileformat.load(source)
+    plic = fileformat.load(source, max_working_pixels=args.max_working_pixels)
     if not args.no_check:
         codec.unpack(plic, str(source))
     info = describe(plic, source.stat().st_size)
@@ -276,14 +280,16 @@ def run_export(args) -> int:
     several = batch.several(sources, args.files)
     jobs = [(source, output_path(args.output, source.stem) if several else args.output)
             for source in sources]
-    return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite))
+    return batch.run_each(jobs, lambda source, folder: export_one(source, folder, args.overwrite,
+                                                                  args.max_working_pixels))
 
 
-def export_one(source: Path, folder: Path, overwrite: bool) -> None:
+def export_one(source: Path, folder: Path, overwrite: bool,
+               max_working_pixels: int = fileformat.MAX_WORKING_PIXELS) -> None:
     """Write the parts of ``source`` into ``folder``, all or none of them, and list them in the
     folder's EXPORT_LISTING; with ``overwrite`` the parts that an earlier export listed there
     and this one does not write (salient regions...) are removed, and nothing else."""
-    files = export_files(fileformat.load(source), str(source))
+    files = export_files(fileformat.load(source, max_working_pixels=max_working_pixels), str(source))
     for name in files:
         batch.refuse_existing(folder / name, overwrite)
     earlier = exported_before(folder)
@@ -298,26 +304,26 @@ def run_preview(args) -> int:
     jobs = targets(args.files, args.output)
     if args.image is not None and len(jobs) > 1:
         raise _fail(args.image, "--image belongs to one .plic file; preview the files one at a time")
-    return batch.run_each(jobs, lambda source, target: preview_one(source, target, args.overwrite,
-                                                                   args.image, tuple(args.canny)))
+    return batch.run_each(jobs, lambda source, target: preview_one(source, target, args))
 
 
-def preview_one(source: Path, target: Path, overwrite: bool, image: Path | None,
-                canny: tuple[int, int]) -> None:
-    """Draw ``source`` into ``target``; with ``image`` (what it was made from) also the edges
-    rate control removed from its Canny map at ``canny``."""
-    plic = fileformat.load(source)
-    before = None if image is None else starting_edges(image, plic, canny)
+def preview_one(source: Path, target: Path, args) -> None:
+    """Draw ``source`` into ``target``; with ``--image`` (what it was made from) also the edges
+    rate control removed from its Canny map at ``--canny``."""
+    plic = fileformat.load(source, max_working_pixels=args.max_working_pixels)
+    before = None if args.image is None else starting_edges(args.image, plic, tuple(args.canny),
+                                                             args.max_pixels)
     picture = preview_image(plic, str(source), source.stat().st_size, before)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    write_atomic(target, buffer.getvalue(), overwrite=overwrite)
+    write_atomic(target, buffer.getvalue(), overwrite=args.overwrite)
     print(f"{target}: {picture.width}x{picture.height}")
 
 
-def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int]) -> np.ndarray:
+def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int],
+                   max_pixels: int) -> np.ndarray:
     """The Canny map of ``image`` at the working size of ``plic``: what its encoder started from."""
-    _, work = codec.working_image(load_rgb(image), max(plic.working_size))
+    _, work = codec.working_image(load_rgb(image, max_pixels), max(plic.working_size))
     if (work.shape[1], work.shape[0]) != tuple(plic.working_size):
         raise _fail(image, f"is {work.shape[1]}x{work.shape[0]} at the working size, but the file "
                            f"is {plic.working_size[0]}x{plic.working_size[1]}: give the image it was made from")
@@ -334,7 +340,7 @@ def run_bench(args) -> int:
     rows = []
     for index, path in enumerate(images, 1):
         batch.show_progress(index, len(images), path)
-        original_size, work = codec.working_image(load_rgb(path), settings.max_side)
+        original_size, work = codec.working_image(load_rgb(path, args.max_pixels), settings.max_side)
         size = (work.shape[1], work.shape[0])
         fitted = ratecontrol.fit(work, original_size, ratecontrol.target_bytes(size, args.target_bpp),
                                  settings=settings)

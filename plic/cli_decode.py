@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import batch, codec, fileformat, models
 from . import reconstruct as core
+from .cli_args import add_pixel_limits, device, float_in, int_in
 from .errors import PlicError, one_line, printable
 from .image import resize
 from .safefs import output_path
@@ -43,11 +44,11 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help="the color+canny ControlNet: diffusers folder or single file")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
                    help=f"ComfyUI-style models folder for names (default: ${models.MODELS_ENV})")
-    p.add_argument("--steps", type=int, metavar="N", help="denoising steps (default: the file's, 60)")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the file's, 786)")
-    p.add_argument("--guidance", type=float, default=core.DEFAULT_GUIDANCE, metavar="G",
+    p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N", help="denoising steps (default: the file's, 60)")
+    p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S", help="random seed (default: the file's, 786)")
+    p.add_argument("--guidance", type=float_in(0, core.MAX_GUIDANCE), default=core.DEFAULT_GUIDANCE, metavar="G",
                    help="classifier-free guidance scale (default %(default)s)")
-    p.add_argument("--device", default="auto", metavar="D",
+    p.add_argument("--device", type=device, default="auto", metavar="D",
                    help="cuda, cuda:1, cpu... (default: cuda when present, else cpu)")
     p.add_argument("--precision", choices=core.PRECISIONS, default="auto",
                    help="auto = fp16 on a GPU, fp32 on the CPU (half precision is never used on the CPU)")
@@ -60,7 +61,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
                    help="sampler (default: the file's, unipc); another sampler or --steps changes the image")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=1, metavar="N",
                    help="decode up to N files of the same size in one call (each keeps its seed; "
                         "output: rounding only)")
     p.add_argument("--vae-tiling", action="store_true",
@@ -68,6 +69,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("working", "original"), default="working",
                    help="output at the working size (salient pixels exact) or scaled to the original size")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
+    add_pixel_limits(p)
     p.set_defaults(run=run_decode)
     return p
 
@@ -97,8 +99,6 @@ def run_decode(args) -> int:
     jobs = targets(args.files, args.output)
     for _, target in jobs:
         batch.refuse_existing(target, args.overwrite)
-    if args.batch_size < 1:
-        raise PlicError(f"--batch-size must be at least 1, got {args.batch_size}")
     reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(
         args.device, args.precision, args.cpu_offload, args.channels_last, args.compile))
     settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
@@ -107,16 +107,22 @@ def run_decode(args) -> int:
     for start in range(0, len(jobs), args.batch_size):
         read: list[tuple] = []  # (unpacked, source, target, plic) of the files that could be read
         status |= batch.run_each(jobs[start:start + args.batch_size],
-                                 lambda source, target: read.append(read_one(settings, source, target)))
+                                 lambda source, target: read.append(read_one(settings, source, target, args)))
         by_part = {id(item[0]): item for item in read}
         for group in core.batches([item[0] for item in read], settings, args.batch_size):
             status |= decode_group(reconstructor, settings, [by_part[id(u)] for u in group], args)
     return status
 
 
-def read_one(settings: core.DecodeSettings, source: Path, target: Path) -> tuple:
-    """(unpacked, source, target, plic) for one file, its decode settings printed."""
-    plic = fileformat.load(source)
+def read_one(settings: core.DecodeSettings, source: Path, target: Path, args) -> tuple:
+    """(unpacked, source, target, plic) for one file, its decode settings printed; a file whose
+    output at ``--size original`` would exceed ``--max-pixels`` is refused before any work."""
+    plic = fileformat.load(source, max_working_pixels=args.max_working_pixels)
+    width, height = plic.original_size
+    if args.size == "original" and width * height > args.max_pixels:
+        raise PlicError(f"{source}: declares an original size of {width}x{height}, more than the "
+                        f"{args.max_pixels} pixels --max-pixels allows (no encoder with that limit "
+                        "read such an image); decode it at --size working, or raise --max-pixels")
     unpacked = codec.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints)
     print(f"{printable(str(source))}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from . import caption, detect, salient
+from .cli_args import SCORE, float_in, int_in
+from .fileformat import MAX_WORKING_SIDE
 from .prompt import MAX_PROMPT_CHARS
 
 
@@ -28,13 +30,13 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--caption-key-env", default=caption.DEFAULT_KEY_ENV, metavar="VARIABLE",
                        help="NAME of the environment variable holding the API key "
                             f"(default: {caption.DEFAULT_KEY_ENV})")
-    group.add_argument("--caption-timeout", type=float, default=caption.DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.add_argument("--caption-timeout", type=float_in(0, 3600, above=True), default=caption.DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"time-out of one API request (default: {caption.DEFAULT_TIMEOUT:g})")
-    group.add_argument("--caption-retries", type=int, default=caption.DEFAULT_RETRIES,
+    group.add_argument("--caption-retries", type=int_in(0, 100), default=caption.DEFAULT_RETRIES,
                        help=f"retries on 429/5xx/time-outs (default: {caption.DEFAULT_RETRIES})")
     group.add_argument("--caption-device", default="auto",
                        help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
-    group.add_argument("--caption-limit", type=int, default=MAX_PROMPT_CHARS, metavar="CHARS",
+    group.add_argument("--caption-limit", type=int_in(1, MAX_PROMPT_CHARS), default=MAX_PROMPT_CHARS, metavar="CHARS",
                        help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
                             f"(default: {MAX_PROMPT_CHARS})")
 
@@ -47,13 +49,6 @@ def captioner_from_args(args: argparse.Namespace) -> caption.Captioner | None:
                                   limit=args.caption_limit)
 
 
-def _face_height(text: str) -> int:
-    value = int(text)
-    if value < detect.SMALLEST_MIN_FACE:
-        raise argparse.ArgumentTypeError(f"{value} px is too small: {detect.SMALLEST_MIN_FACE} px or more")
-    return value
-
-
 def add_salient_arguments(parser) -> None:
     """The salient options of ``plic encode`` (see :func:`salient_from_args`)."""
     group = parser.add_argument_group("salient regions (pixels kept verbatim)")
@@ -63,30 +58,30 @@ def add_salient_arguments(parser) -> None:
                             "(default); 'none' = only --salient-mask")
     group.add_argument("--salient-mask", type=Path, metavar="MASK.png",
                        help="also keep the pixels under this mask (white = keep), of the image's size")
-    group.add_argument("--salient-budget", type=float, default=None, metavar="BPP",
+    group.add_argument("--salient-budget", type=float_in(0, 24), default=None, metavar="BPP",
                        help="most bits per working-image pixel the salient regions may take "
                             f"(default {salient.DEFAULT_MAX_BPP}, never more than the original file; "
                             "a --salient-mask given with --salient none is capped only at the raw "
                             "image size unless this is given)")
-    group.add_argument("--salient-max-fraction", type=float, metavar="F",
+    group.add_argument("--salient-max-fraction", type=float_in(0, 1), metavar="F",
                        help="most share of the image (0..1) that may be kept")
     group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
                        help="how region pixels are stored (default %(default)s, lossless)")
-    group.add_argument("--salient-quality", type=int, default=90, metavar="Q",
+    group.add_argument("--salient-quality", type=int_in(0, 100), default=90, metavar="Q",
                        help="WebP quality for --salient-codec webp (default %(default)s)")
-    group.add_argument("--face-threshold", type=float, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
+    group.add_argument("--face-threshold", type=SCORE, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
                        help="score (0..1) a face needs to be kept (default %(default)s)")
-    group.add_argument("--min-face", type=_face_height, default=detect.DEFAULT_MIN_FACE, metavar="PX",
+    group.add_argument("--min-face", type=int_in(detect.SMALLEST_MIN_FACE, MAX_WORKING_SIDE), default=detect.DEFAULT_MIN_FACE, metavar="PX",
                        help="smallest face height looked for, in working-image pixels (default "
                             "%(default)s, the detector's own; smaller values search an enlarged copy "
                             "too: 24 finds faces of 24 px for about 3x the face detector's time)")
-    group.add_argument("--word-threshold", type=float, default=detect.DEFAULT_WORD_THRESHOLD, metavar="S",
+    group.add_argument("--word-threshold", type=SCORE, default=detect.DEFAULT_WORD_THRESHOLD, metavar="S",
                        help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
     group.add_argument("--dino-prompt", default=detect.DEFAULT_DINO_PROMPT,
                        help="what Grounding DINO looks for (default %(default)r)")
-    group.add_argument("--box-threshold", type=float, default=detect.DEFAULT_BOX_THRESHOLD,
+    group.add_argument("--box-threshold", type=SCORE, default=detect.DEFAULT_BOX_THRESHOLD,
                        help="Grounding DINO box score threshold (default %(default)s)")
-    group.add_argument("--text-threshold", type=float, default=detect.DEFAULT_TEXT_THRESHOLD,
+    group.add_argument("--text-threshold", type=SCORE, default=detect.DEFAULT_TEXT_THRESHOLD,
                        help="Grounding DINO phrase threshold (default %(default)s)")
     group.add_argument("--models-dir", type=Path, metavar="DIR",
                        help="folder with grounding-dino/, sams/ and bert-base-uncased/ "

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from . import batch, compare, evaluation, fileformat, image, metrics, models, report
+from .cli_args import MAX_SIDE, add_pixel_limits, device, int_in
 from .errors import ModelNotFoundError, PlicInputError, printable
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
@@ -41,16 +42,17 @@ def add_eval_parsers(subparsers) -> None:
                                               "a byte count (e.g. its .plic's)")
     p.add_argument("image", type=Path, metavar="IMAGE")
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--bytes", type=int, metavar="N", help="the byte budget")
+    budget.add_argument("--bytes", type=int_in(1, fileformat.MAX_FILE_BYTES), metavar="N", help="the byte budget")
     budget.add_argument("--plic", type=Path, metavar="FILE.plic",
                         help="use this file's size as the budget and its working size")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                    help="folder for <name>.<codec>-q<Q>.<ext>")
-    p.add_argument("--max-side", type=int, default=1024, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=1024, metavar="N",
                    help="with --bytes: longest side the image is scaled down to (default %(default)s)")
     p.add_argument("--codecs", type=lambda v: _names(v, compare.CODEC_NAMES, "codec"),
                    default=compare.CODEC_NAMES, metavar="LIST", help=f"default {codecs}")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    add_pixel_limits(p)
     p.set_defaults(run=run_compare)
 
     p = subparsers.add_parser("eval", help="metrics of reconstructions against their originals, next "
@@ -74,17 +76,18 @@ def add_eval_parsers(subparsers) -> None:
                    help="DINOv2 folder: path, or name under MODELS/dinov2 (default %(default)s)")
     p.add_argument("--lpips", default=metrics.LPIPS_DEFAULT, metavar="FILE",
                    help="AlexNet trunk for LPIPS: path, or name under MODELS/lpips (default %(default)s)")
-    p.add_argument("--device", default="auto", metavar="D", help="cuda, cpu... (default: cuda when present)")
+    p.add_argument("--device", type=device, default="auto", metavar="D", help="cuda, cpu... (default: cuda when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    add_pixel_limits(p)
     p.set_defaults(run=run_eval)
 
 
 # -- compare ------------------------------------------------------------------------------------
 
 def run_compare(args) -> int:
-    rgb = load_rgb(args.image)
+    rgb = load_rgb(args.image, args.max_pixels)
     if args.plic is not None:
-        plic = fileformat.load(args.plic)
+        plic = fileformat.load(args.plic, max_working_pixels=args.max_working_pixels)
         budget, size = args.plic.stat().st_size, plic.working_size
     else:
         budget, size = args.bytes, None
@@ -137,16 +140,27 @@ def run_eval(args) -> int:
         raise ModelNotFoundError(f"{exc} Without the model, leave its metric out: --metrics {others}") from None
     codecs = [compare.codec_by_name(n) for n in args.codecs]
     results = []
-    for original, reconstruction, plic_path in pairs:
+    plics = {original: plic_path for original, _, plic_path in pairs}
+
+    def evaluate_one(original: Path, reconstruction: Path) -> None:
         plic_bytes = size = None
-        if plic_path is not None:
-            plic_bytes, size = plic_path.stat().st_size, fileformat.load(plic_path).working_size
-        rows = evaluation.evaluate_image(evaluator, original.name, load_rgb(original),
-                                         load_rgb(reconstruction), plic_bytes, size, codecs)
+        if plics[original] is not None:
+            plic = fileformat.load(plics[original], max_working_pixels=args.max_working_pixels)
+            plic_bytes, size = plics[original].stat().st_size, plic.working_size
+        pictures = load_rgb(original, args.max_pixels), load_rgb(reconstruction, args.max_pixels)
+        try:
+            rows = evaluation.evaluate_image(evaluator, original.name, *pictures, plic_bytes, size, codecs)
+        except PlicInputError as exc:  # a metric cannot take the reconstruction (too small...)
+            raise PlicInputError(f"{reconstruction}: {exc}") from None
         for row in rows[1:]:
             print(f"{printable(original.name)} {row.method}: " + (row.note or ", ".join(
                 f"{k} {v:.4f}" for k, v in row.scores.items())))
         results.extend(rows)
+
+    status = batch.run_each([(original, reconstruction) for original, reconstruction, _ in pairs],
+                            evaluate_one)
+    if not results:
+        return 1
     written = report.write_report(results, args.output, overwrite=args.overwrite)
     print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
-    return 0
+    return status

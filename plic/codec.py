@@ -17,8 +17,8 @@ from . import hints
 from . import palette as palette_mod
 from . import salient as salient_mod
 from .errors import PlicFormatError, PlicInputError
-from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_SIDE, PlicFile
-from .image import DEFAULT_MAX_SIDE, check_rgb, to_working
+from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_PIXELS, MAX_WORKING_SIDE, PlicFile, check_working_pixels
+from .image import DEFAULT_MAX_SIDE, check_rgb, to_working, working_size
 from .prompt import clean_prompt
 from .salient import SalientPart  # one of the parts pack_parts takes, with EdgesPart and PalettePart
 
@@ -44,6 +44,7 @@ class EncodeSettings:
     palette_quality: int = palette_mod.DEFAULT_QUALITY
     salient_codec: str = "png"
     salient_quality: int = 90
+    max_working_pixels: int = MAX_WORKING_PIXELS
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,10 @@ class PalettePart:
     working_size: tuple[int, int]
 
 
-def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tuple[int, int], np.ndarray]:
+def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE, *,
+                  max_working_pixels: int = MAX_WORKING_PIXELS) -> tuple[tuple[int, int], np.ndarray]:
     """The original size (width, height) of ``rgb`` and its working image, both within what a
-    .plic file can hold (PlicInputError otherwise)."""
+    .plic file can hold and a reader accepts (PlicInputError otherwise)."""
     original = check_rgb(rgb)
     height, width = original.shape[:2]
     if max(width, height) > MAX_ORIGINAL_SIDE:
@@ -83,6 +85,8 @@ def working_image(rgb: np.ndarray, max_side: int = DEFAULT_MAX_SIDE) -> tuple[tu
                              f"{MAX_ORIGINAL_SIDE} pixels a side: scale it down first")
     if not 1 <= max_side <= MAX_WORKING_SIDE:
         raise PlicInputError(f"max side {max_side} is outside 1..{MAX_WORKING_SIDE}")
+    check_working_pixels(working_size(width, height, max_side), max_working_pixels,
+                         lambda problem: PlicInputError(f"{problem}; or use a smaller max side"))
     return (width, height), to_working(original, max_side)
 
 
@@ -152,7 +156,8 @@ def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings 
                  salient_mask: np.ndarray | None = None,
                  decode_hints: dict | None = None) -> PlicFile:
     """Compress an RGB uint8 image. ``salient_mask`` is a mask of the *working* image."""
-    original_size, work = working_image(rgb, settings.max_side)
+    original_size, work = working_image(rgb, settings.max_side,
+                                        max_working_pixels=settings.max_working_pixels)
     kept = None
     if salient_mask is not None:
         kept = salient_part(work, salient_mask, codec=settings.salient_codec,

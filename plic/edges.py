@@ -11,14 +11,19 @@ from .image import check_rgb
 #: Hysteresis thresholds of the reference pipeline: ``cv2.Canny(rgb, 100, 200)``.
 DEFAULT_LOW = 100
 DEFAULT_HIGH = 200
+#: The largest gradient cv2.Canny measures on 8-bit images (the L1 norm of two 3x3 Sobel
+#: responses, 4 x 255 each): a threshold above it finds nothing, and far above it OpenCV's
+#: integer arithmetic overflows into the densest map instead.
+MAX_THRESHOLD = 2040
 
 
 def canny(rgb: np.ndarray, low: int = DEFAULT_LOW, high: int = DEFAULT_HIGH) -> np.ndarray:
     """Binary edge map (H, W) uint8 with 1 on edges, as ``cv2.Canny`` on the RGB image."""
     import cv2
 
-    if not 0 <= low <= high:
-        raise PlicInputError(f"Canny thresholds must satisfy 0 <= low <= high, got {low}, {high}")
+    if not 0 <= low <= high <= MAX_THRESHOLD:
+        raise PlicInputError(f"Canny thresholds must satisfy 0 <= low <= high <= {MAX_THRESHOLD}, "
+                             f"got {low}, {high}")
     edges = cv2.Canny(check_rgb(rgb), low, high)
     return (edges > 0).astype(np.uint8)
 

@@ -49,11 +49,15 @@ MAX_FILE_BYTES = 256 << 20
 MAX_PROMPT_BYTES = 4096
 MAX_HINT_BYTES = 16384
 MAX_REGIONS = 4096
-#: A working image beyond FREE_PIXELS (2048x2048) needs a file of at least one byte per
-#: PIXELS_PER_BYTE pixels (real photos' edges alone take one byte per ~400), so what a reader
-#: allocates for the working image is bounded by what the file holds.
+#: A working image beyond FREE_PIXELS (2048x2048) needs at least one byte of known sections
+#: per PIXELS_PER_BYTE pixels (real photos' edges alone take one byte per ~400), so what a
+#: reader allocates for the working image is bounded by what the file holds; unknown sections,
+#: which a reader skips, buy no pixels.
 FREE_PIXELS = 1 << 22
 PIXELS_PER_BYTE = 4096
+#: The most working pixels a reader accepts and an encoder writes unless told otherwise
+#: (4096x4096): decoding a file costs about 30 bytes of memory per working pixel.
+MAX_WORKING_PIXELS = 1 << 24
 
 #: Decode hints a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
 #: Other keys are kept and may be ignored. Seeds are those torch takes; steps at most the
@@ -152,14 +156,14 @@ _HINT_RULES = {
 }
 
 
-def check_decode_hints(hints: dict) -> dict:
+def check_decode_hints(hints: dict, name: str = "decode hint") -> dict:
     """``hints`` unless a key a version-1 decoder understands has a value it cannot use
-    (ValueError naming the hint and what it must be); other keys pass as they are."""
+    (ValueError naming the ``name`` and what it must be); other keys pass as they are."""
     if not isinstance(hints, dict):
         raise ValueError("decode hints must be a JSON object")
     for key, (valid, what) in _HINT_RULES.items():
         if key in hints and not valid(hints[key]):
-            raise ValueError(f"decode hint {key!r} is {_shown(hints[key])}; it must be {what}")
+            raise ValueError(f"{name} {key!r} is {_shown(hints[key])}; it must be {what}")
     return hints
 
 
@@ -194,8 +198,18 @@ def _check_region(x: int, y: int, w: int, h: int, working_size: tuple[int, int])
         raise ValueError(f"region {w}x{h} at ({x}, {y}) lies outside the {width}x{height} image")
 
 
+def _check_region_area(area: int, working_size: tuple[int, int]) -> None:
+    """The boxes of SPIX never overlap, so together they cover at most the image: this bounds
+    the pixels a reader decodes for them by the image's own."""
+    width, height = working_size
+    if area > width * height:
+        raise ValueError(f"the regions cover {area} pixels together, more than the "
+                         f"{width}x{height} image holds")
+
+
 def _pack_regions(regions: list[SalientRegion], working_size: tuple[int, int]) -> bytes:
     _check_region_count(len(regions))
+    _check_region_area(sum(r.width * r.height for r in regions), working_size)
     parts = [struct.pack(">H", len(regions))]
     for r in regions:
         if r.codec not in _REGION_CODEC_IDS:
@@ -208,7 +222,9 @@ def _pack_regions(regions: list[SalientRegion], working_size: tuple[int, int]) -
 
 
 def dumps(plic: PlicFile) -> bytes:
-    """Serialise ``plic``. Raises ValueError if it breaks a limit (the reader would reject it)."""
+    """Serialise ``plic``. Raises ValueError if it breaks a limit of the format (the reader
+    would reject it; the reader's pixel limit, a setting, is the encoder's to check:
+    :func:`check_working_pixels`)."""
     _check_sizes(plic.original_size, plic.working_size, ValueError)
     sections = _sections(plic)
     if len(sections) > MAX_SECTIONS:
@@ -225,18 +241,26 @@ def dumps(plic: PlicFile) -> bytes:
     data = b"".join(parts)
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"the file would be {len(data)} bytes, at most {MAX_FILE_BYTES} allowed")
-    _check_pixels_held(plic.working_size, len(data), lambda problem: ValueError(
+    _check_pixels_held(plic.working_size, _known_bytes(sections), lambda problem: ValueError(
         f"{problem}: the image has too little detail for this working size; use a smaller max side"))
     return data
 
 
+def _known_bytes(sections) -> int:
+    """The bytes the header and the known sections among ``sections`` ((type, payload)) take
+    in a file: what the pixels-held rule counts."""
+    return HEADER.size + CRC.size + sum(SECTION_HEAD.size + len(payload) + CRC.size
+                                        for kind, payload in sections if kind in KNOWN_SECTIONS)
+
+
 def _check_pixels_held(working, n_bytes: int, error) -> None:
-    """Raise ``error(problem)`` when a file of ``n_bytes`` declares more working pixels than
-    FREE_PIXELS and PIXELS_PER_BYTE allow."""
+    """Raise ``error(problem)`` when ``n_bytes`` of header and known sections declare more
+    working pixels than FREE_PIXELS and PIXELS_PER_BYTE allow."""
     width, height = working
     if width * height > max(FREE_PIXELS, PIXELS_PER_BYTE * n_bytes):
-        raise error(f"a {width}x{height} working image needs a file of at least "
-                    f"{-(-width * height // PIXELS_PER_BYTE)} bytes, this one has {n_bytes}")
+        raise error(f"a {width}x{height} working image needs at least "
+                    f"{-(-width * height // PIXELS_PER_BYTE)} bytes of known sections, this file "
+                    f"has {n_bytes}")
 
 
 def _check_sizes(original, working, error):
@@ -247,8 +271,19 @@ def _check_sizes(original, working, error):
         raise error(f"working size {ww}x{wh} is outside 1..{MAX_WORKING_SIDE}")
 
 
-def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
-    """Parse a ``.plic`` file. Raises :class:`PlicFormatError` naming ``source`` on any problem."""
+def check_working_pixels(working: tuple[int, int], max_working_pixels: int, error=ValueError) -> None:
+    """Raise ``error(problem)`` for a working image of more than ``max_working_pixels`` pixels:
+    the reader's limit, which an encoder keeps too so that its files read back."""
+    width, height = working
+    if width * height > max_working_pixels:
+        raise error(f"working size {width}x{height} is more than the {max_working_pixels} pixels "
+                    "allowed (plic: --max-working-pixels raises the limit)")
+
+
+def loads(data: bytes, source: str = "<bytes>", *,
+          max_working_pixels: int = MAX_WORKING_PIXELS) -> PlicFile:
+    """Parse a ``.plic`` file. Raises :class:`PlicFormatError` naming ``source`` on any problem,
+    a working image of more than ``max_working_pixels`` pixels included."""
 
     def fail(problem: str):
         raise PlicFormatError(source, problem)
@@ -268,12 +303,14 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
              "update PLIC")
     if count > MAX_SECTIONS:
         fail(f"{count} sections, at most {MAX_SECTIONS} allowed")
-    _check_sizes((ow, oh), (ww, wh), lambda problem: PlicFormatError(source, problem))
-    _check_pixels_held((ww, wh), len(data), lambda problem: PlicFormatError(source, problem))
+    refuse = lambda problem: PlicFormatError(source, problem)  # noqa: E731
+    _check_sizes((ow, oh), (ww, wh), refuse)
+    check_working_pixels((ww, wh), max_working_pixels, refuse)
+    _check_pixels_held((ww, wh), len(data), refuse)  # the file's every byte: a cheap first look
 
     plic = PlicFile(original_size=(ow, oh), working_size=(ww, wh))
     seen = set()
-    pos = HEADER.size + CRC.size
+    pos = known = HEADER.size + CRC.size
     for index in range(count):
         if pos + SECTION_HEAD.size > len(data):
             fail(f"truncated: section {index + 1} of {count} is missing")
@@ -288,6 +325,8 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
         payload = data[start:end]
         if zlib.crc32(payload, zlib.crc32(kind)) != CRC.unpack_from(data, end)[0]:
             fail(f"section {name!r} checksum mismatch (the file is damaged)")
+        if kind in KNOWN_SECTIONS:
+            known += end + CRC.size - pos
         pos = end + CRC.size
         if kind in KNOWN_SECTIONS:
             if kind in seen:
@@ -301,6 +340,7 @@ def loads(data: bytes, source: str = "<bytes>") -> PlicFile:
             plic.extra_sections.append((kind, payload))
     if pos != len(data):
         fail(f"{len(data) - pos} unexpected bytes after the last section")
+    _check_pixels_held((ww, wh), known, refuse)
     return plic
 
 
@@ -327,13 +367,15 @@ def _no_constant(name: str):
 def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:
     (count,) = struct.unpack_from(">H", payload)
     _check_region_count(count)
-    regions, pos = [], 2
+    regions, pos, area = [], 2, 0
     for _ in range(count):
         x, y, w, h, codec, length = _REGION_HEAD.unpack_from(payload, pos)
         pos += _REGION_HEAD.size
         if codec not in REGION_CODECS:
             raise ValueError(f"unknown region codec {codec}")
         _check_region(x, y, w, h, working_size)
+        area += w * h
+        _check_region_area(area, working_size)
         if pos + length > len(payload):
             raise ValueError("truncated region data")
         regions.append(SalientRegion(x, y, w, h, REGION_CODECS[codec], payload[pos:pos + length]))
@@ -343,14 +385,15 @@ def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[Salie
     return regions
 
 
-def load(path: str | os.PathLike) -> PlicFile:
-    """Read a ``.plic`` file from disk; any problem raises :class:`PlicFormatError`."""
+def load(path: str | os.PathLike, *, max_working_pixels: int = MAX_WORKING_PIXELS) -> PlicFile:
+    """Read a ``.plic`` file from disk (a regular file only, never past MAX_FILE_BYTES); any
+    problem raises :class:`PlicFormatError`."""
     path = Path(path)
     try:
         data = read_regular(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise PlicFormatError(str(path), f"cannot be read ({exc.strerror or exc})") from None
-    return loads(data, str(path))
+    return loads(data, str(path), max_working_pixels=max_working_pixels)
 
 
 def save(plic: PlicFile, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -12,32 +12,62 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import safefs
 from .errors import PlicInputError
 
 #: Longest side of the working image in the reference pipeline.
 DEFAULT_MAX_SIDE = 1024
+#: The most pixels an image may have to be read (100 MP; at about 12 bytes per pixel while it
+#: is encoded). plic: --max-pixels.
+DEFAULT_MAX_PIXELS = 100_000_000
 #: File name endings taken as images when a folder is expanded (plic encode, bench, eval).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8, applying its EXIF orientation.
 
-    Transparent images are flattened onto white. Raises :class:`PlicInputError` naming the file.
+    Transparent images are flattened onto white. An image of more than ``max_pixels`` pixels
+    (as its header declares, before anything is decoded) is refused, except a JPEG, which its
+    decoder then reads at 1/2, 1/4 or 1/8 of its size where that is within the limit. Only a
+    regular file is read (a FIFO or a device is refused). Whatever the file holds, any failure
+    raises :class:`PlicInputError` naming the file.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:  # PIL refuses decompression bombs here
+        with safefs.open_regular(path) as f, Image.open(f) as im:  # PIL refuses decompression bombs here
+            _within(im, max_pixels)
             if getattr(im, "n_frames", 1) > 1:
                 warnings.warn(f"{path}: has {im.n_frames} frames; PLIC uses the first", stacklevel=2)
             im = ImageOps.exif_transpose(im)
             return pil_to_rgb(im)
     except FileNotFoundError:
         raise PlicInputError(f"{path}: no such file") from None
+    except PlicInputError as exc:
+        raise PlicInputError(f"{path}: {exc}") from None
     except Image.DecompressionBombError as exc:
         raise PlicInputError(f"{path}: too large to open safely ({exc}); scale it down first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, safefs.NotRegularFileError) as exc:
         raise PlicInputError(f"{path}: cannot read this image ({exc})") from None
+    except MemoryError:
+        raise PlicInputError(f"{path}: cannot read this image (out of memory); lower --max-pixels") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes PIL's decoders raise anything
+        raise PlicInputError(f"{path}: cannot read this image ({type(exc).__name__}: {exc})") from None
+
+
+def _within(im: Image.Image, max_pixels: int) -> None:
+    """Refuse ``im`` (opened, not yet decoded) beyond ``max_pixels``, unless it is a JPEG that
+    its decoder can read reduced to within the limit (PIL's draft mode), which is then asked for."""
+    width, height = im.size
+    if width * height <= max_pixels:
+        return
+    if im.format == "JPEG":
+        for scale in (2, 4, 8):
+            if (width // scale) * (height // scale) <= max_pixels:
+                im.draft(im.mode, (-(-width // scale), -(-height // scale)))
+                return
+    raise PlicInputError(f"is {width}x{height}, {width * height} pixels, more than the {max_pixels} "
+                         "allowed: scale it down first, or raise --max-pixels")
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:

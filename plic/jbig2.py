@@ -992,8 +992,9 @@ def _compose(page: np.ndarray, region: np.ndarray, x: int, y: int, op: int) -> N
         dst[...] = src
 
 
-def _generic_region(seg: _Segment, page: np.ndarray, max_pixels: int) -> None:
-    """7.4.6 immediate (lossless) generic region segment -> decode (6.2.5.7) and compose (8.2)."""
+def _generic_region(seg: _Segment, page: np.ndarray, max_pixels: int) -> int:
+    """7.4.6 immediate (lossless) generic region segment -> decode (6.2.5.7) of at most
+    ``max_pixels`` pixels and compose (8.2); returns the pixels decoded."""
     r = _Reader(seg.data)
     width, height, x, y, info_flags = r.unpack("IIIIB", "region segment information")
     flags = r.unpack("B", "generic region flags")[0]
@@ -1009,13 +1010,14 @@ def _generic_region(seg: _Segment, page: np.ndarray, max_pixels: int) -> None:
     at_bytes = r.take(2 * n_at, "AT pixels")
     at = [struct.unpack(">bb", at_bytes[2 * k:2 * k + 2]) for k in range(n_at)]
     if width == 0 or height == 0:
-        return
+        return 0
     rows = min(height, max(page.shape[0] - y, 0))
     if rows == 0 or x >= page.shape[1]:
-        return
+        return 0
     region = _decode_rows(r.data[r.pos:], width, height, template, at,
                           bool(flags & 0x08), rows, max_pixels)
     _compose(page, region, x, y, op)
+    return width * rows
 
 
 def decode(data: bytes, *, max_pixels: int = 1 << 28) -> np.ndarray:
@@ -1024,6 +1026,11 @@ def decode(data: bytes, *, max_pixels: int = 1 << 28) -> np.ndarray:
     Returns an HxW uint8 array of 0/1 (1 = black).  Only generic regions
     coded with the MQ coder are supported; anything else, and any malformed
     or oversized input, raises :class:`JBIG2Error`.
+
+    ``max_pixels`` bounds the page and the pixels of all its regions together:
+    a stream may hold any number of region segments, each decoded in full, so
+    bounding each alone would let a few bytes per segment buy a page's worth
+    of decoding time apiece.  A page of ``max_pixels`` is decoded at most once.
     """
     try:
         data = bytes(data)
@@ -1040,6 +1047,7 @@ def _decode_page(segments: list, max_pixels: int) -> np.ndarray:
     generic regions (7.4.6) up to the end of page (7.4.9) or end of file (7.4.11); end of
     stripe (7.4.10) and profiles segments (7.3) are skipped."""
     page = None
+    budget = max_pixels                     # region pixels still allowed (see decode)
     for seg in segments:
         if seg.type == _PAGE_INFORMATION:
             if page is not None:
@@ -1048,7 +1056,10 @@ def _decode_page(segments: list, max_pixels: int) -> np.ndarray:
         elif seg.type in (_IMMEDIATE_GENERIC, _IMMEDIATE_LOSSLESS_GENERIC):
             if page is None:
                 raise JBIG2Error("generic region segment before page information")
-            _generic_region(seg, page, max_pixels)
+            if budget <= 0:
+                raise JBIG2Error(f"the regions decode more than max_pixels={max_pixels} "
+                                 f"pixels together (segment {seg.number})")
+            budget -= _generic_region(seg, page, budget)
         elif seg.type in (_END_OF_PAGE, _END_OF_FILE):
             if page is not None:
                 break

@@ -42,7 +42,7 @@ from PIL import Image
 from .codec import DEFAULT_DECODE_HINTS, Unpacked
 from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
-from .fileformat import MAX_STEPS, SCHEDULERS
+from .fileformat import SCHEDULERS, check_decode_hints
 from .image import resize
 from . import sd15_configs
 
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Classifier-free guidance of the reference (diffusers' default; the notebooks left it alone).
 DEFAULT_GUIDANCE = 7.5
+#: The largest classifier-free guidance scale taken (ComfyUI's cfg goes as far).
+MAX_GUIDANCE = 100.0
 #: SD1.5 works on multiples of this many pixels (the VAE's downscale factor).
 SIZE_MULTIPLE = 8
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -120,11 +122,14 @@ class DecodeSettings:
             scheduler=str(self.scheduler if self.scheduler is not None else merged["scheduler"]),
             vae_tiling=bool(self.vae_tiling),
         )
-        if not 1 <= settings.steps <= MAX_STEPS:
-            raise PlicInputError(f"steps must be in 1..{MAX_STEPS}, got {settings.steps}")
-        if settings.scheduler not in SCHEDULERS:
-            raise PlicInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got "
-                                 f"'{settings.scheduler}'")
+        try:
+            check_decode_hints({key: getattr(settings, key) for key in DEFAULT_DECODE_HINTS},
+                               "decode setting")
+        except ValueError as exc:
+            raise PlicInputError(str(exc)) from None
+        if not 0 <= settings.guidance_scale <= MAX_GUIDANCE:  # False for NaN
+            raise PlicInputError(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got "
+                                 f"{settings.guidance_scale}")
         return settings
 
 

@@ -286,4 +286,4 @@ def test_encode_stores_decode_hints_only_when_asked(tmp_path):
     assert default.decode_hints == {}  # the reference's settings cost no bytes
     assert cpu.decode_hints == {"steps": 3, "seed": 7}
     bad = plic("encode", image, "-o", tmp_path / "bad", "--decode-steps", "0", check=False)
-    assert bad.returncode == 1 and "--decode-steps: must be at least 1" in bad.stderr
+    assert bad.returncode == 2 and "argument --decode-steps: 0 is outside 1..1000" in bad.stderr

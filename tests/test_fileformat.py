@@ -5,11 +5,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plic import fileformat
+from plic import codec, fileformat
 from plic.errors import OutputExistsError, PlicError, PlicFormatError, PlicOutputError
 from plic.fileformat import PlicFile, SalientRegion
 
@@ -19,7 +20,7 @@ def sample() -> PlicFile:
         original_size=(1200, 800), working_size=(600, 400), prompt="a red boat at dusk, ünïcode",
         edges=b"\x00\x01edges", palette=b"RIFFpalette",
         salient_mask=b"mask", salient_regions=[SalientRegion(10, 20, 30, 40, "png", b"png-bytes"),
-                                               SalientRegion(0, 0, 600, 400, "webp", b"")],
+                                               SalientRegion(0, 100, 600, 300, "webp", b"")],
         decode_hints={"seed": 7, "base_model": "epicrealism"},
     )
 
@@ -291,10 +292,33 @@ def test_a_reader_allocates_only_what_the_file_holds():
         header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 0, width, height, width, height)
         return header + struct.pack(">I", zlib.crc32(header))
 
-    with pytest.raises(PlicFormatError, match="^big.plic: not a valid .plic file: a 16384x16384 "
-                                              "working image needs a file of at least 65536 bytes, "
-                                              "this one has 32"):
-        fileformat.loads(header_only(16384, 16384), "big.plic")
+    with pytest.raises(PlicFormatError, match="^big.plic: not a valid .plic file: a 4096x4096 "
+                                              "working image needs at least 4096 bytes of known "
+                                              "sections, this file has 32"):
+        fileformat.loads(header_only(4096, 4096), "big.plic")
     assert fileformat.loads(header_only(2048, 2048)).working_size == (2048, 2048)
     with pytest.raises(ValueError, match="too little detail for this working size"):
         fileformat.dumps(PlicFile((4096, 4096), (4096, 4096)))
+
+
+def test_unknown_sections_buy_no_pixels_and_the_working_size_has_a_limit():
+    """Issue 24 item 3: 66 KB of an unknown section let a file declare 16384x16384 (33 s and
+    4.6 GB for plic info)."""
+    padded = PlicFile((8192, 8192), (8192, 8192), extra_sections=[(b"PADS", bytes(70000))])
+    with pytest.raises(ValueError, match="needs at least 16384 bytes of known sections"):
+        fileformat.dumps(padded)
+    # the same file written as it would be by a writer that ignores the rule
+    header = fileformat.HEADER.pack(fileformat.MAGIC, 1, 0, 1, 8192, 8192, 8192, 8192)
+    section = b"PADS" + struct.pack(">I", 70000) + bytes(70000)
+    data = header + struct.pack(">I", zlib.crc32(header)) + section + struct.pack(
+        ">I", zlib.crc32(bytes(70000), zlib.crc32(b"PADS")))
+    with pytest.raises(PlicFormatError, match="needs at least 16384 bytes of known sections, this "
+                                              "file has 32"):
+        fileformat.loads(data, max_working_pixels=1 << 26)
+    with pytest.raises(PlicFormatError, match="working size 8192x8192 is more than the 16777216 "
+                                              "pixels allowed .plic: --max-working-pixels"):
+        fileformat.loads(data)
+    with pytest.raises(ValueError, match="more than the 16777216 pixels allowed"):
+        codec.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192)
+    assert codec.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192,
+                               max_working_pixels=1 << 25)[1].shape == (4096, 8192, 3)

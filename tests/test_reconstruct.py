@@ -144,8 +144,12 @@ def test_scheduler_option_switches_sampler_and_back(loaded, plic_file):
     again = loaded.reconstruct(unpacked, core.DecodeSettings(steps=3))  # the file's: unipc
     assert type(loaded.pipeline.scheduler).__name__ == "UniPCMultistepScheduler"
     np.testing.assert_array_equal(again, unipc)
-    with pytest.raises(PlicInputError, match="scheduler must be one of unipc, dpmpp_2m"):
+    with pytest.raises(PlicInputError, match="decode setting 'scheduler' is \"euler\"; it must be one of"):
         core.DecodeSettings(scheduler="euler").resolve({})
+    for bad in ({"guidance_scale": float("nan")}, {"guidance_scale": float("inf")}, {"seed": 2**64},
+                {"seed": -1}, {"controlnet_scale": float("nan")}):  # issue 23 item 2, 24 item 7
+        with pytest.raises(PlicInputError, match=f"{next(iter(bad)).split('_')[0]}.* must be"):
+            core.DecodeSettings(**bad).resolve({})
 
 
 def test_a_batch_matches_each_file_decoded_alone(loaded, plic_file):
