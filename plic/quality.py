@@ -2,8 +2,11 @@
 
 The paper's authors used the ``brisque`` (0.2.0) and ``cpbd`` (1.0.7) packages, which no longer
 run on numpy 2 / current SciPy. This module computes the same numbers with numpy, SciPy, OpenCV
-and numba; ../shared/images/metric_reference.json holds the packages' values on the test images
-(tests/test_metrics.py checks BRISQUE within 0.5 and CPBD within 0.01 of every one).
+and numba. The packages' values on the test images are in ../shared/images/metric_reference.json
+and, for flat graphics, text and JPEG quality 5-15 photos, tests/data/metric_reference (made by
+scripts/make_metric_reference.py); tests/test_metrics.py checks BRISQUE within 0.1 and CPBD
+within 0.01 of every one. BRISQUE on flat regions hangs on round-off (see :func:`mscn`), so its
+MSCN reproduces the package's arithmetic to the last bit.
 
 BRISQUE's trained part, the LIVE-trained epsilon-SVR and its feature scaling, is the data the
 ``brisque`` package ships (``brisque/models/svm.txt`` and ``normalize.pickle``); it is read from
@@ -41,11 +44,11 @@ def _scipy(purpose: str):
 
 
 def gray_float(rgb: np.ndarray) -> np.ndarray:
-    """Luminance in 0..1 with ITU-R 709 weights (scikit-image's rgb2gray, which BRISQUE uses)."""
+    """Luminance in 0..1 with ITU-R 709 weights, to the last bit as scikit-image's rgb2gray (which
+    BRISQUE uses) computes it: img_as_float multiplies by 1/255, then a matrix product."""
     rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        return rgb.astype(np.float64) / 255.0
-    return (rgb[..., :3].astype(np.float64) / 255.0) @ np.array([0.2125, 0.7154, 0.0721])
+    unit = np.multiply(rgb if rgb.ndim == 2 else rgb[..., :3], 1 / 255, dtype=np.float64)
+    return unit if rgb.ndim == 2 else unit @ np.array([0.2125, 0.7154, 0.0721])
 
 
 def gray_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -130,18 +133,57 @@ def load_brisque_model() -> BrisqueModel:
                         np.asarray(scale["max_"], dtype=np.float64))
 
 
-def _gaussian_window(size: int = 7, sigma: float = 7 / 6) -> np.ndarray:
-    y, x = np.indices((size, size)) - size // 2
-    window = np.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2))
-    return window / window.sum()
+#: BRISQUE's 7x7 Gaussian window (sigma 7/6, normalised to sum 1) by squared distance from the
+#: centre, to the last bit as the ``brisque`` package computed the reference values: numpy 1.26 on
+#: an AVX-512 CPU, whose exp differs from the C library's in the last bit for some entries (numpy
+#: 1.26 without AVX-512 makes the C library's window, and the package then scores the flat logo of
+#: tests/data/metric_reference 10.6 higher); see :func:`mscn`.
+BRISQUE_WINDOW_BITS = {
+    0: "0x1.e0db00311d7f1p-4", 1: "0x1.4d06977d8ad64p-4", 2: "0x1.cd496e1480e88p-5",
+    4: "0x1.ba83b9de5989ep-6", 5: "0x1.3278d5665da8fp-6", 8: "0x1.973b1202ace5bp-8",
+    9: "0x1.1a0917e5476abp-8", 10: "0x1.86a8865c4c6d1p-9", 13: "0x1.038c273f9a49bp-10",
+    18: "0x1.4ad805ce81344p-13",
+}
+
+
+@functools.cache
+def brisque_window() -> np.ndarray:
+    y, x = np.indices((7, 7)) - 3
+    return np.vectorize(lambda d: float.fromhex(BRISQUE_WINDOW_BITS[d]))(x ** 2 + y ** 2)
+
+
+def convolve_same(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """``scipy.signal.convolve2d(image, window, "same")`` with zero padding, summing the products
+    in the order of SciPy 1.13's direct loop (window row by row, each product rounded, then
+    added), so that the sums are the same to the last bit; later SciPy rounds differently."""
+    n = window.shape[0]
+    r = n // 2
+    padded = np.pad(image, r)
+    h, w = image.shape
+    total = np.zeros_like(image)
+    for j in range(n):
+        for i in range(n):  # out[m, c] += window[j, i] * image[m + r - j, c + r - i]
+            total += window[j, i] * padded[2 * r - j:2 * r - j + h, 2 * r - i:2 * r - i + w]
+    return total
 
 
 def mscn(gray: np.ndarray) -> np.ndarray:
-    """Mean-subtracted contrast-normalised coefficients (zero padding outside the image)."""
-    signal = _scipy("BRISQUE").signal
-    window = _gaussian_window()
-    mean = signal.convolve2d(gray, window, "same")
-    deviation = np.sqrt(np.abs(mean ** 2 - signal.convolve2d(gray ** 2, window, "same")))
+    """Mean-subtracted contrast-normalised coefficients (zero padding outside the image), to the
+    last bit as the ``brisque`` package computes them.
+
+    Why the last bit: in a flat region (a plain background, a JPEG block left with its DC value
+    only) ``gray - mean`` is round-off alone, one or two units in the last place or exactly 0,
+    decided by the window's last bits and the order the convolution adds its products. Its size
+    does not matter, its sign does: :func:`aggd_fit` divides each side's sum of squares by the
+    number of values on that side (< 0 or >= 0), so a background that lands on the other side
+    shifts the variances of the MSCN and product fits. The exact Gaussian window (10.6 off on a
+    flat logo) or SciPy 1.17's convolve2d (16 off on flat shapes, up to 1 on photos saved at JPEG
+    quality 5-15) is enough to lose the package's values; its window and its SciPy 1.13 summation
+    order (with scikit-image's grey, :func:`gray_float`) give them to 1e-4.
+    """
+    window = brisque_window()
+    mean = convolve_same(gray, window)
+    deviation = np.sqrt(np.abs(mean ** 2 - convolve_same(gray ** 2, window)))
     return (gray - mean) / (deviation + 1 / 255)
 
 
@@ -158,14 +200,14 @@ def _aggd_shape(ratio: float) -> float:
 
 
 def aggd_fit(x: np.ndarray) -> tuple[float, float, float, float]:
-    """Asymmetric generalised Gaussian fit: shape, mean, left and right variances."""
+    """Asymmetric generalised Gaussian fit: shape, mean, left and right variances. A side without
+    values has a NaN variance (an image of one colour has no BRISQUE score), as in the package."""
     x = x.ravel()
-    left, right = x[x < 0], x[x >= 0]
-    left_ms = np.mean(left ** 2) if left.size else 0.0
-    right_ms = np.mean(right ** 2) if right.size else 0.0
-    gamma = math.sqrt(left_ms) / math.sqrt(right_ms)
-    r_hat = np.mean(np.abs(x)) ** 2 / np.mean(x ** 2)
-    big_r = r_hat * (gamma ** 3 + 1) * (gamma + 1) / (gamma ** 2 + 1) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left_ms, right_ms = (np.sum(side ** 2) / np.float64(side.size) for side in (x[x < 0], x[x >= 0]))
+        gamma = np.sqrt(left_ms) / np.sqrt(right_ms)
+        r_hat = np.mean(np.abs(x)) ** 2 / np.mean(x ** 2)
+        big_r = r_hat * (gamma ** 3 + 1) * (gamma + 1) / (gamma ** 2 + 1) ** 2
     alpha = _aggd_shape(big_r)
     sigma_l, sigma_r = math.sqrt(left_ms), math.sqrt(right_ms)
     mean = (sigma_r - sigma_l) * math.sqrt(math.gamma(1 / alpha) / math.gamma(3 / alpha)) \
@@ -186,7 +228,8 @@ def brisque_features(gray: np.ndarray) -> np.ndarray:
 
 
 def brisque(rgb: np.ndarray) -> float:
-    """BRISQUE score of an RGB (or gray) uint8 image: lower is better, about 0-100."""
+    """BRISQUE score of an RGB (or gray) uint8 image: lower is better, about 0-100 (flat graphics
+    and text score above 100). NaN for an image of a single colour, as the package gives."""
     import cv2
 
     _check_image(rgb, "BRISQUE", 8)
