@@ -43,6 +43,11 @@ for _name in _MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 
+from .common import guard_inputs  # noqa: E402 - after the library is bound above
+
+for _key, _class in NODE_CLASS_MAPPINGS.items():  # every node checks what reaches it
+    guard_inputs(_class, NODE_DISPLAY_NAME_MAPPINGS[_key].split(" (")[0])
+
 
 def _settle_into_comfyui() -> None:
     """Inside ComfyUI: put the shipped workflows' inputs into its input folder (never replacing

@@ -4,7 +4,9 @@ imports (and its tests run) without ComfyUI."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -158,3 +160,51 @@ def comfy_directory(kind: str) -> Path:
                     else folder_paths.get_output_directory())
     return Path(os.environ.get(f"PLIC_{kind.upper()}_DIR") or Path.cwd() / kind)
 
+
+
+def guard_inputs(node_class: type, title: str) -> type:
+    """Make ``node_class`` check its inputs before it runs (:func:`check_inputs`), whatever
+    reaches it: ComfyUI's own range check lets NaN through (every comparison with it is
+    false), and a linked input is never checked at all. Returns the class."""
+    method = getattr(node_class, node_class.FUNCTION)
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        check_inputs(node_class, title, kwargs)
+        return method(self, *args, **kwargs)
+
+    setattr(node_class, node_class.FUNCTION, checked)
+    return node_class
+
+
+def check_inputs(node_class: type, title: str, values: dict) -> None:
+    """PlicInputError naming ``title``, the input and what it takes, for a FLOAT that is not a
+    finite number within its declared min..max, an INT outside them, or a STRING that cannot
+    be written as UTF-8 or holds a NUL character."""
+    for name, (kind, spec) in _typed_inputs(node_class).items():
+        if name not in values:
+            continue
+        value = values[name]
+        if kind in ("FLOAT", "INT") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high = spec.get("min", -math.inf), spec.get("max", math.inf)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise PlicInputError(f"{title}: input {name!r} is {value}; it must be a number in "
+                                     f"{low:g}..{high:g}")
+        elif kind == "STRING" and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PlicInputError(f"{title}: input {name!r} holds text that is not valid Unicode "
+                                     "(a lone surrogate); retype it") from None
+            if "\0" in value:
+                raise PlicInputError(f"{title}: input {name!r} holds a NUL character; remove it")
+
+
+@functools.lru_cache(maxsize=None)
+def _typed_inputs(node_class: type) -> dict[str, tuple[str, dict]]:
+    """name -> (FLOAT, INT or STRING, its options) for the inputs ``node_class`` declares,
+    read once: these never change, unlike the lists of files some nodes offer."""
+    declared = node_class.INPUT_TYPES()
+    return {name: (spec[0], spec[1] if len(spec) > 1 else {})
+            for group in ("required", "optional") for name, spec in declared.get(group, {}).items()
+            if isinstance(spec[0], str) and spec[0] in ("FLOAT", "INT", "STRING")}

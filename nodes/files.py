@@ -98,13 +98,22 @@ class PlicLoad:
     @classmethod
     def VALIDATE_INPUTS(cls, file):
         try:
-            fileformat.load(input_path(file))
+            read_checked(file)
         except PlicError as exc:
             return str(exc)
         return True
 
     def run(self, file):
-        return ([fileformat.load(input_path(file))],)
+        return ([read_checked(file)],)
+
+
+def read_checked(name: str) -> fileformat.PlicFile:
+    """The file ``name`` of the input folder, with every section decoded once as a check, so
+    that a damaged payload behind right checksums is reported here, not by a later node."""
+    path = input_path(name)
+    plic = fileformat.load(path)
+    codec.unpack(plic, str(path))
+    return plic
 
 
 def input_files() -> list[str]:
@@ -133,6 +142,9 @@ def install_example_inputs(folder: Path) -> list[Path]:
 def input_path(name: str) -> Path:
     """The file ``name`` of the input folder; PlicInputError if it is missing, is not a .plic
     file or lies outside the folder."""
+    if not isinstance(name, str):
+        raise PlicInputError(f"PLIC Load: file must be the name of a {EXTENSION} file in the "
+                             f"input folder, not {type(name).__name__} {name!r}")
     root = comfy_directory("input").resolve()
     path = (root / name).resolve()
     if root not in path.parents:

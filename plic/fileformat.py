@@ -146,10 +146,19 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: JSON's escapes can spell a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 _HINT_RULES = {
     "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
     "steps": (lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
-    "negative_prompt": (lambda v: isinstance(v, str), "a string"),
+    "negative_prompt": (lambda v: isinstance(v, str) and _is_unicode(v), "a string of valid Unicode"),
     "controlnet_scale": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
                          and 0 <= v <= MAX_CONTROLNET_SCALE, f"a number in 0..{MAX_CONTROLNET_SCALE:g}"),
     "scheduler": (lambda v: v in SCHEDULERS, f"one of {list(SCHEDULERS)}"),

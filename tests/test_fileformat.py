@@ -280,6 +280,12 @@ def test_decode_hints_are_validated_when_read(payload, problem):
         fileformat.dumps(PlicFile((10, 10), (10, 10), decode_hints=hints))
 
 
+def test_a_negative_prompt_that_is_not_unicode_is_refused():
+    """Issue 23 item 6: JSON's escapes spell a lone surrogate, which the tokenizer met as a TypeError."""
+    with pytest.raises(PlicFormatError, match="decode hint 'negative_prompt' is .*; it must be a string of valid Unicode"):
+        fileformat.loads(rebuilt(sections=[(b"HINT", b'{"negative_prompt": "bad \\ud800"}')]))
+
+
 def test_usable_and_unknown_decode_hints_are_kept():
     hints = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
              "negative_prompt": "", "base_model": "any value"}

@@ -229,6 +229,40 @@ def test_load_rejects_corrupt_truncated_and_outside_files(folders, astronaut):
     assert "../outside.plic" not in input_files()
 
 
+def test_load_reports_a_damaged_payload_behind_right_checksums(folders, astronaut):
+    """Issue 24 item 7: a CRC-valid file with a broken edge payload passed PLIC Load and failed
+    later in PLIC Unpack naming <plic>; a file that is not a name gave a TypeError."""
+    inputs, _ = folders
+    plic = compress(as_image(astronaut))[-1]["result"][0][0]
+    plic.edges = plic.edges[:20]  # the JBIG2 stream cut inside its region: CRCs are recomputed
+    fileformat.save(plic, inputs / "broken.plic")
+    message = PlicLoad.VALIDATE_INPUTS("broken.plic")
+    assert isinstance(message, str) and message.startswith(str(inputs / "broken.plic"))
+    assert "section edges (EDGE)" in message
+    with pytest.raises(PlicInputError, match="PLIC Load: file must be the name of a .plic file in "
+                                             "the input folder, not int 7"):
+        PlicLoad().run(7)
+
+
+@pytest.mark.parametrize("node, inputs, refused", [
+    ("PlicSalientRegions", {"budget_bpp": float("nan")}, "PLIC Salient Regions: input 'budget_bpp' is nan; it must be a number in 0..24"),
+    ("PlicSalientRegions", {"face_threshold": float("nan")}, "input 'face_threshold' is nan; it must be a number in 0..1"),
+    ("PlicReconstruct", {"guidance_scale": float("nan")}, "PLIC Reconstruct: input 'guidance_scale' is nan"),
+    ("PlicCaption", {"timeout": float("inf")}, "input 'timeout' is inf; it must be a number in 1..3600"),
+    ("PlicSave", {"filename_prefix": "a\0b"}, "PLIC Save: input 'filename_prefix' holds a NUL character"),
+    ("PlicPack", {"prompt": "bad \ud800"}, "PLIC Pack: input 'prompt' holds text that is not valid Unicode"),
+])
+def test_every_node_refuses_non_finite_numbers_and_unwritable_text(node, inputs, refused):
+    """Issue 23 item 6: NaN passes ComfyUI's range check (each comparison with it is false); a NUL
+    in filename_prefix and a lone surrogate in a prompt raised raw errors. Each node checks what
+    reaches it before it runs."""
+    node_class = nodes.NODE_CLASS_MAPPINGS[node]
+    declared = {**node_class.INPUT_TYPES()["required"], **node_class.INPUT_TYPES().get("optional", {})}
+    assert set(inputs) <= set(declared), f"{node} has no input {set(inputs) - set(declared)}"
+    with pytest.raises(PlicInputError, match=refused.replace("(", ".").replace(")", ".")):
+        getattr(node_class(), node_class.FUNCTION)(**inputs)
+
+
 def test_load_reruns_when_the_file_content_changes(folders, astronaut):
     inputs, _ = folders
     data = fileformat.dumps(compress(as_image(astronaut))[-1]["result"][0][0])
