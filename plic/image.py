@@ -35,8 +35,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     """
     path = Path(path)
     try:
-        with safefs.open_regular(path) as f, Image.open(f) as im:  # PIL refuses decompression bombs here
-            _within(im, max_pixels)
+        with safefs.open_regular(path) as f, _opened(f, max_pixels) as im:
             if getattr(im, "n_frames", 1) > 1:
                 warnings.warn(f"{path}: has {im.n_frames} frames; PLIC uses the first", stacklevel=2)
             im = ImageOps.exif_transpose(im)
@@ -53,6 +52,23 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
         raise PlicInputError(f"{path}: cannot read this image (out of memory); lower --max-pixels") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file makes PIL's decoders raise anything
         raise PlicInputError(f"{path}: cannot read this image ({type(exc).__name__}: {exc})") from None
+
+
+def _opened(f, max_pixels: int) -> Image.Image:
+    """``f`` opened by PIL (which refuses decompression bombs here) and checked by
+    :func:`_within`; PIL's own warning about a large image is shown only for an image that is
+    then read, not for one refused with PLIC's message."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        im = Image.open(f)
+    try:
+        _within(im, max_pixels)
+    except BaseException:
+        im.close()
+        raise
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return im
 
 
 def _within(im: Image.Image, max_pixels: int) -> None:

@@ -272,3 +272,37 @@ def test_a_device_this_machine_lacks_is_refused_by_name():
         resolve_device("cuda")
     with pytest.raises(PlicInputError, match="device 'bogus' is not one torch knows"):
         resolve_device("bogus")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose IHDR (checksum made right) declares ``width`` x ``height``."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [(13000, 13000), (65535, 2700)])
+def test_an_image_beyond_max_pixels_is_refused_before_decoding(size, tmp_path):
+    """Issue 23 item 3: a 13000x13000 PNG took 2.9 GB and 32 s with only PIL's warning."""
+    (tmp_path / "huge.png").write_bytes(png_declaring(*size))
+    result = bounded_plic("encode", tmp_path / "huge.png", "-o", tmp_path / "out", "--prompt", "x",
+                          "--salient", "none", memory=1 << 30)
+    assert result.returncode == 1
+    assert result.stderr == (f"plic: {tmp_path / 'huge.png'}: is {size[0]}x{size[1]}, "
+                             f"{size[0] * size[1]} pixels, more than the 100000000 allowed: scale "
+                             "it down first, or raise --max-pixels\n")
+
+
+def test_a_jpeg_beyond_max_pixels_is_read_reduced(tmp_path):
+    from plic.image import load_rgb
+
+    Image.new("RGB", (2000, 1200), "blue").save(tmp_path / "big.jpg", quality=90)
+    assert load_rgb(tmp_path / "big.jpg", max_pixels=700_000).shape == (600, 1000, 3)  # 1/2 size
+    assert load_rgb(tmp_path / "big.jpg", max_pixels=200_000).shape == (300, 500, 3)  # 1/4
+    assert load_rgb(tmp_path / "big.jpg", max_pixels=100_000).shape == (150, 250, 3)  # 1/8
+    assert load_rgb(tmp_path / "big.jpg").shape == (1200, 2000, 3)  # within the limit: as it is
