@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
                    default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
                    help="Canny hysteresis thresholds (default %(default)s)")
-    p.add_argument("--palette-size", type=int_in(1, palette.MAX_SIZE), default=codec.EncodeSettings.palette_size, metavar="N",
+    p.add_argument("--palette-size", type=int_in(1, palette.MAX_SIZE), default=codec.EncodeSettings.palette_size,
+                   metavar="N",
                    help="palette side in pixels (default %(default)s)")
-    p.add_argument("--palette-quality", type=int_in(0, 100), default=codec.EncodeSettings.palette_quality, metavar="Q",
+    p.add_argument("--palette-quality", type=int_in(0, 100), default=codec.EncodeSettings.palette_quality,
+                   metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)

@@ -54,7 +54,7 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 def device(text: str) -> str:
     """An argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it is there
-    is checked when the models load: plic.reconstruct.check_device)."""
+    is checked when a model loads: plic.deps.resolve_device)."""
     if not DEVICE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
     return text

@@ -44,9 +44,12 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help="the color+canny ControlNet: diffusers folder or single file")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
                    help=f"ComfyUI-style models folder for names (default: ${models.MODELS_ENV})")
-    p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N", help="denoising steps (default: the file's, 60)")
-    p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S", help="random seed (default: the file's, 786)")
-    p.add_argument("--guidance", type=float_in(0, core.MAX_GUIDANCE), default=core.DEFAULT_GUIDANCE, metavar="G",
+    p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
+                   help="denoising steps (default: the file's, 60)")
+    p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S",
+                   help="random seed (default: the file's, 786)")
+    p.add_argument("--guidance", type=float_in(0, core.MAX_GUIDANCE), default=core.DEFAULT_GUIDANCE,
+                   metavar="G",
                    help="classifier-free guidance scale (default %(default)s)")
     p.add_argument("--device", type=device, default="auto", metavar="D",
                    help="cuda, cuda:1, cpu... (default: cuda when present, else cpu)")
@@ -125,7 +128,8 @@ def read_one(settings: core.DecodeSettings, source: Path, target: Path, args) ->
                         "read such an image); decode it at --size working, or raise --max-pixels")
     unpacked = codec.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints)
-    print(f"{printable(str(source))}: {chosen.steps} steps, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
+    print(f"{printable(str(source))}: {chosen.steps} steps, seed {chosen.seed}, "
+          f"{unpacked.width}x{unpacked.height}",
           file=sys.stderr)
     return unpacked, source, target, plic
 
@@ -137,7 +141,8 @@ def decode_group(reconstructor: core.Reconstructor, settings: core.DecodeSetting
     try:
         images = reconstructor.reconstruct_batch([item[0] for item in group], settings)
     except PlicError as exc:
-        print(f"plic: {one_line(', '.join(str(item[1]) for item in group) + ': ' + str(exc))}", file=sys.stderr)
+        named = ", ".join(str(item[1]) for item in group)
+        print(f"plic: {one_line(f'{named}: {exc}')}", file=sys.stderr)
         return 1
     done = {item[2]: (rgb, item) for rgb, item in zip(images, group)}
     return batch.run_each([item[1:3] for item in group],

@@ -30,13 +30,15 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--caption-key-env", default=caption.DEFAULT_KEY_ENV, metavar="VARIABLE",
                        help="NAME of the environment variable holding the API key "
                             f"(default: {caption.DEFAULT_KEY_ENV})")
-    group.add_argument("--caption-timeout", type=float_in(0, 3600, above=True), default=caption.DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.add_argument("--caption-timeout", type=float_in(0, 3600, above=True), default=caption.DEFAULT_TIMEOUT,
+                       metavar="SECONDS",
                        help=f"time-out of one API request (default: {caption.DEFAULT_TIMEOUT:g})")
     group.add_argument("--caption-retries", type=int_in(0, 100), default=caption.DEFAULT_RETRIES,
                        help=f"retries on 429/5xx/time-outs (default: {caption.DEFAULT_RETRIES})")
     group.add_argument("--caption-device", default="auto",
                        help="device of a local model: auto, cpu, cuda, cuda:1... (default: auto)")
-    group.add_argument("--caption-limit", type=int_in(1, MAX_PROMPT_CHARS), default=MAX_PROMPT_CHARS, metavar="CHARS",
+    group.add_argument("--caption-limit", type=int_in(1, MAX_PROMPT_CHARS), default=MAX_PROMPT_CHARS,
+                       metavar="CHARS",
                        help=f"cut the prompt at a word boundary to this length, 1..{MAX_PROMPT_CHARS} "
                             f"(default: {MAX_PROMPT_CHARS})")
 
@@ -71,7 +73,8 @@ def add_salient_arguments(parser) -> None:
                        help="WebP quality for --salient-codec webp (default %(default)s)")
     group.add_argument("--face-threshold", type=SCORE, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
                        help="score (0..1) a face needs to be kept (default %(default)s)")
-    group.add_argument("--min-face", type=int_in(detect.SMALLEST_MIN_FACE, MAX_WORKING_SIDE), default=detect.DEFAULT_MIN_FACE, metavar="PX",
+    group.add_argument("--min-face", type=int_in(detect.SMALLEST_MIN_FACE, MAX_WORKING_SIDE),
+                       default=detect.DEFAULT_MIN_FACE, metavar="PX",
                        help="smallest face height looked for, in working-image pixels (default "
                             "%(default)s, the detector's own; smaller values search an enlarged copy "
                             "too: 24 finds faces of 24 px for about 3x the face detector's time)")

@@ -42,7 +42,8 @@ def add_eval_parsers(subparsers) -> None:
                                               "a byte count (e.g. its .plic's)")
     p.add_argument("image", type=Path, metavar="IMAGE")
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--bytes", type=int_in(1, fileformat.MAX_FILE_BYTES), metavar="N", help="the byte budget")
+    budget.add_argument("--bytes", type=int_in(1, fileformat.MAX_FILE_BYTES), metavar="N",
+                        help="the byte budget")
     budget.add_argument("--plic", type=Path, metavar="FILE.plic",
                         help="use this file's size as the budget and its working size")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
@@ -76,7 +77,8 @@ def add_eval_parsers(subparsers) -> None:
                    help="DINOv2 folder: path, or name under MODELS/dinov2 (default %(default)s)")
     p.add_argument("--lpips", default=metrics.LPIPS_DEFAULT, metavar="FILE",
                    help="AlexNet trunk for LPIPS: path, or name under MODELS/lpips (default %(default)s)")
-    p.add_argument("--device", type=device, default="auto", metavar="D", help="cuda, cpu... (default: cuda when present)")
+    p.add_argument("--device", type=device, default="auto", metavar="D",
+                   help="cuda, cpu... (default: cuda when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     add_pixel_limits(p)
     p.set_defaults(run=run_eval)
