@@ -108,7 +108,9 @@ app.registerExtension({
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
-        const text = readoutText(message, echoedText(this));
+        // no readout is made only to repeat a text box; one there already is kept current
+        const shown = this.widgets?.some((w) => w.name === READOUT_WIDGET);
+        const text = readoutText(message, shown ? "" : echoedText(this));
         if (!text) return;
         // a change of the workflow (its properties), so that the editor keeps it for this tab
         app.canvas?.emitBeforeChange?.();
