@@ -117,4 +117,4 @@ def load_managed(captioner: cap.LocalCaptioner) -> None:
 
 
 NODE_CLASS_MAPPINGS = {"PlicCaption": PlicCaption}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicCaption": "PLIC Caption (prompt from image)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicCaption": "PLIC Caption"}

@@ -128,7 +128,7 @@ class PlicDecodeSettings:
 NODE_CLASS_MAPPINGS = {"PlicRestoreSalient": PlicRestoreSalient, "PlicInpaintHint": PlicInpaintHint,
                        "PlicDecodeSettings": PlicDecodeSettings}
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "PlicRestoreSalient": "PLIC Restore Salient (paste stored pixels back exactly)",
-    "PlicInpaintHint": "PLIC Inpaint Hint (kept pixels, -1 to regenerate)",
-    "PlicDecodeSettings": "PLIC Decode Settings (seed, steps, negative prompt from the file, or yours)",
+    "PlicRestoreSalient": "PLIC Restore Salient",
+    "PlicInpaintHint": "PLIC Inpaint Hint",
+    "PlicDecodeSettings": "PLIC Decode Settings",
 }

@@ -45,4 +45,4 @@ class PlicCannyEdges:
 
 
 NODE_CLASS_MAPPINGS = {"PlicCannyEdges": PlicCannyEdges}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicCannyEdges": "PLIC Canny Edges (pack edge map)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicCannyEdges": "PLIC Canny Edges"}

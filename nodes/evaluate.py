@@ -155,5 +155,5 @@ class PlicSameSizeCodecs:
 
 
 NODE_CLASS_MAPPINGS = {"PlicEvaluate": PlicEvaluate, "PlicSameSizeCodecs": PlicSameSizeCodecs}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicEvaluate": "PLIC Evaluate (metrics against the original)",
-                              "PlicSameSizeCodecs": "PLIC Same-Size Codecs (JPEG/WebP/AVIF at the payload's size)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicEvaluate": "PLIC Evaluate",
+                              "PlicSameSizeCodecs": "PLIC Same-Size Codecs"}

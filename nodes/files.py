@@ -21,9 +21,9 @@ EXAMPLE_INPUTS = {"plic_example.png": PACK / "plic" / "data" / "example.png",
 
 
 class PlicSave:
-    DESCRIPTION = ("Writes each payload as a .plic file to ComfyUI's output folder, named "
-                   "<prefix>_00001_.plic, _00002_... (never overwrites), and shows size, bpp "
-                   "and compression ratio on the node.")
+    DESCRIPTION = ("Writes each payload as a .plic file to ComfyUI's output folder, named after "
+                   "filename_prefix with a counter (PLIC_00001_.plic, PLIC_00002_.plic, never "
+                   "overwriting), and shows size, bpp and compression ratio on the node.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     OUTPUT_NODE = True
@@ -159,5 +159,5 @@ def input_path(name: str) -> Path:
 
 
 NODE_CLASS_MAPPINGS = {"PlicSave": PlicSave, "PlicLoad": PlicLoad}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicSave": "PLIC Save (.plic file to output folder)",
-                              "PlicLoad": "PLIC Load (.plic file from input folder)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicSave": "PLIC Save",
+                              "PlicLoad": "PLIC Load"}

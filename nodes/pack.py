@@ -93,4 +93,4 @@ def fit_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | No
 
 
 NODE_CLASS_MAPPINGS = {"PlicPack": PlicPack}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicPack": "PLIC Pack (prompt + edges + palette into a .plic payload)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicPack": "PLIC Pack"}

@@ -43,4 +43,4 @@ class PlicPalette:
 
 
 NODE_CLASS_MAPPINGS = {"PlicPalette": PlicPalette}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicPalette": "PLIC Palette (tiny colour thumbnail)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicPalette": "PLIC Palette"}

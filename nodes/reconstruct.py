@@ -157,6 +157,6 @@ class PlicReconstruct:
 
 NODE_CLASS_MAPPINGS = {"PlicDiffusersLoader": PlicDiffusersLoader, "PlicReconstruct": PlicReconstruct}
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "PlicDiffusersLoader": "PLIC Diffusers Loader (SD1.5 + inpaint and color/canny ControlNets)",
-    "PlicReconstruct": "PLIC Reconstruct (decode .plic with SD1.5 ControlNet inpainting)",
+    "PlicDiffusersLoader": "PLIC Diffusers Loader",
+    "PlicReconstruct": "PLIC Reconstruct",
 }

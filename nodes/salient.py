@@ -162,4 +162,4 @@ def load_managed_grounded_sam(folders) -> None:
 
 NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "PlicSalientRegions": "PLIC Salient Regions (keep faces, text, masked pixels exactly)"}
+    "PlicSalientRegions": "PLIC Salient Regions"}

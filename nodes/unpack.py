@@ -58,4 +58,4 @@ class PlicUnpack:
 
 
 NODE_CLASS_MAPPINGS = {"PlicUnpack": PlicUnpack}
-NODE_DISPLAY_NAME_MAPPINGS = {"PlicUnpack": "PLIC Unpack (payload to prompt, hints and masks)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"PlicUnpack": "PLIC Unpack"}

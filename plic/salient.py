@@ -243,10 +243,12 @@ def _group_boxes(mask: np.ndarray, pad: int, merge_gap: int) -> list[tuple[int, 
     count, labels = cv2.connectedComponents(grouped, connectivity=8)
     ys, xs = np.nonzero(mask)
     owner = labels[ys, xs]
-    x0 = np.full(count, mask.shape[1]); y0 = np.full(count, mask.shape[0])
-    x1 = np.zeros(count, int); y1 = np.zeros(count, int)
-    np.minimum.at(x0, owner, xs); np.minimum.at(y0, owner, ys)
-    np.maximum.at(x1, owner, xs + 1); np.maximum.at(y1, owner, ys + 1)
+    x0, y0 = np.full(count, mask.shape[1]), np.full(count, mask.shape[0])
+    x1, y1 = np.zeros(count, int), np.zeros(count, int)
+    np.minimum.at(x0, owner, xs)
+    np.minimum.at(y0, owner, ys)
+    np.maximum.at(x1, owner, xs + 1)
+    np.maximum.at(y1, owner, ys + 1)
     height, width = mask.shape
     boxes = [(max(0, x0[i] - pad), max(0, y0[i] - pad), min(width, x1[i] + pad), min(height, y1[i] + pad))
              for i in range(1, count) if x1[i] > 0]

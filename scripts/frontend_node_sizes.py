@@ -3,10 +3,11 @@ overlap: starts ComfyUI 0.3.64 with the pack (scripts/comfy_server.py), opens it
 headless Chromium (Debian package chromium) through the DevTools protocol, loads each
 workflows/*.json with app.loadGraphData and reads back the nodes' bounding boxes.
 
-  python scripts/frontend_node_sizes.py [--front-end-root DIR] [--vue-nodes] [--readout]
+  python scripts/frontend_node_sizes.py [--front-end-root DIR] [--vue-nodes] [--check DIR]
 
---readout instead shows what PLIC Save's readout becomes after two runs (value, label, the
-text area Nodes 2.0 draws, whether it is saved, warnings logged meanwhile).
+--check instead checks each template as drawn at fit-to-view (links behind nodes, nodes
+outside their group; a screenshot of each into DIR) and the readouts after a run, a tab switch,
+a cached rerun and a new prompt (tests/test_frontend.py).
 
 --front-end-root serves another frontend (e.g. a newer comfyui-frontend-package's static/);
 --vue-nodes turns on "Nodes 2.0" (setting Comfy.VueNodes.Enabled) where the frontend has it.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import shutil
 import subprocess
@@ -28,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.comfy_server import ComfyServer, _free_port  # noqa: E402
+from scripts.workflow_layout import overlaps  # noqa: E402
 
 READ_BOXES = """(async () => {
   const workflow = %s;
@@ -48,21 +51,101 @@ READ_BOXES = """(async () => {
 })()"""
 
 
-READOUT = """(async () => {
-  const warnings = [];
-  const warn = console.warn;
-  console.warn = (...args) => { warnings.push(args.join(" ")); warn(...args); };
+#: What the readouts of the compress template show (and whether they are on screen) after it
+#: runs, after a switch to another workflow tab and back, after a rerun that ComfyUI's cache
+#: skips, and after a rerun with only the prompt changed.
+READOUT_STAYS = """(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const command = (id) => window.app.extensionManager.command.execute(id);
+  const idle = async () => {
+    await sleep(1000);
+    for (let i = 0; i < 600; i++) {
+      const queue = await (await fetch("/queue")).json();
+      if (!queue.queue_running.length && !queue.queue_pending.length) break;
+      await sleep(500);
+    }
+    await sleep(1500);
+  };
+  // each readout's text, label, and whether it is on screen with its node at zoom 1
+  const readouts = async () => {
+    const seen = {};
+    for (const node of window.app.graph._nodes) {
+      if (!["PlicPack", "PlicSave", "PlicSalientRegions", "PlicCaption"].includes(node.type)) continue;
+      const widget = node.widgets?.find((w) => w.name === "plic_readout");
+      if (!widget) { seen[node.type] = null; continue; }
+      window.app.canvas.ds.scale = 1;
+      window.app.canvas.ds.offset = [100 - node.pos[0], 150 - node.pos[1]];
+      window.app.canvas.setDirty(true, true);
+      await sleep(400);
+      const rect = widget.element.getBoundingClientRect();
+      const style = getComputedStyle(widget.element.lastChild);
+      seen[node.type] = {text: widget.value, label: widget.element.firstChild.textContent,
+        shown: rect.height > 20 && rect.width > 20 && !!widget.element.offsetParent,
+        height: Math.round(rect.height), scroll: widget.element.lastChild.scrollHeight > widget.element.lastChild.clientHeight + 1,
+        font: style.fontSize, opacity: style.opacity, color: style.color, background: style.backgroundColor};
+    }
+    return seen;
+  };
   await window.app.loadGraphData(%s);
-  const node = window.app.graph._nodes.find((n) => n.type === "PlicSave");
-  node.onExecuted({plic: [{filename: "PLIC_00001_.plic", bytes: 812, bpp: 0.0248, ratio: 968}]});
-  node.onExecuted({plic: [{filename: "PLIC_00002_.plic", bytes: 900, bpp: 0.0300, ratio: 900}]});
-  await new Promise((r) => setTimeout(r, 1000));
-  const readouts = node.widgets.filter((w) => w.name === "plic_readout");
-  const element = document.querySelector(`[data-node-id="${node.id}"]`);
-  return JSON.stringify({widgets: readouts.length, value: readouts[0]?.value, label: readouts[0]?.label,
-    nodes2_text_areas: element ? Array.from(element.querySelectorAll("textarea")).map((t) => t.value) : null,
-    nodes2_text: element ? element.innerText : null,
-    saved_widgets_values: node.serialize().widgets_values, warnings});
+  await sleep(1000);
+  const seen = {};
+  await command("Comfy.QueuePrompt"); await idle();
+  seen.run = await readouts();
+  await command("Comfy.NewBlankWorkflow"); await sleep(1500);
+  await command("Workspace.PreviousOpenedWorkflow"); await sleep(2500);
+  seen.tab_switch = await readouts();
+  await command("Comfy.QueuePrompt"); await idle();
+  seen.cached_rerun = await readouts();
+  const caption = window.app.graph._nodes.find((n) => n.type === "PlicCaption");
+  caption.widgets.find((w) => w.name === "manual_text").value = "a different prompt";
+  await command("Comfy.QueuePrompt"); await idle();
+  seen.prompt_changed = await readouts();
+  return JSON.stringify(seen);
+})()"""
+
+
+#: The layout as drawn at fit-to-view: every link's drawn path tested against every other node's
+#: box (Nodes 2.0: its DOM size), and every node against the groups.
+LAYOUT = """(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  await window.app.loadGraphData(%s);
+  await sleep(1500);
+  await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  await sleep(1500);
+  const canvas = window.app.canvas, graph = window.app.graph, scale = canvas.ds.scale;
+  canvas.draw(true, true);
+  const nodes = graph._nodes.map((n) => {
+    const box = Array.from(n.getBounding());
+    const element = document.querySelector(`[data-node-id="${n.id}"]`);
+    if (element) {
+      const rect = element.getBoundingClientRect();
+      [box[2], box[3]] = [rect.width / scale, rect.height / scale];
+    }
+    return {id: n.id, type: n.type, box};
+  });
+  const groups = graph._groups.map((g) => ({title: g.title, box: Array.from(g._bounding ?? g.bounding)}));
+  const inside = ([x, y, w, h], [gx, gy, gw, gh]) => gx <= x && gy <= y && x + w <= gx + gw && y + h <= gy + gh;
+  const outside = nodes.filter((n) => !["Note", "MarkdownNote"].includes(n.type))
+    .filter((n) => groups.filter((g) => inside(n.box, g.box)).length !== 1).map((n) => `${n.id} ${n.type}`);
+  const ctx = canvas.canvas.getContext("2d");
+  ctx.save();
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.lineWidth = 3;
+  const behind = [], undrawn = [];
+  const links = graph.links instanceof Map ? [...graph.links.values()] : Object.values(graph.links);
+  for (const link of links) {
+    if (!link.path) { undrawn.push(link.id); continue; }
+    for (const node of nodes) {
+      if (node.id === link.origin_id || node.id === link.target_id) continue;
+      const [x, y, w, h] = node.box;
+      let hit = false;
+      for (let px = x + 2; px < x + w - 2 && !hit; px += 5)
+        for (let py = y + 2; py < y + h - 2 && !hit; py += 5) hit = ctx.isPointInStroke(link.path, px, py);
+      if (hit) behind.push(`link ${link.id} (${link.origin_id} -> ${link.target_id}) runs behind node ${node.id} ${node.type}`);
+    }
+  }
+  ctx.restore();
+  return JSON.stringify({fit_zoom: scale, groups: groups.length, outside, behind, undrawn});
 })()"""
 
 
@@ -79,21 +162,11 @@ async def _evaluate(ws, expression: str, ident: list[int]):
             return result.get("result", {}).get("value")
 
 
-def overlaps(nodes: list[dict], gap: int = 0) -> list[tuple[str, str]]:
-    """Pairs of nodes whose boxes (x, y, w, h) overlap (closer than ``gap``)."""
-    found = []
-    for i, a in enumerate(nodes):
-        ax, ay, aw, ah = a["box"]
-        for b in nodes[i + 1:]:
-            bx, by, bw, bh = b["box"]
-            if ax < bx + bw + gap and bx < ax + aw + gap and ay < by + bh + gap and by < ay + ah + gap:
-                found.append((f"{a['id']} {a['type']}", f"{b['id']} {b['type']}"))
-    return found
-
-
-async def measure(url: str, workflows: list[Path], script: str = READ_BOXES) -> dict[str, object]:
+async def measure(url: str, workflows: list[Path], script: str = READ_BOXES,
+                  screenshots: Path | None = None) -> dict[str, object]:
     """What ``script`` (JavaScript with %s for a workflow's JSON) returns as JSON in the frontend
-    at ``url``, for each workflow."""
+    at ``url``, for each workflow; with ``screenshots``, the screen as the script leaves it is
+    saved there as <workflow>.png."""
     import aiohttp
 
     port = _free_port()
@@ -123,29 +196,56 @@ async def measure(url: str, workflows: list[Path], script: str = READ_BOXES) -> 
                             raise RuntimeError("the frontend did not start")
                         await asyncio.sleep(1)
                     await asyncio.sleep(3)  # extensions (ours included) finish registering
-                    return {path.name: json.loads(await _evaluate(ws, script % path.read_text(), ident))
-                            for path in workflows}
+                    results = {}
+                    for path in workflows:
+                        results[path.name] = json.loads(await _evaluate(ws, script % path.read_text(), ident))
+                        if screenshots is not None:
+                            ident[0] += 1
+                            await ws.send_json({"id": ident[0], "method": "Page.captureScreenshot"})
+                            while (reply := await ws.receive_json(timeout=60)).get("id") != ident[0]:
+                                pass
+                            screenshots.mkdir(parents=True, exist_ok=True)
+                            (screenshots / f"{path.stem}.png").write_bytes(base64.b64decode(reply["result"]["data"]))
+                    return results
         finally:
             browser.terminate()
             browser.wait(timeout=15)
+
+
+def check(front_end_root: Path | None = None, vue_nodes: bool = False,
+          screenshots: Path | None = None) -> dict:
+    """In a real ComfyUI with the frontend at ``front_end_root`` (None: the installed one),
+    classic canvas or Nodes 2.0: each template's layout as drawn at fit-to-view (LAYOUT, a
+    screenshot of each in ``screenshots``) and the compress template's readouts as a user
+    meets them (READOUT_STAYS). Returns {"layout": {template: ...}, "readouts": {...}}."""
+    extra = ("--front-end-root", str(front_end_root)) if front_end_root else ()
+    with tempfile.TemporaryDirectory(prefix="plic-frontend-") as tmp:
+        with ComfyServer.prepared(Path(tmp), extra_args=extra) as server:
+            server.post_json("/settings/Comfy.TutorialCompleted", True)  # no template browser on top
+            server.post_json("/settings/Comfy.VueNodes.Enabled", vue_nodes)
+            layout = asyncio.run(measure(server.url, sorted((REPO / "workflows").glob("*.json")), LAYOUT,
+                                         screenshots))
+            readouts = asyncio.run(measure(server.url, [REPO / "workflows" / "plic_compress.json"],
+                                           READOUT_STAYS))
+    return {"layout": layout, "readouts": readouts["plic_compress.json"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--front-end-root", type=Path)
     parser.add_argument("--vue-nodes", action="store_true")
-    parser.add_argument("--readout", action="store_true")
+    parser.add_argument("--check", type=Path, metavar="DIR",
+                        help="instead: check() the layouts and readouts, screenshots into DIR")
     args = parser.parse_args(argv)
+    if args.check:
+        print(json.dumps(check(args.front_end_root, args.vue_nodes, args.check), indent=1))
+        return 0
     extra = ("--front-end-root", str(args.front_end_root)) if args.front_end_root else ()
     workflows = sorted((REPO / "workflows").glob("*.json"))
     with tempfile.TemporaryDirectory(prefix="plic-frontend-") as tmp:
         with ComfyServer.prepared(Path(tmp), extra_args=extra) as server:
             if args.vue_nodes:
                 server.post_json("/settings/Comfy.VueNodes.Enabled", True)
-            if args.readout:
-                compress = [REPO / "workflows" / "plic_compress.json"]
-                print(json.dumps(asyncio.run(measure(server.url, compress, READOUT)), indent=1))
-                return 0
             results = asyncio.run(measure(server.url, workflows))
     found = 0
     for name, nodes in results.items():

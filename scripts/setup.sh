@@ -44,5 +44,7 @@ if [ "$mode" = full ] && [ ! -e .venv/.full ]; then
   "${pip[@]}" --no-deps brisque
   # ComfyUI's own requirements, for the tests that run the pack inside a real ComfyUI.
   "${pip[@]}" -r tests/comfyui-requirements.txt
+  # comfy-cli, for `comfy node validate` (tests/test_registry.py): its pins agree with ours.
+  "${pip[@]}" comfy-cli
   touch .venv/.full
 fi

@@ -226,3 +226,50 @@ def test_a_local_captioner_is_one_of_comfyuis_loaded_models(server):
     (text,) = entry["outputs"]["2"]["text"]
     assert text.strip()
     assert _log_count(server, "PLIC: BlipForConditionalGeneration registered with ComfyUI") == 1
+
+
+def test_queue_workflow_runs_a_folder_over_two_server_names_and_reports_the_bad_file(server, tmp_path, capsys):
+    """scripts/queue_workflow.py on 11 files (one not an image) with 3 prompts in flight, dealt
+    to this server under two names: every good file is downloaded as a .plic and listed done in
+    the manifest, the bad one fails with ComfyUI's own message and the exit status says so; the
+    rerun queues only the bad one again."""
+    from PIL import Image
+
+    from plic import fileformat
+    from scripts import queue_workflow
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(10):
+        source = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "page.png")[index % 5]
+        with Image.open(REPO / "tests" / "data" / source) as im:
+            crop = im.convert("RGB").crop((index * 7, index * 5, index * 7 + 96, index * 5 + 80))
+        crop.save(folder / f"photo{index:02}.{'jpg' if index % 3 == 0 else 'png'}")
+    (folder / "broken.png").write_text("this is not an image")
+    (folder / "notes.txt").write_text("not for the workflow")
+    out = tmp_path / "out"
+    port = server.port
+    argv = ["--workflow", str(REPO / "workflows" / "api" / "plic_compress.json"), str(folder),
+            "--server", f"127.0.0.1:{port}", "--server", f"localhost:{port}",
+            "--in-flight", "3", "--download", str(out), "--timeout", str(RUN_TIMEOUT)]
+    assert queue_workflow.main(argv) == 1
+    printed = capsys.readouterr()
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in folder.iterdir() if p.suffix != ".txt")
+    bad = files.pop("broken.png")
+    assert bad["status"] == "failed" and "cannot identify image file" in bad["error"]
+    assert "broken.png: LoadImage (node 1): cannot identify image file" in printed.err
+    assert {record["status"] for record in files.values()} == {"done"}
+    assert {record["server"] for record in files.values()} == {f"127.0.0.1:{port}", f"localhost:{port}"}
+    for name, record in files.items():
+        (output,) = record["outputs"]
+        data = (out / output["file"]).read_bytes()
+        assert output["file"] == f"{name.rsplit('.', 1)[0]}.plic" and len(data) == output["bytes"]
+        assert fileformat.loads(data).original_size == (96, 80)
+    # the websocket's progress: each run's nodes as they execute
+    assert printed.out.count("PlicSave (node 8)") == 10
+
+    assert queue_workflow.main(argv) == 1
+    again = capsys.readouterr()
+    assert again.out.count("done before") == 10 and again.out.count("queued on") == 1
+    assert "FAILED [1/1] broken.png: LoadImage (node 1): cannot identify image file" in again.err

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,15 @@ def test_every_node_is_documented():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"
         names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
         assert len(names) == len(cls.RETURN_TYPES)
+
+
+def test_names_fit_the_node_library_and_descriptions_read_as_plain_text():
+    """The node library (1.27's sidebar is narrow) shows the names whole; it renders a
+    description as Markdown, where <word> is an HTML tag and _word_ after a space or a
+    punctuation mark is emphasis."""
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        assert len(nodes.NODE_DISPLAY_NAME_MAPPINGS[name]) <= 24, name
+        assert not re.search(r"<\w|(^|[\s\W])_\w[^_\s]*_", cls.DESCRIPTION), name
 
 
 COMFYUI_LOADS_THE_PACK = """

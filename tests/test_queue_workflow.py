@@ -86,8 +86,9 @@ def run_client(comfy, *args):
 
 
 def test_uploads_queues_waits_and_downloads(comfy, tmp_path, capsys):
+    """Without a websocket (this server has none) the run is followed through /history."""
     image = image_path("astronaut.png")
-    assert run_client(comfy, "--image", image, "--download", tmp_path, "--timeout", 30) == 0
+    assert run_client(comfy, image, "--download", tmp_path, "--timeout", 30) == 0
     state = comfy.state
     assert state["upload"] == {"filename": "astronaut.png", "data": image.read_bytes(), "type": "input"}
     sent = state["prompt"]
@@ -95,9 +96,28 @@ def test_uploads_queues_waits_and_downloads(comfy, tmp_path, capsys):
     assert sent["prompt"]["8"]["class_type"] == "PlicSave"
     assert state["polls"] == 2
     assert state["viewed"] == {"filename": ["PLIC_00001_.plic"], "type": ["output"]}
-    assert (tmp_path / "PLIC_00001_.plic").read_bytes() == PLIC_BYTES
+    assert (tmp_path / "astronaut.plic").read_bytes() == PLIC_BYTES
     out = capsys.readouterr().out
-    assert "output: output/PLIC_00001_.plic" in out and '"bytes": 7318' in out
+    assert 'done [1/1] astronaut.png: {"file": "astronaut.plic", "bytes": 7318' in out
+    record = json.loads((tmp_path / "manifest.json").read_text())["files"]["astronaut.png"]
+    assert record["status"] == "done" and record["prompt_id"] == "p-1"
+    assert record["outputs"] == [{"file": "astronaut.plic", "bytes": 7318, "bpp": 0.2233, "ratio": 107.5}]
+
+
+def test_a_rerun_skips_what_is_done_unless_the_input_or_workflow_changed(comfy, tmp_path, capsys):
+    image = tmp_path / "in" / "photo.png"
+    image.parent.mkdir()
+    image.write_bytes(image_path("astronaut.png").read_bytes())
+    out = tmp_path / "out"
+    assert run_client(comfy, image.parent, "--download", out) == 0
+    comfy.state.pop("upload")
+    assert run_client(comfy, image.parent, "--download", out) == 0
+    assert "upload" not in comfy.state and "photo.png: done before" in capsys.readouterr().out
+    assert run_client(comfy, image.parent, "--download", out, "--set", "9.budget_bpp=1") == 0
+    assert comfy.state.pop("upload")["filename"] == "photo.png"  # another workflow: run again
+    (out / "photo.plic").unlink()
+    assert run_client(comfy, image.parent, "--download", out, "--set", "9.budget_bpp=1") == 0
+    assert comfy.state.pop("upload")["filename"] == "photo.png"  # its output is gone: run again
 
 
 def test_prompt_and_set_change_the_queued_workflow(comfy, tmp_path):
@@ -116,7 +136,7 @@ def test_a_bad_assignment_is_refused(comfy, capsys):
 def test_a_rejected_workflow_is_reported(comfy, capsys):
     comfy.state["reject"] = True
     assert run_client(comfy) == 1
-    assert "HTTP 400" in capsys.readouterr().err
+    assert "the workflow was refused: PlicCannyEdges (node 3): bad" in capsys.readouterr().err
 
 
 def test_a_failed_run_is_reported(comfy, capsys):

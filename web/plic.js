@@ -1,12 +1,13 @@
 // PLIC nodes in ComfyUI's editor: an upload button for PLIC Load and a readout (sizes, reports) on
-// PLIC Pack / Save / Salient Regions / Caption after they run. Logic lives in plic_format.js.
+// PLIC Pack / Save / Salient Regions / Caption after they run, kept in the node's properties so
+// that it stays after a tab switch or a cached rerun. Logic lives in plic_format.js.
 // Only the frontend's public API is used (app, api, node.addDOMWidget, widget.element), so the
 // frontend ComfyUI 0.3.64 pins (1.27) and the newest (1.58, classic and Nodes 2.0) both work.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {
-  READOUT_LABEL, READOUT_NODES, READOUT_WIDGET, UPLOAD_NODE, PLIC_EXTENSION, buildUploadForm,
-  isPlicFileName, readoutText, uploadedName, withFile,
+  READOUT_LABEL, READOUT_LINE, READOUT_NODES, READOUT_PROPERTY, READOUT_WIDGET, UPLOAD_NODE,
+  PLIC_EXTENSION, buildUploadForm, isPlicFileName, readoutHeight, readoutText, uploadedName, withFile,
 } from "./plic_format.js";
 
 function hideFromWorkflow(widget) {
@@ -48,18 +49,35 @@ function addUploadButton(node) {
   };
 }
 
-function showReadout(node, message) {
-  const text = readoutText(message);
-  if (!text) return;
+/** The readout's element: its label, then the text, in the colours of the editor's own text
+ * boxes (readable in every theme, classic canvas and Nodes 2.0 alike). */
+function readoutElement() {
+  const root = document.createElement("div");
+  const label = document.createElement("div");
+  const text = document.createElement("div");
+  label.textContent = READOUT_LABEL;
+  Object.assign(root.style, { display: "flex", flexDirection: "column", gap: "2px", width: "100%",
+    height: "100%", boxSizing: "border-box" });
+  Object.assign(label.style, { fontSize: "11px", lineHeight: "16px", color: "var(--descrip-text, #999)" });
+  Object.assign(text.style, { flex: "1", fontSize: "12px", lineHeight: `${READOUT_LINE}px`,
+    whiteSpace: "pre-wrap", overflowWrap: "anywhere", overflowY: "auto", userSelect: "text",
+    color: "var(--input-text, #ddd)", background: "var(--comfy-input-bg, #222)",
+    border: "1px solid var(--border-color, #4e4e4e)", borderRadius: "4px", padding: "4px 6px" });
+  root.append(label, text);
+  return { root, text };
+}
+
+/** Show `text` under the node's widgets (made on first use) and keep it in its properties. */
+function showReadout(node, text) {
+  node.properties = node.properties || {};
+  node.properties[READOUT_PROPERTY] = text;
   let widget = node.widgets?.find((w) => w.name === READOUT_WIDGET);
   if (!widget) {
-    const box = document.createElement("textarea");
-    Object.assign(box, { readOnly: true, rows: 3 });
-    Object.assign(box.style, { width: "100%", opacity: 0.7, resize: "none", fontSize: "11px" });
-    widget = node.addDOMWidget(READOUT_WIDGET, "plic_readout", box, {
-      getValue: () => box.value,
-      setValue: (value) => { box.value = value; },
-      getMinHeight: () => 60,
+    const { root, text: box } = readoutElement();
+    widget = node.addDOMWidget(READOUT_WIDGET, "plic_readout", root, {
+      getValue: () => box.textContent,
+      setValue: (value) => { box.textContent = value; },
+      getMinHeight: () => readoutHeight(box.textContent, node.size[0]),
     });
     widget.label = READOUT_LABEL; // what Nodes 2.0 shows instead of the internal name
     hideFromWorkflow(widget);
@@ -67,6 +85,12 @@ function showReadout(node, message) {
   widget.value = text;
   node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
   node.setDirtyCanvas?.(true, true);
+}
+
+/** What PLIC Caption's readout would only repeat: its text box, when its back end is manual. */
+function echoedText(node) {
+  const value = (name) => node.widgets?.find((w) => w.name === name)?.value;
+  return value("backend") === "manual" ? String(value("manual_text") ?? "") : "";
 }
 
 app.registerExtension({
@@ -84,7 +108,22 @@ app.registerExtension({
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
-        showReadout(this, message);
+        // no readout is made only to repeat a text box; one there already is kept current
+        const shown = this.widgets?.some((w) => w.name === READOUT_WIDGET);
+        const text = readoutText(message, shown ? "" : echoedText(this));
+        if (!text) return;
+        // a change of the workflow (its properties), so that the editor keeps it for this tab
+        app.canvas?.emitBeforeChange?.();
+        showReadout(this, text);
+        app.canvas?.emitAfterChange?.();
+      };
+      // a workflow opened again (tab switch, reload): the readout its last run left
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function (info) {
+        const result = onConfigure?.apply(this, arguments);
+        const kept = info?.properties?.[READOUT_PROPERTY];
+        if (typeof kept === "string" && kept) showReadout(this, kept);
+        return result;
       };
     }
   },

@@ -6,9 +6,17 @@
 export const READOUT_NODES = ["PlicPack", "PlicSave", "PlicSalientRegions", "PlicCaption",
   "PlicEvaluate", "PlicSameSizeCodecs"];
 export const UPLOAD_NODE = "PlicLoad";
-/** The readout's widget name (internal, never saved) and the label the editor shows. */
+/** The readout's widget name (internal, never saved as a widget value), the label it shows, and
+ * the node property that keeps its text in the workflow, so that it survives a tab switch, a
+ * reload and a rerun where ComfyUI's cache skips the node. */
 export const READOUT_WIDGET = "plic_readout";
 export const READOUT_LABEL = "report";
+export const READOUT_PROPERTY = "plic_readout";
+/** The readout's text metrics (px): line height, width of a character, and its most lines shown
+ * before it scrolls. */
+export const READOUT_LINE = 16;
+const READOUT_CHAR = 7.5;
+const READOUT_MAX_LINES = 16;
 export const PLIC_EXTENSION = ".plic";
 
 /** "812 B", "7.1 KB", "2.4 MB". */
@@ -40,9 +48,19 @@ export function parseUiText(message) {
   return items.filter((item) => typeof item === "string" && item.trim() !== "");
 }
 
-/** The text a node shows after it ran: one line per file, then its report text. */
-export function readoutText(message) {
-  return [...parseUiPayload(message).map(formatReport), ...parseUiText(message)].join("\n");
+/** The text a node shows after it ran: one line per file, then its report text, less the lines
+ * that only repeat `echoed` (PLIC Caption's own text box, when its back end is manual). */
+export function readoutText(message, echoed = "") {
+  const text = parseUiText(message).filter((line) => !echoed.trim() || line.trim() !== echoed.trim());
+  return [...parseUiPayload(message).map(formatReport), ...text].join("\n");
+}
+
+/** The readout's height (px) for `text` in a box `width` px wide: its label, then every line
+ * as wrapped, up to READOUT_MAX_LINES. */
+export function readoutHeight(text, width) {
+  const perLine = Math.max(10, Math.floor((width - 16) / READOUT_CHAR));
+  const lines = String(text).split("\n").reduce((sum, line) => sum + Math.max(1, Math.ceil(line.length / perLine)), 0);
+  return 20 + 16 + READOUT_LINE * Math.min(lines, READOUT_MAX_LINES);
 }
 
 /** Whether a chosen file is a .plic file. */

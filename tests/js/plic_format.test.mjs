@@ -2,8 +2,8 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import {
-  buildUploadForm, formatBytes, formatReport, isPlicFileName, parseUiPayload, parseUiText, readoutText,
-  uploadedName, withFile,
+  READOUT_LINE, buildUploadForm, formatBytes, formatReport, isPlicFileName, parseUiPayload, parseUiText,
+  readoutHeight, readoutText, uploadedName, withFile,
 } from "../../web/plic_format.js";
 
 test("formatBytes picks a readable unit", () => {
@@ -42,6 +42,20 @@ test("readoutText shows a node's report text after its file lines", () => {
     "image 1: salient: kept 1 faces\nsalient: faces skipped");
   assert.equal(readoutText({ plic: [{ bytes: 900 }], text: ["a boat"] }), "900 B\na boat");
   assert.equal(readoutText({}), "");
+});
+
+test("readoutText leaves out what only repeats PLIC Caption's own text box", () => {
+  assert.equal(readoutText({ text: ["a boat at dusk"] }, " a boat at dusk\n"), "");
+  assert.equal(readoutText({ text: ["a boat at", "a boat at dusk"] }, "a boat at dusk"), "a boat at");
+  assert.equal(readoutText({ text: ["a boat at dusk"] }, ""), "a boat at dusk");
+});
+
+test("readoutHeight gives every line its row, wrapped lines included, up to a limit", () => {
+  const one = readoutHeight("900 B", 300);
+  assert.equal(readoutHeight("a\nb\nc", 300) - one, 2 * READOUT_LINE);
+  assert.equal(readoutHeight("x".repeat(100), 300) - one, 2 * READOUT_LINE); // 37 characters a row
+  assert.equal(readoutHeight("x".repeat(100), 800), one);
+  assert.equal(readoutHeight("a\n".repeat(100), 300), readoutHeight("a\n".repeat(15), 300));
 });
 
 test("buildUploadForm posts the file to the input folder", async () => {
