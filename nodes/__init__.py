@@ -46,7 +46,7 @@ for _name in _MODULES:
 from .common import guard_inputs  # noqa: E402 - after the library is bound above
 
 for _key, _class in NODE_CLASS_MAPPINGS.items():  # every node checks what reaches it
-    guard_inputs(_class, NODE_DISPLAY_NAME_MAPPINGS[_key].split(" (")[0])
+    guard_inputs(_class, NODE_DISPLAY_NAME_MAPPINGS[_key])
 
 
 def _settle_into_comfyui() -> None:
