@@ -792,8 +792,9 @@ def _smallest(bitmap, candidates):
 
 
 @functools.cache
-def _coders() -> ThreadPoolExecutor:
-    """Threads that code candidates side by side: the compiled coder releases the GIL (nogil)."""
+def _coders(pid: int) -> ThreadPoolExecutor:
+    """Threads that code candidates side by side in process ``pid``: the compiled coder releases
+    the GIL (nogil). One pool per process: a forked child has none of its parent's threads."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jbig2")
 
 
@@ -802,7 +803,7 @@ def _side_by_side(work, items) -> list:
     several (every thread runs one candidate's pixel loop of :func:`_code_region`)."""
     if len(items) < 2:
         return [work(item) for item in items]
-    return list(_coders().map(work, items))
+    return list(_coders(os.getpid()).map(work, items))
 
 
 def _candidate_at(template, at, effort):
