@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -177,24 +178,29 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     rgb = load_rgb(path, args.max_pixels)
     original_size, work = codec.working_image(rgb, settings.max_side,
                                               max_working_pixels=settings.max_working_pixels)
-    stored = salient_from_args(args, work, path)
-    prompt = captioner.caption(rgb) if captioner is not None else args.prompt
-    salient, report = stored.part, stored.report
     size = (work.shape[1], work.shape[0])
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
-    try:
-        if goal is None:
-            plic = codec.encode_working(work, original_size, prompt=prompt, settings=settings,
-                                        salient=salient, decode_hints=decode_hints)
-            data, notes = fileformat.dumps(plic), []
-            warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
-            notes += [warning] if warning else []
-        else:
-            fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings,
-                                     salient=salient, decode_hints=decode_hints)
-            plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
-    except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
-        raise _fail(path, str(exc)) from None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Edges and palette are coded beside the salient step and the caption (JBIG2, Canny and
+        # WebP release the GIL; the wait for Tesseract too); rate control codes its own.
+        parts = pool.submit(codec.image_parts, work, original_size, settings) if goal is None else None
+        stored = salient_from_args(args, work, path)
+        prompt = captioner.caption(rgb) if captioner is not None else args.prompt
+        salient, report = stored.part, stored.report
+        try:
+            if goal is None:
+                edges, palette = parts.result()
+                plic = codec.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
+                                        decode_hints=decode_hints)
+                data, notes = fileformat.dumps(plic), []
+                warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
+                notes += [warning] if warning else []
+            else:
+                fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings,
+                                         salient=salient, decode_hints=decode_hints)
+                plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
+        except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
+            raise _fail(path, str(exc)) from None
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)

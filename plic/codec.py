@@ -170,13 +170,15 @@ def encode_working(work: np.ndarray, original_size: tuple[int, int], *, prompt: 
                    settings: EncodeSettings = EncodeSettings(), salient: SalientPart | None = None,
                    decode_hints: dict | None = None) -> PlicFile:
     """Compress a working image (see :func:`working_image`) with an already packed salient part."""
-    return pack_parts(
-        prompt=prompt,
-        edges=edges_part(work, original_size, low=settings.canny_low, high=settings.canny_high),
-        palette=palette_part(work, settings.palette_size, settings.palette_quality),
-        salient=salient,
-        decode_hints=decode_hints,
-    )
+    edges, palette = image_parts(work, original_size, settings)
+    return pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient, decode_hints=decode_hints)
+
+
+def image_parts(work: np.ndarray, original_size: tuple[int, int],
+                settings: EncodeSettings = EncodeSettings()) -> tuple[EdgesPart, PalettePart]:
+    """The parts :func:`encode_working` codes from the working image alone: edges and palette."""
+    return (edges_part(work, original_size, low=settings.canny_low, high=settings.canny_high),
+            palette_part(work, settings.palette_size, settings.palette_quality))
 
 
 def size_report(n_bytes: int, plic: PlicFile) -> dict:

