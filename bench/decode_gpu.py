@@ -390,7 +390,8 @@ def run(args) -> tuple[dict, list[dict]]:
     tiny = args.models == "tiny" or (args.models == "auto" and not cuda)
     if not cuda:
         print(f"No CUDA GPU is available: the full-size table needs one. Running the "
-              f"{'tiny' if tiny else 'full-size'} models on the CPU (fp32, no offload, plain SDPA: "
+              f"{'tiny' if tiny else 'full-size'} models on the CPU "
+              f"({LOW_MEMORY_CPU_DTYPE if args.low_memory else 'fp32'}, no offload, plain SDPA: "
               "the paper's configuration cannot run there).", file=sys.stderr)
     # warm-ups compile every variant's models once per shape: never fall back to eager silently
     torch._dynamo.config.fail_on_recompile_limit_hit = True
