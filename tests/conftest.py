@@ -83,6 +83,15 @@ def large_image() -> np.ndarray:
     return np.tile(load_rgb(DATA / "coffee.png"), (3, 3, 1))
 
 
+def rss_mb(pid: int | str = "self") -> float:
+    """The resident memory (VmRSS, MB) of process ``pid``, this one by default (Linux's /proc)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.is_file():
+        pytest.skip("memory is read from /proc/<pid>/status (Linux)")
+    (line,) = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1]) / 1024
+
+
 def require_tool(command: str, debian: str) -> str:
     """The path of an external program the test needs, or a failure saying what to install."""
     path = shutil.which(command)

