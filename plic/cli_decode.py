@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import batch, codec, fileformat, models
+from . import batch, cli_scale, codec, fileformat, models
 from . import reconstruct as core
 from .errors import PlicError, one_line
 from .image import resize
@@ -67,6 +67,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("working", "original"), default="working",
                    help="output at the working size (salient pixels exact) or scaled to the original size")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
+    cli_scale.add_scale_arguments(p, devices=True)
     p.set_defaults(run=run_decode)
     return p
 
@@ -94,14 +95,18 @@ def run_decode(args) -> int:
     """Decode every file, ``--batch-size`` neighbours of one size per call; a file (or a batch)
     that fails is reported on one line and the others go on."""
     jobs = targets(args.files, args.output)
-    for _, target in jobs:
-        batch.refuse_existing(target, args.overwrite)
     if args.batch_size < 1:
         raise PlicError(f"--batch-size must be at least 1, got {args.batch_size}")
-    reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(
-        args.device, args.precision, args.cpu_offload, args.channels_last, args.compile))
     settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
                                    scheduler=args.scheduler, vae_tiling=args.vae_tiling)
+    if cli_scale.requested(args):
+        folder = args.output.parent if jobs[0][1] == args.output else args.output
+        return cli_scale.run(cli_scale.DecodeWork(args, model_paths(args), settings), jobs, args, folder,
+                             cli_scale.decode_devices(args))[1]
+    for _, target in jobs:
+        batch.refuse_existing(target, args.overwrite)
+    reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(
+        args.device, args.precision, args.cpu_offload, args.channels_last, args.compile))
     status = 0
     for start in range(0, len(jobs), args.batch_size):
         read: list[tuple] = []  # (unpacked, source, target, plic) of the files that could be read

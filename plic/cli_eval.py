@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import batch, compare, evaluation, fileformat, image, metrics, models, report
+from . import batch, cli_scale, compare, evaluation, fileformat, image, metrics, models, report
 from .errors import ModelNotFoundError, PlicInputError
 from .fileformat import write_atomic
 from .image import load_rgb, resize, to_working
@@ -75,6 +75,7 @@ def add_eval_parsers(subparsers) -> None:
                    help="AlexNet trunk for LPIPS: path, or name under MODELS/lpips (default %(default)s)")
     p.add_argument("--device", default="auto", metavar="D", help="cuda, cpu... (default: cuda when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
+    cli_scale.add_scale_arguments(p)
     p.set_defaults(run=run_eval)
 
 
@@ -127,24 +128,39 @@ def run_eval(args) -> int:
     pairs = pair_files(args)
     for name in report.FILES:
         batch.refuse_existing(args.output / name, args.overwrite)
+    status = 0
+    if cli_scale.requested(args):
+        rows, status = cli_scale.run(cli_scale.EvalWork(args), [cli_scale.Task(o, None, (r, p))
+                                                                for o, r, p in pairs], args, args.output)
+        results = [result for row in rows if row.value for result in row.value]
+    else:
+        evaluator = load_evaluator(args)
+        results = [result for pair in pairs for result in evaluate_pair(evaluator, *pair, args.codecs)]
+    written = report.write_report(results, args.output, overwrite=args.overwrite)
+    print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
+    return status
+
+
+def load_evaluator(args) -> metrics.Evaluator:
+    """The evaluator of the metrics ``args`` ask for; a missing model names the --metrics that
+    leave it out."""
     try:
-        evaluator = metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
-                                           lpips_name=args.lpips, device=args.device)
+        return metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
+                                      lpips_name=args.lpips, device=args.device)
     except ModelNotFoundError as exc:
         others = ",".join(m for m in args.metrics if m not in metrics.MODEL_METRICS)
         raise ModelNotFoundError(f"{exc} Without the model, leave its metric out: --metrics {others}") from None
-    codecs = [compare.codec_by_name(n) for n in args.codecs]
-    results = []
-    for original, reconstruction, plic_path in pairs:
-        plic_bytes = size = None
-        if plic_path is not None:
-            plic_bytes, size = plic_path.stat().st_size, fileformat.load(plic_path).working_size
-        rows = evaluation.evaluate_image(evaluator, original.name, load_rgb(original),
-                                         load_rgb(reconstruction), plic_bytes, size, codecs)
-        for row in rows[1:]:
-            print(f"{original.name} {row.method}: " + (row.note or ", ".join(
-                f"{k} {v:.4f}" for k, v in row.scores.items())))
-        results.extend(rows)
-    written = report.write_report(results, args.output, overwrite=args.overwrite)
-    print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
-    return 0
+
+
+def evaluate_pair(evaluator: metrics.Evaluator, original: Path, reconstruction: Path,
+                  plic_path: Path | None, codec_names) -> list[evaluation.Result]:
+    """The rows of one original (see :func:`plic.evaluation.evaluate_image`), each printed."""
+    plic_bytes = size = None
+    if plic_path is not None:
+        plic_bytes, size = plic_path.stat().st_size, fileformat.load(plic_path).working_size
+    rows = evaluation.evaluate_image(evaluator, original.name, load_rgb(original), load_rgb(reconstruction),
+                                     plic_bytes, size, [compare.codec_by_name(n) for n in codec_names])
+    for row in rows[1:]:
+        print(f"{original.name} {row.method}: " + (row.note or ", ".join(
+            f"{k} {v:.4f}" for k, v in row.scores.items())))
+    return rows
