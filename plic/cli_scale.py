@@ -107,18 +107,29 @@ class EncodeWork(runner.Work):
 class DecodeWork(runner.Work):
     """``plic decode``: one pipeline per worker (on its device), ``--batch-size`` files at a time
     through :func:`plic.cli_decode.read_one`, one pipeline call per run of one size
-    (:func:`plic.reconstruct.batches`) and :func:`plic.cli_decode.write_png`."""
+    (:func:`plic.reconstruct.batches`) and :func:`plic.cli_decode.write_png`. Workers on the
+    CPU compute with as many threads as this process (the same images, at the price of sharing
+    the cores when several run on one machine)."""
 
     on_devices = True
 
     def __init__(self, args, paths, settings):
+        import torch
+
         self.args, self.paths, self.settings = args, paths, settings
         self.batch_size = args.batch_size
+        self.cpu_threads = torch.get_num_threads()
 
     def open(self, device):
         from . import reconstruct as core
 
         a = self.args
+        if resolve_device(device or a.device).startswith("cpu"):
+            import torch
+
+            # the threads of one process here (Ray gives its workers one): another count
+            # changes the image by rounding; on a GPU it does not matter
+            torch.set_num_threads(self.cpu_threads)
         reconstructor = core.Reconstructor(self.paths, core.LoadOptions(
             device or a.device, a.precision, a.cpu_offload, a.channels_last, a.compile))
         reconstructor.pipeline  # noqa: B018 - loaded once, here; a model that cannot load ends the run

@@ -241,9 +241,18 @@ _WORKER: dict = {"name": f"{socket.gethostname()}:{os.getpid()}", "token": None,
 def _open(job: _Job, device: str | None):
     """``job``'s work opened in this process, once per run."""
     if _WORKER["token"] != job.token:
-        _WORKER["name"] = f"{socket.gethostname()}:{os.getpid()}" + (f" {device}" if device else "")
-        _WORKER["opened"], _WORKER["token"] = job.work.open(device), job.token
+        _WORKER["name"] = _worker_name(device)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            _WORKER["opened"] = job.work.open(device)  # its chatter (progress bars) is not a file's
+        _WORKER["token"] = job.token
     return _WORKER["opened"]
+
+
+def _worker_name(device: str | None) -> str:
+    """host:pid, the Ray node when on Ray, and the device: the manifest's ``worker``."""
+    ray = sys.modules.get("ray")
+    node = f" node {ray.get_runtime_context().get_node_id()[:8]}" if ray and ray.is_initialized() else ""
+    return f"{socket.gethostname()}:{os.getpid()}{node}" + (f" {device}" if device else "")
 
 
 def _run_chunk(job: _Job, tasks: list[Task], device: str | None = None) -> list[Row]:
