@@ -28,7 +28,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser, devices: bool = False) 
         "are skipped, each file gets a manifest line, one progress line")
     group.add_argument("--jobs", type=int, metavar="N",
                        help="worker processes on this machine (1: this process)"
-                            + ("; decode: on the CPU, else one per GPU" if devices else "")
+                            + ("; decode on GPUs: one pipeline on each of the first N" if devices else "")
                             + "; with --ray the tasks in flight")
     group.add_argument("--ray", metavar="ADDRESS",
                        help="run on a Ray cluster: auto (the one this machine belongs to), local "
@@ -38,8 +38,8 @@ def add_scale_arguments(parser: argparse.ArgumentParser, devices: bool = False) 
                        help=f"where each file's line goes (default: {MANIFEST_NAME} in the output folder)")
     if devices:
         group.add_argument("--devices", metavar="LIST",
-                           help="one decode worker per device: cuda:0,cuda:1,... (default: every "
-                                "visible GPU, else --jobs on the CPU)")
+                           help="one decode worker per device: cuda:0,cuda:1,... (default: "
+                                "the first --jobs GPUs, else --jobs on the CPU)")
 
 
 def requested(args) -> bool:
@@ -53,15 +53,16 @@ def run(work: runner.Work, jobs: list, args, folder: Path,
     manifest in ``folder`` unless --manifest: (rows in job order, exit status 1 when a file
     failed)."""
     tasks = [job if isinstance(job, Task) else Task(*job) for job in jobs]
-    options = runner.Options(manifest=args.manifest or folder / MANIFEST_NAME, jobs=args.jobs or 1,
+    options = runner.Options(manifest=args.manifest or folder / MANIFEST_NAME, jobs=args.jobs,
                              ray=args.ray, devices=devices, overwrite=args.overwrite)
     rows = runner.run(work, tasks, options)
     return rows, int(any(row.status == FAILED for row in rows))
 
 
 def decode_devices(args) -> tuple[str, ...]:
-    """One device per decode worker: --devices, else every visible GPU when decoding on the
-    GPU, else --jobs times the CPU. None on Ray (the cluster's GPUs are its actors)."""
+    """One device per decode worker: --devices; else, decoding on the GPU, the first --jobs
+    visible GPUs (one pipeline each); else --jobs times the CPU. Empty on Ray (the cluster's
+    GPUs are its actors)."""
     if args.ray is not None:
         return ()
     if args.devices:
@@ -70,7 +71,7 @@ def decode_devices(args) -> tuple[str, ...]:
     if device == "cuda":
         import torch
 
-        return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        return tuple(f"cuda:{i}" for i in range(min(args.jobs or 1, torch.cuda.device_count())))
     return (device,) * (args.jobs or 1)
 
 

@@ -147,13 +147,14 @@ def _str(path) -> str | None:
 
 @dataclass(frozen=True)
 class Options:
-    """How to run: ``jobs`` worker processes (1: in this process), or on the Ray cluster at
-    ``ray`` ("auto", "local" or an address; then ``jobs`` caps the tasks in flight, or sets the
-    CPUs of a "local" cluster); ``devices`` pins one worker to each (decode); the manifest goes
-    to ``manifest``; ``overwrite`` redoes outputs that exist."""
+    """How to run: ``jobs`` worker processes (None or 1: in this process), or on the Ray
+    cluster at ``ray`` ("auto", "local" or an address; then ``jobs`` caps the tasks in flight,
+    default the cluster's CPUs, or sets the CPUs of a "local" cluster); ``devices`` pins one
+    worker to each (decode); the manifest goes to ``manifest``; ``overwrite`` redoes outputs
+    that exist."""
 
     manifest: Path
-    jobs: int = 1
+    jobs: int | None = None
     ray: str | None = None
     devices: tuple[str, ...] = ()
     overwrite: bool = False
@@ -164,7 +165,7 @@ def run(work: Work, tasks: list[Task], options: Options, stream=None) -> list[Ro
     docstring). Interrupted (Ctrl-C), the rows so far are in the manifest and no partial output
     is left."""
     stream = stream or sys.stderr
-    if options.jobs < 1:
+    if options.jobs is not None and options.jobs < 1:
         raise PlicError(f"--jobs must be at least 1, got {options.jobs}")
     rows: dict[int, Row] = {}
     for path in leftover_temporaries([t.target for t in tasks if t.target is not None]):
@@ -188,7 +189,7 @@ def run(work: Work, tasks: list[Task], options: Options, stream=None) -> list[Ro
         try:
             if options.ray is not None:
                 results = _on_ray(job, tasks, chunks, options, progress)
-            elif options.jobs == 1 and len(options.devices) <= 1:
+            elif (options.jobs or 1) == 1 and len(options.devices) <= 1:
                 results = _here(job, tasks, chunks, options.devices[0] if options.devices else None)
             else:
                 results = _in_pool(job, tasks, chunks, options, progress)
@@ -372,18 +373,18 @@ class _Actor:
 def _on_ray(job: _Job, tasks: list[Task], chunks: list[list[int]], options: Options, progress):
     """(index, row) from Ray: a task per chunk (CPU work) or an actor per device (work on
     devices: one per GPU of the cluster, else ``jobs`` CPU actors, else one per node)."""
-    ray = connect(options.ray, options.jobs if options.jobs > 1 else None)
+    ray = connect(options.ray, options.jobs)
     try:
         resources = ray.cluster_resources()
         if job.work.on_devices:
             gpus = int(resources.get("GPU", 0))
-            count = gpus or (options.jobs if options.jobs > 1 else len(ray.nodes()))
+            count = gpus or options.jobs or len([node for node in ray.nodes() if node["Alive"]])
             actor = ray.remote(_Actor).options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
                                                max_restarts=1, max_task_retries=1)
             workers = [actor.remote(job, "cuda" if gpus else "cpu") for _ in range(count)]
             submit = lambda worker, tasks_: worker.run.remote(tasks_)
         else:
-            count = options.jobs if options.jobs > 1 else max(1, int(resources.get("CPU", 1)))
+            count = options.jobs or max(1, int(resources.get("CPU", 1)))
             task = ray.remote(_run_chunk).options(num_cpus=1, max_retries=1)
             shared = ray.put(job)
             workers = [None] * count

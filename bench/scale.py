@@ -1,0 +1,112 @@
+"""Files per second of ``plic encode`` over a folder: ``--jobs 1``, ``--jobs 2`` and ``--ray`` on a
+cluster of two nodes started here (``ray.cluster_utils.Cluster``, one CPU each), as ratios to
+``--jobs 1`` in the same run, the outputs checked to be the same bytes; then what each way of
+running adds per file, from a file that takes no time (:class:`Touch`).
+
+    python bench/scale.py                 # --copies N (the test images N times, default 4)
+                                          # --touch N (files of the overhead runs, default 400)
+
+Wall time of the whole command, as a user waits for it (Python start, worker start, Ray
+connection), without starting the cluster (on a real one it is up already; its start is shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from plic import runner  # noqa: E402
+
+IMAGES = REPO / "tests" / "data"
+NODE = {"num_cpus": 1, "object_store_memory": 150 * 2**20}
+
+
+class Touch(runner.Work):
+    """Writes one byte per file: what remains is the cost of handing files to workers."""
+
+    def run_one(self, opened, task):
+        task.target.write_bytes(b"x")
+        return 1, None, None
+
+
+def encode(folder: Path, out: Path, *options: str) -> float:
+    """Seconds ``plic encode folder -o out`` takes with ``options``."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "plic", "encode", str(folder), "-o", str(out), "--prompt",
+                    "a test image", *options], cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def touch(root: Path, count: int, **options) -> float:
+    """Seconds :class:`Touch` takes through the runner for ``count`` files."""
+    out = root / f"touch-{count}-{len(list(root.iterdir()))}"
+    out.mkdir()
+    tasks = [runner.Task(out / f"{i}.in", out / f"{i}.out") for i in range(count)]
+    start = time.perf_counter()
+    runner.run(Touch(), tasks, runner.Options(manifest=out / "m.jsonl", **options), io.StringIO())
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--touch", type=int, default=400)
+    args = parser.parse_args()
+    from ray.cluster_utils import Cluster
+
+    with tempfile.TemporaryDirectory(prefix="plic-scale-") as tmp:
+        root = Path(tmp)
+        folder = root / "images"
+        folder.mkdir()
+        for copy in range(args.copies):
+            for image in sorted(IMAGES.glob("*.png")) + sorted(IMAGES.glob("*.jpg")):
+                shutil.copy(image, folder / f"{copy}-{image.name}")
+        files = len(list(folder.iterdir()))
+        start = time.perf_counter()
+        cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **NODE})
+        try:
+            cluster.add_node(**NODE)
+            cluster.wait_for_nodes()
+            cluster_start = time.perf_counter() - start
+            modes = {"--jobs 1": ("--jobs", "1"), "--jobs 2": ("--jobs", "2"),
+                     "--ray (2 nodes)": ("--ray", cluster.address)}
+            seconds, outputs = {}, {}
+            for name, options in modes.items():
+                out = root / f"out-{len(seconds)}"
+                seconds[name] = encode(folder, out, *options)
+                outputs[name] = {p.name: p.read_bytes() for p in out.glob("*.plic")}
+            assert all(o == outputs["--jobs 1"] and len(o) == files for o in outputs.values()), \
+                "the outputs differ between the ways of running"
+            small, large = 20, args.touch
+            overhead = {}
+            for name, options in {"in-process (--jobs 1)": {}, "--jobs 2": {"jobs": 2},
+                                  "--ray (2 nodes)": {"ray": cluster.address}}.items():
+                few, many = touch(root, small, **options), touch(root, large, **options)
+                per_file = (many - few) / (large - small)
+                overhead[name] = (per_file, few - small * per_file)
+        finally:
+            cluster.shutdown()
+
+    print(f"plic encode, {files} files (tests/data x {args.copies}), default settings; "
+          f"{subprocess.check_output(['nproc']).decode().strip()} cores; Ray cluster start {cluster_start:.1f} s (not counted)")
+    print(f"{'mode':<18}{'seconds':>9}{'files/s':>9}{'ratio':>8}")
+    for name, wall in seconds.items():
+        print(f"{name:<18}{wall:>9.1f}{files / wall:>9.2f}{seconds['--jobs 1'] / wall:>8.2f}")
+    print("outputs: the same bytes in every mode")
+    print(f"\nper file a file that takes no time costs ({small} and {large} files; the start is the rest)")
+    print(f"{'mode':<24}{'ms per file':>12}{'start s':>9}")
+    for name, (per_file, fixed) in overhead.items():
+        print(f"{name:<24}{per_file * 1000:>12.2f}{fixed:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
