@@ -466,6 +466,8 @@ class Progress:
     :attr:`every` seconds and at the end. What each file printed goes above it."""
 
     every = 30.0
+    #: The least time between two redraws on a terminal (a rerun skips thousands of files a second).
+    redraw = 0.2
 
     def __init__(self, total: int, stream):
         self.total, self.stream = total, stream
@@ -474,21 +476,19 @@ class Progress:
         self.start = self.shown = time.monotonic()
 
     def show(self, row: Row) -> None:
-        self._clear()
-        if row.out:
-            sys.stdout.write(row.out)
-            sys.stdout.flush()
-        if row.err:
-            self.stream.write(row.err)
-        if row.status == FAILED:
-            self.failed += 1
-            self.stream.write(f"plic: {row.error}\n")
-        else:
-            self.done += 1
+        self.failed += row.status == FAILED
+        self.done += row.status != FAILED
         self.skipped += row.status == SKIPPED
         self.worked += row.status != SKIPPED
         now = time.monotonic()
-        if self.tty or now - self.shown >= self.every:
+        due = now - self.shown >= (self.redraw if self.tty else self.every)
+        said = row.out or row.err or row.status == FAILED
+        if said:
+            self._clear()
+            sys.stdout.write(row.out)
+            sys.stdout.flush()
+            self.stream.write(row.err + (f"plic: {row.error}\n" if row.status == FAILED else ""))
+        if due or (said and self.tty):
             self._line(now)
 
     def note(self, text: str) -> None:
