@@ -314,3 +314,19 @@ def test_ray_decode_actors_on_two_nodes_give_the_images_of_one_process(two_nodes
     assert {r["status"] for r in rows} == {"done"}
     nodes = {r["worker"].split(" node ")[1].split()[0] for r in rows}
     assert len(nodes) == 2  # an actor on each node (one CPU each)
+
+
+def test_a_ray_worker_killed_mid_run_has_its_file_run_again(two_nodes, one_process, many_images, tmp_path):
+    folder, originals = many_images
+    out = tmp_path / "out"
+    process = _start("encode", folder, "-o", out, "--prompt", PROMPT, "--ray", two_nodes)
+    _wait_for_rows(out / "manifest.jsonl", 1, process)
+    busy = [p for p in psutil.Process().children(recursive=True)  # the cluster's are this process's
+            if (p.cmdline() or [""])[0] == "ray::_run_chunk"]
+    assert busy, "no Ray task is running"
+    busy[0].kill()
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    rows = manifest(out / "manifest.jsonl")
+    assert {r["status"] for r in rows} == {"done"} and len(rows) == len(originals)
+    assert plic_bytes(out) == {name: one_process[original] for name, original in originals.items()}
