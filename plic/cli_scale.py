@@ -152,12 +152,12 @@ class DecodeWork(runner.Work):
             start = time.perf_counter()
             try:
                 images = reconstructor.reconstruct_batch(group, self.settings)
-            except PlicError as exc:
+            except Exception as exc:  # out of GPU memory included: this batch's files fail, not the run
                 images = [exc] * len(group)
             share = (time.perf_counter() - start) / len(group)
 
             def write(rgb, task, item):
-                if isinstance(rgb, PlicError):
+                if isinstance(rgb, Exception):
                     raise rgb
                 write_png(rgb, item, self.args)
                 return *self.check(task), None

@@ -35,7 +35,7 @@ import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -79,8 +79,7 @@ class Row:
     value: object = field(default=None, repr=False)
 
     def manifest(self) -> dict:
-        row = asdict(self)
-        return {key: row[key] for key in MANIFEST_KEYS}
+        return {key: getattr(self, key) for key in MANIFEST_KEYS}
 
 
 class Work:
@@ -127,7 +126,8 @@ def attempt(task: Task, do, seconds_share: float | None = None) -> Row:
 
 
 def failed(task: Task, error: str) -> Row:
-    return Row(str(task.source), _str(task.target), FAILED, error=error, worker=_WORKER["name"])
+    """The failed row of a file no worker finished (no worker named)."""
+    return Row(str(task.source), _str(task.target), FAILED, error=error)
 
 
 def error_line(task: Task, exc: BaseException) -> str:
@@ -426,9 +426,10 @@ def _ray_rows(ray, tasks, chunks, workers, submit):
             yield from zip(chunks[number], rows)
             if worker is not _DEAD:
                 idle.append(worker)
-    finally:
+    finally:  # interrupted or ended by an error: stop what is still running (best effort)
         for ref in in_flight:
-            ray.cancel(ref)
+            with contextlib.suppress(ray.exceptions.RayError, ValueError, TypeError):
+                ray.cancel(ref)
 
 
 _DEAD = object()
