@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from plic import runner  # noqa: E402
+from plic import runner
 
 IMAGES = REPO / "tests" / "data"
 NODE = {"num_cpus": 1, "object_store_memory": 150 * 2**20}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -138,7 +139,7 @@ class DecodeWork(runner.Work):
 
     def run(self, reconstructor, tasks):
         from . import reconstruct as core
-        from .cli_decode import read_one, write_png
+        from .cli_decode import read_one
 
         rows, read = {}, {}  # read: id(unpacked) -> (task, item of read_one, its row)
         for task in tasks:
@@ -155,19 +156,21 @@ class DecodeWork(runner.Work):
             except Exception as exc:  # out of GPU memory included: this batch's files fail, not the run
                 images = [exc] * len(group)
             share = (time.perf_counter() - start) / len(group)
-
-            def write(rgb, task, item):
-                if isinstance(rgb, Exception):
-                    raise rgb
-                write_png(rgb, item, self.args)
-                return *self.check(task), None
-
             for rgb, unpacked in zip(images, group):
                 task, item, first = read[id(unpacked)]
-                row = runner.attempt(task, lambda: write(rgb, task, item), share + first.seconds)
+                row = runner.attempt(task, partial(self._write, rgb, task, item), share + first.seconds)
                 row.out, row.err = first.out + row.out, first.err + row.err
                 rows[task] = row
         return [rows[task] for task in tasks]
+
+    def _write(self, rgb, task, item):
+        """Write the PNG of ``item`` (from :func:`read_one`), or raise what its batch raised."""
+        from .cli_decode import write_png
+
+        if isinstance(rgb, Exception):
+            raise rgb
+        write_png(rgb, item, self.args)
+        return *self.check(task), None
 
     def check(self, task):
         try:

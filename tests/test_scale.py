@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_run_has_its_files_run_again(one_process, many_image
     workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
     assert workers, "no worker process to kill"
     workers[0].kill()
-    stdout, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert "plic: a worker process died" in stderr
     rows = manifest(out / "manifest.jsonl")
@@ -159,7 +159,7 @@ def test_ctrl_c_leaves_no_partial_file_and_the_same_command_finishes_the_run(one
     process = _start("encode", folder, "-o", out, "--prompt", PROMPT, "--jobs", 2)
     _wait_for_rows(out / "manifest.jsonl", 2, process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "plic: interrupted" in stderr
     assert not list(out.glob(".*.tmp"))
@@ -325,7 +325,7 @@ def test_a_ray_worker_killed_mid_run_has_its_file_run_again(two_nodes, one_proce
             if (p.cmdline() or [""])[0] == "ray::_run_chunk"]
     assert busy, "no Ray task is running"
     busy[0].kill()
-    stdout, stderr = process.communicate(timeout=300)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     rows = manifest(out / "manifest.jsonl")
     assert {r["status"] for r in rows} == {"done"} and len(rows) == len(originals)
