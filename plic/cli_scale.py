@@ -25,12 +25,12 @@ MANIFEST_NAME = "manifest.jsonl"
 def add_scale_arguments(parser: argparse.ArgumentParser, devices: bool = False) -> None:
     """The options of a restartable run over many files (``devices``: decode's ``--devices``)."""
     group = parser.add_argument_group(
-        "many files at once: a restartable run (docs/scale.md); outputs that exist and check out "
-        "are skipped, each file gets a manifest line, one progress line")
+        "many files at once (docs/scale.md)", "any of these makes a restartable run: outputs that "
+        "exist and check out are skipped, each file gets a manifest line, one progress line")
     group.add_argument("--jobs", type=int, metavar="N",
                        help="worker processes on this machine (1: this process)"
                             + ("; decode on GPUs: one pipeline on each of the first N" if devices else "")
-                            + "; with --ray the tasks in flight")
+                            + "; with --ray the tasks in flight (default: the cluster's CPUs)")
     group.add_argument("--ray", metavar="ADDRESS",
                        help="run on a Ray cluster: auto (the one this machine belongs to), local "
                             "(start one here) or HOST:PORT / ray://HOST:10001; needs "

@@ -187,7 +187,9 @@ def run(work: Work, tasks: list[Task], options: Options, stream=None) -> list[Ro
         chunks = [todo[i:i + work.batch_size] for i in range(0, len(todo), work.batch_size)]
         job = _Job(work, uuid.uuid4().hex)
         try:
-            if options.ray is not None:
+            if not chunks:
+                results = iter(())
+            elif options.ray is not None:
                 results = _on_ray(job, tasks, chunks, options, progress)
             elif (options.jobs or 1) == 1 and len(options.devices) <= 1:
                 results = _here(job, tasks, chunks, options.devices[0] if options.devices else None)
@@ -349,12 +351,15 @@ def connect(address: str, cpus: int | None = None):
     (HOST:PORT, ray://HOST:10001)."""
     ray = require("ray", package="ray", purpose="--ray", install='"comfyui-plic[ray]" (or: pip install ray)')
     quiet = {"logging_level": "ERROR", "log_to_driver": False}
+    host, _, port = address.rpartition("://")[2].rpartition(":")
     try:
+        if port.isdigit():  # Ray itself would retry a wrong address for minutes
+            socket.create_connection((host, int(port)), timeout=10).close()
         if address == "local":
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
         else:
             ray.init(address=address, **quiet)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # ConnectionError is an OSError
         raise PlicError(f"--ray {address}: cannot connect to a Ray cluster there ({one_line(exc)}); "
                         "start one with `ray start --head`, or pass --ray local") from None
     return ray
