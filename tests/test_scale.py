@@ -232,12 +232,31 @@ def decoded_one_process(tiny_models_dir, tmp_path_factory):  # noqa: F811
 def test_decode_with_two_cpu_workers_gives_the_images_of_one_process(decoded_one_process, tiny_models_dir,  # noqa: F811
                                                                      tmp_path):
     folder, expected = decoded_one_process
-    plic("decode", folder, "-o", tmp_path / "out", *_decode_args(tiny_models_dir), "--jobs", 2)
+    shutil.copytree(folder, tmp_path / "in")
+    bad = tmp_path / "in" / "bad.plic"
+    bad.write_bytes((folder / "0.plic").read_bytes()[:-10])
+    result = plic("decode", tmp_path / "in", "-o", tmp_path / "out", *_decode_args(tiny_models_dir), "--jobs", 2,
+                  check=False)
+    assert result.returncode == 1
     decoded = _pixels(tmp_path / "out")
     assert list(decoded) == list(expected) and len(expected) == 3
     for name in expected:
         np.testing.assert_array_equal(decoded[name], expected[name], err_msg=name)
-    assert len({r["worker"] for r in manifest(tmp_path / "out" / "manifest.jsonl")}) == 2
+    rows = {os.path.basename(r["input"]): r for r in manifest(tmp_path / "out" / "manifest.jsonl")}
+    assert rows["bad.plic"]["status"] == "failed" and f"{bad}: not a valid .plic file" in rows["bad.plic"]["error"]
+    assert len({r["worker"] for name, r in rows.items() if name != "bad.plic"}) == 2
+
+
+def test_two_inputs_for_one_output_are_one_failed_row(tmp_path):
+    for suffix in ("png", "jpg"):
+        Image.open(DATA / "coffee.png").convert("RGB").save(tmp_path / f"same.{suffix}")
+    out = tmp_path / "out"
+    result = plic("encode", tmp_path / "same.jpg", tmp_path / "same.png", "-o", out, "--prompt", PROMPT,
+                  "--jobs", 1, check=False)
+    assert result.returncode == 1
+    rows = manifest(out / "manifest.jsonl")
+    assert [r["status"] for r in rows] == ["failed", "done"]  # settled before the work, then done
+    assert rows[0]["input"] == str(tmp_path / "same.png") and "would be written to" in rows[0]["error"]
 
 
 def test_without_ray_the_ray_option_says_what_to_install(tmp_path, monkeypatch):
