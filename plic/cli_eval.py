@@ -130,8 +130,8 @@ def run_eval(args) -> int:
         batch.refuse_existing(args.output / name, args.overwrite)
     status = 0
     if cli_scale.requested(args):
-        rows, status = cli_scale.run(cli_scale.EvalWork(args), [cli_scale.Task(o, None, (r, p))
-                                                                for o, r, p in pairs], args, args.output)
+        work = cli_scale.EvalWork(args)
+        rows, status = cli_scale.run(work, work.tasks(pairs), args, args.output)
         results = [result for row in rows if row.value for result in row.value]
     else:
         evaluator = load_evaluator(args)

@@ -8,6 +8,7 @@ Without these options a command runs as it always did, one file after another in
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,8 @@ from .errors import PlicError, one_line
 from .runner import FAILED, Task
 
 MANIFEST_NAME = "manifest.jsonl"
+#: Where ``plic eval`` keeps each image's scores (see :class:`EvalWork`).
+RESULTS_FOLDER = "images"
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser, devices: bool = False) -> None:
@@ -76,11 +79,11 @@ def decode_devices(args) -> tuple[str, ...]:
     return (device,) * (args.jobs or 1)
 
 
-def _plic_size(path: Path) -> tuple[int, float]:
-    """(bytes, bpp) of a ``.plic`` file, read back with every CRC checked."""
+def _plic_size(path: Path) -> tuple[int, float, None]:
+    """(bytes, bpp, None) of a ``.plic`` file, read back with every CRC checked."""
     plic = fileformat.load(path)
     size = path.stat().st_size
-    return size, codec.bits_per_pixel(size, plic.working_size)
+    return size, codec.bits_per_pixel(size, plic.working_size), None
 
 
 class EncodeWork(runner.Work):
@@ -100,7 +103,7 @@ class EncodeWork(runner.Work):
         captioner, shown_notes = opened
         encode_one(task.source, task.target, self.args, self.settings, captioner, shown_notes,
                    self.decode_hints)
-        return *_plic_size(task.target), None
+        return self.check(task)
 
     def check(self, task):
         return _plic_size(task.target)
@@ -170,7 +173,7 @@ class DecodeWork(runner.Work):
         if isinstance(rgb, Exception):
             raise rgb
         write_png(rgb, item, self.args)
-        return *self.check(task), None
+        return self.check(task)
 
     def check(self, task):
         try:
@@ -183,11 +186,17 @@ class DecodeWork(runner.Work):
 
 class EvalWork(runner.Work):
     """``plic eval``: one evaluator per worker, :func:`plic.cli_eval.evaluate_pair` per
-    original; the rows hand the scores back for the report. Nothing is written per file, so
-    nothing is skipped on a rerun."""
+    original, its rows (without pictures) kept as ``<output>/images/<name>.json``: what a
+    rerun reads back instead of evaluating the image again (its thumbnails are then left out
+    of report.html). The rows go back to the command for the report."""
 
     def __init__(self, args):
         self.args = args
+
+    def tasks(self, pairs: list) -> list[Task]:
+        """A task per (original, reconstruction, .plic or None) of :func:`pair_files`."""
+        return [Task(original, self.args.output / RESULTS_FOLDER / f"{original.stem}.json", (recon, plic))
+                for original, recon, plic in pairs]
 
     def open(self, device):
         from .cli_eval import load_evaluator
@@ -199,4 +208,15 @@ class EvalWork(runner.Work):
 
         reconstruction, plic = task.extra
         results = evaluate_pair(evaluator, task.source, reconstruction, plic, self.args.codecs)
+        rows = [{key: value for key, value in vars(r).items() if key != "picture"} for r in results]
+        fileformat.write_atomic(task.target, json.dumps(rows).encode("utf-8"), overwrite=self.args.overwrite)
+        return results[1].bytes, results[1].bpp, results
+
+    def check(self, task):
+        from .evaluation import Result
+
+        try:
+            results = [Result(**row) for row in json.loads(task.target.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError) as exc:
+            raise PlicError(f"{task.target}: not the scores of an earlier run ({one_line(exc)})") from None
         return results[1].bytes, results[1].bpp, results

@@ -53,8 +53,8 @@ DIED = "the worker process died twice while working on it (out of memory, or kil
 
 @dataclass(frozen=True)
 class Task:
-    """One file: its input, its output (None when the command writes no file per input, as
-    ``plic eval``) and whatever else the work needs for it (``extra``)."""
+    """One file: its input, its output (None when there is none to skip on a rerun) and
+    whatever else the work needs for it (``extra``: eval's reconstruction and .plic)."""
 
     source: Path
     target: Path | None
@@ -103,9 +103,10 @@ class Work:
         """Do one file; (bytes, bpp, value) for its row. Raise to fail it."""
         raise NotImplementedError
 
-    def check(self, task: Task) -> tuple[int | None, float | None]:
-        """(bytes, bpp) of a file whose output exists and checks out; raise PlicError if it
-        does not (then it is redone with --overwrite, and failed without)."""
+    def check(self, task: Task) -> tuple[int | None, float | None, object]:
+        """(bytes, bpp, value) of a file whose output exists and checks out, as
+        :meth:`run_one` gave them; raise PlicError if it does not (then it is redone with
+        --overwrite, and failed without)."""
         raise NotImplementedError
 
 
@@ -217,8 +218,8 @@ def _before(work: Work, tasks: list[Task], overwrite: bool) -> Iterator[tuple[in
                 yield index, None
                 continue
             try:
-                size, bpp = work.check(task)
-                yield index, Row(str(task.source), str(task.target), SKIPPED, size, _rounded(bpp))
+                size, bpp, value = work.check(task)
+                yield index, Row(str(task.source), str(task.target), SKIPPED, size, _rounded(bpp), value=value)
             except PlicError as exc:
                 yield index, failed(task, f"{task.target}: exists but does not check out "
                                           f"({one_line(exc)}); pass --overwrite to replace it")

@@ -175,6 +175,30 @@ def test_ctrl_c_leaves_no_partial_file_and_the_same_command_finishes_the_run(one
     assert plic_bytes(out) == {name: one_process[original] for name, original in originals.items()}
 
 
+def test_eval_with_two_workers_gives_the_report_of_one_process_and_a_rerun_reuses_scores(one_process, tmp_path):
+    originals, reconstructions, plics = (tmp_path / name for name in ("originals", "reconstructions", "plic"))
+    for folder in (originals, reconstructions, plics):
+        folder.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        shutil.copy(DATA / name, originals)
+        Image.open(DATA / name).convert("RGB").save(reconstructions / f"{name[:-4]}.jpg", quality=8)
+        (plics / f"{name[:-4]}.plic").write_bytes(one_process[f"{name[:-4]}.plic"])
+    command = ("eval", originals, "-r", reconstructions, "--plic", plics, "--metrics", "psnr,ssim")
+    plic(*command, "-o", tmp_path / "one")
+    two = tmp_path / "two"
+    plic(*command, "-o", two, "--jobs", 2)
+    assert (two / "results.csv").read_text() == (tmp_path / "one" / "results.csv").read_text()
+    # an interrupted run has no report yet: the rerun evaluates only the images without scores
+    for name in ("results.csv", "results.json", "report.html"):
+        (two / name).unlink()
+    shutil.rmtree(two / "plots")
+    (two / "images" / "coffee.json").unlink()
+    plic(*command, "-o", two, "--jobs", 2)
+    rows = manifest(two / "manifest.jsonl")[2:]
+    assert {os.path.basename(r["input"]): r["status"] for r in rows} == {"chelsea.png": "skipped", "coffee.png": "done"}
+    assert (two / "results.csv").read_text() == (tmp_path / "one" / "results.csv").read_text()
+
+
 class DiesOn(runner.Work):
     """Writes each input's name to its output; the worker that takes ``name`` dies at once (as
     a segfault or the out-of-memory killer would end it)."""
