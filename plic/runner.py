@@ -53,11 +53,11 @@ DIED = "the worker process died twice while working on it (out of memory, or kil
 
 @dataclass(frozen=True)
 class Task:
-    """One file: its input, its output (None when there is none to skip on a rerun) and
-    whatever else the work needs for it (``extra``: eval's reconstruction and .plic)."""
+    """One file: its input, its output (what a rerun checks) and whatever else the work needs
+    for it (``extra``: eval's reconstruction and .plic)."""
 
     source: Path
-    target: Path | None
+    target: Path
     extra: tuple = ()
 
 
@@ -67,7 +67,7 @@ class Row:
     ``err``) and the result it hands back to the driver (``value``, e.g. ``plic eval``'s scores)."""
 
     input: str
-    output: str | None
+    output: str
     status: str
     bytes: int | None = None
     bpp: float | None = None
@@ -118,9 +118,9 @@ def attempt(task: Task, do, seconds_share: float | None = None) -> Row:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             size, bpp, value = do()
-        row = Row(str(task.source), _str(task.target), DONE, size, _rounded(bpp), value=value)
+        row = Row(str(task.source), str(task.target), DONE, size, _rounded(bpp), value=value)
     except Exception as exc:  # one bad file is one failed row
-        row = Row(str(task.source), _str(task.target), FAILED, error=error_line(task, exc))
+        row = Row(str(task.source), str(task.target), FAILED, error=error_line(task, exc))
     row.seconds = round(time.perf_counter() - start if seconds_share is None else seconds_share, 4)
     row.worker, row.out, row.err = _WORKER["name"], out.getvalue(), err.getvalue()
     return row
@@ -128,22 +128,18 @@ def attempt(task: Task, do, seconds_share: float | None = None) -> Row:
 
 def failed(task: Task, error: str) -> Row:
     """The failed row of a file no worker finished (no worker named)."""
-    return Row(str(task.source), _str(task.target), FAILED, error=error)
+    return Row(str(task.source), str(task.target), FAILED, error=error)
 
 
 def error_line(task: Task, exc: BaseException) -> str:
     """``exc`` on one line naming the file (a PlicError usually does; a bug gets its type)."""
     message = one_line(exc) if isinstance(exc, PlicError) else f"{type(exc).__name__}: {one_line(exc)}"
-    named = str(task.source) in message or (task.target is not None and str(task.target) in message)
+    named = str(task.source) in message or str(task.target) in message
     return message if named else f"{task.source}: {message}"
 
 
 def _rounded(bpp: float | None) -> float | None:
     return None if bpp is None else round(bpp, 6)
-
-
-def _str(path) -> str | None:
-    return None if path is None else str(path)
 
 
 @dataclass(frozen=True)
@@ -169,7 +165,7 @@ def run(work: Work, tasks: list[Task], options: Options, stream=None) -> list[Ro
     if options.jobs is not None and options.jobs < 1:
         raise PlicError(f"--jobs must be at least 1, got {options.jobs}")
     rows: dict[int, Row] = {}
-    for path in leftover_temporaries([t.target for t in tasks if t.target is not None]):
+    for path in leftover_temporaries([task.target for task in tasks]):
         path.unlink(missing_ok=True)
     with Manifest(options.manifest) as manifest:
         progress = Progress(len(tasks), stream)
@@ -208,21 +204,19 @@ def _before(work: Work, tasks: list[Task], overwrite: bool) -> Iterator[tuple[in
     exists), (index, None) for those to do."""
     first: dict[Path, Path] = {}
     for index, task in enumerate(tasks):
-        if task.target is None:
-            yield index, None
-        elif task.target in first:
+        if task.target in first:
             yield index, failed(task, error_line(task, clash(task.source, task.target, first[task.target])))
-        else:
-            first[task.target] = task.source
-            if overwrite or not task.target.exists():
-                yield index, None
-                continue
-            try:
-                size, bpp, value = work.check(task)
-                yield index, Row(str(task.source), str(task.target), SKIPPED, size, _rounded(bpp), value=value)
-            except PlicError as exc:
-                yield index, failed(task, f"{task.target}: exists but does not check out "
-                                          f"({one_line(exc)}); pass --overwrite to replace it")
+            continue
+        first[task.target] = task.source
+        if overwrite or not task.target.exists():
+            yield index, None
+            continue
+        try:
+            size, bpp, value = work.check(task)
+            yield index, Row(str(task.source), str(task.target), SKIPPED, size, _rounded(bpp), value=value)
+        except PlicError as exc:
+            yield index, failed(task, f"{task.target}: exists but does not check out "
+                                      f"({one_line(exc)}); pass --overwrite to replace it")
 
 
 # -- the workers ---------------------------------------------------------------------------------
