@@ -123,6 +123,7 @@ class DecodeWork(runner.Work):
 
         self.args, self.paths, self.settings = args, paths, settings
         self.batch_size = args.batch_size
+        self.on_gpus = not args.device.startswith("cpu")
         self.cpu_threads = torch.get_num_threads()
 
     def open(self, device):

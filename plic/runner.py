@@ -88,8 +88,10 @@ class Work:
 
     #: Files handed to a worker at once (decode: one pipeline call for neighbours of a size).
     batch_size = 1
-    #: Whether each worker needs a device of its own (decode: one pipeline per GPU).
+    #: Whether each worker needs a device of its own (decode: one pipeline per GPU), and
+    #: whether that is a cluster's GPUs when it has some (not when decoding on the CPU is asked).
     on_devices = False
+    on_gpus = False
 
     def open(self, device: str | None):
         """What a worker needs for every file (models, a captioner); called once per worker."""
@@ -377,7 +379,7 @@ def _on_ray(job: _Job, tasks: list[Task], chunks: list[list[int]], options: Opti
     try:
         resources = ray.cluster_resources()
         if job.work.on_devices:
-            gpus = int(resources.get("GPU", 0))
+            gpus = int(resources.get("GPU", 0)) if job.work.on_gpus else 0
             count = gpus or options.jobs or len([node for node in ray.nodes() if node["Alive"]])
             actor = ray.remote(_Actor).options(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
                                                max_restarts=1, max_task_retries=1)
