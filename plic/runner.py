@@ -189,7 +189,7 @@ def run(work: Work, tasks: list[Task], options: Options, stream=None) -> list[Ro
             if not chunks:
                 results = iter(())
             elif options.ray is not None:
-                results = _on_ray(job, tasks, chunks, options, progress)
+                results = _on_ray(job, tasks, chunks, options)
             elif (options.jobs or 1) == 1 and len(options.devices) <= 1:
                 results = _here(job, tasks, chunks, options.devices[0] if options.devices else None)
             else:
@@ -372,7 +372,7 @@ class _Actor:
         return _run_chunk(self.job, tasks, self.device)
 
 
-def _on_ray(job: _Job, tasks: list[Task], chunks: list[list[int]], options: Options, progress):
+def _on_ray(job: _Job, tasks: list[Task], chunks: list[list[int]], options: Options):
     """(index, row) from Ray: a task per chunk (CPU work) or an actor per device (work on
     devices: one per GPU of the cluster, else ``jobs`` CPU actors, else one per node)."""
     ray = connect(options.ray, options.jobs)
