@@ -283,6 +283,13 @@ def test_two_inputs_for_one_output_are_one_failed_row(tmp_path):
     assert rows[0]["input"] == str(tmp_path / "same.png") and "would be written to" in rows[0]["error"]
 
 
+def test_a_restartable_encode_imports_neither_ray_nor_torch(tmp_path):
+    code = ("import sys; from plic.cli import main; "
+            f"rc = main(['encode', {str(DATA / 'rocket.jpg')!r}, '-o', {str(tmp_path)!r}, '--jobs', '1']); "
+            "heavy = [m for m in ('ray', 'torch') if m in sys.modules]; assert rc == 0 and not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
 def test_without_ray_the_ray_option_says_what_to_install(tmp_path, monkeypatch):
     """Where ray cannot be imported (a None in sys.modules makes `import ray` fail), --ray is
     one line naming the extra, and nothing else needs ray."""
