@@ -10,7 +10,9 @@ running adds per file, from a file that takes no time (:class:`Touch`).
 Wall time of the whole command, as a user waits for it (Python start, worker start, Ray
 connection), without starting the cluster (on a real one it is up already; its start is shown).
 The modes take turns, ``--rounds`` times, and each keeps its fastest round (on a shared machine
-the other users' load only ever adds time).
+the other users' load only ever adds time). The CPU seconds per file (the command, its workers
+and the cluster's processes) say what the work costs whatever the load: with the same CPU time
+per file, N idle cores give N times the rate.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,12 +45,52 @@ class Touch(runner.Work):
         return 1, None, None
 
 
-def encode(folder: Path, out: Path, *options: str) -> float:
-    """Seconds ``plic encode folder -o out`` takes with ``options``."""
+def encode(folder: Path, out: Path, *options: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``plic encode folder -o out`` with ``options``. The CPU
+    time is that of every process the run used: the command and the workers it waited for (its
+    resource usage once ended), and with ``--ray`` the cluster's processes (this process's
+    other descendants, sampled while it runs: a job's Ray workers end with it)."""
+    import psutil
+
+    def cluster(command: int | None) -> dict[int, float]:
+        """CPU seconds of each of this process's descendants outside ``command``'s tree."""
+        try:
+            own = {command} | {p.pid for p in psutil.Process(command).children(recursive=True)}
+        except (psutil.Error, ValueError):  # the command has ended, or is not started
+            own = {command}
+        times = {}
+        for process in psutil.Process().children(recursive=True):
+            if process.pid not in own:
+                try:
+                    cpu = process.cpu_times()
+                except psutil.Error:
+                    continue
+                times[process.pid] = cpu.user + cpu.system
+        return times
+
+    def finished() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    on_ray = "--ray" in options
+    before, first = finished(), cluster(None) if on_ray else {}
+    seen = dict(first)
+    log = out.parent / f"{out.name}.log"
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "plic", "encode", str(folder), "-o", str(out), "--prompt",
-                    "a test image", *options], cwd=REPO, check=True, capture_output=True)
-    return time.perf_counter() - start
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "plic", "encode", str(folder), "-o", str(out),
+                                    "--prompt", "a test image", *options], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        while process.poll() is None:
+            if on_ray:
+                seen.update(cluster(process.pid))
+            time.sleep(0.1)
+    wall = time.perf_counter() - start
+    if process.returncode:
+        raise SystemExit(f"plic encode {' '.join(options)} failed: {log.read_text()}")
+    if on_ray:
+        seen.update(cluster(process.pid))
+    return wall, finished() - before + sum(cpu - first.get(pid, 0.0) for pid, cpu in seen.items())
 
 
 def touch(root: Path, count: int, **options) -> float:
@@ -84,12 +127,13 @@ def main() -> None:
             cluster_start = time.perf_counter() - start
             modes = {"--jobs 1": ("--jobs", "1"), "--jobs 2": ("--jobs", "2"),
                      "--ray (2 nodes)": ("--ray", cluster.address)}
-            seconds = {name: float("inf") for name in modes}
+            seconds = {name: (float("inf"), float("inf")) for name in modes}
             outputs = {}
             for turn in range(args.rounds):
                 for name, options in modes.items():
                     out = root / f"out-{turn}-{len(outputs)}"
-                    seconds[name] = min(seconds[name], encode(folder, out, *options))
+                    wall, cpu = encode(folder, out, *options)
+                    seconds[name] = (min(seconds[name][0], wall), min(seconds[name][1], cpu))
                     outputs[out] = {p.name: p.read_bytes() for p in out.glob("*.plic")}
             first = next(iter(outputs.values()))
             assert len(first) == files and all(o == first for o in outputs.values()), \
@@ -110,9 +154,10 @@ def main() -> None:
 
     print(f"plic encode, {files} files (tests/data x {args.copies}), default settings; {os.cpu_count()} cores; "
           f"fastest of {args.rounds} rounds; Ray cluster start {cluster_start:.1f} s (not counted)")
-    print(f"{'mode':<18}{'seconds':>9}{'files/s':>9}{'ratio':>8}")
-    for name, wall in seconds.items():
-        print(f"{name:<18}{wall:>9.1f}{files / wall:>9.2f}{seconds['--jobs 1'] / wall:>8.2f}")
+    print(f"{'mode':<18}{'seconds':>9}{'files/s':>9}{'ratio':>8}{'CPU s/file':>12}{'CPU ratio':>11}")
+    for name, (wall, cpu) in seconds.items():
+        print(f"{name:<18}{wall:>9.1f}{files / wall:>9.2f}{seconds['--jobs 1'][0] / wall:>8.2f}"
+              f"{cpu / files:>12.3f}{cpu / seconds['--jobs 1'][1]:>11.2f}")
     print("outputs: the same bytes in every mode")
     print(f"\nper file a file that takes no time costs ({small} and {large} files; the start is the rest)")
     print(f"{'mode':<24}{'ms per file':>12}{'start s':>9}")
