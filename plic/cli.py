@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, batch, codec, fileformat, palette, ratecontrol
+from . import __version__, batch, cli_scale, codec, fileformat, palette, ratecontrol
 from .cli_args import BPP, CANNY, MAX_SIDE, add_pixel_limits, int_in
 from .cli_decode import add_decode_parser, targets
 from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_hint_arguments(p)
     add_caption_arguments(p)
     add_salient_arguments(p)
+    cli_scale.add_scale_arguments(p)
     p.set_defaults(run=run_encode)
 
     p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
@@ -149,6 +150,8 @@ def run_encode(args) -> int:
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, output_path(args.output, path.stem, fileformat.SUFFIX)) for path in images]
     hints = decode_hints_from_args(args)
+    if cli_scale.requested(args):
+        return cli_scale.run(cli_scale.EncodeWork(args, settings, hints), jobs, args, args.output)[1]
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
                                                                 shown_notes, hints))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import batch, codec, fileformat, models
+from . import batch, cli_scale, codec, fileformat, models
 from . import reconstruct as core
 from .cli_args import add_pixel_limits, device, float_in, int_in
 from .errors import PlicError, one_line, printable
@@ -73,6 +73,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help="output at the working size (salient pixels exact) or scaled to the original size")
     p.add_argument("--overwrite", action="store_true", help="replace existing PNGs")
     add_pixel_limits(p)
+    cli_scale.add_scale_arguments(p, devices=True)
     p.set_defaults(run=run_decode)
     return p
 
@@ -100,12 +101,16 @@ def run_decode(args) -> int:
     """Decode every file, ``--batch-size`` neighbours of one size per call; a file (or a batch)
     that fails is reported on one line and the others go on."""
     jobs = targets(args.files, args.output)
+    settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
+                                   scheduler=args.scheduler, vae_tiling=args.vae_tiling)
+    if cli_scale.requested(args):
+        folder = args.output.parent if jobs[0][1] == args.output else args.output
+        return cli_scale.run(cli_scale.DecodeWork(args, model_paths(args), settings), jobs, args, folder,
+                             cli_scale.decode_devices(args))[1]
     for _, target in jobs:
         batch.refuse_existing(target, args.overwrite)
     reconstructor = core.Reconstructor(model_paths(args), core.LoadOptions(
         args.device, args.precision, args.cpu_offload, args.channels_last, args.compile))
-    settings = core.DecodeSettings(steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
-                                   scheduler=args.scheduler, vae_tiling=args.vae_tiling)
     status = 0
     for start in range(0, len(jobs), args.batch_size):
         read: list[tuple] = []  # (unpacked, source, target, plic) of the files that could be read

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import batch, compare, evaluation, fileformat, image, metrics, models, report
+from . import batch, cli_scale, compare, evaluation, fileformat, image, metrics, models, report
 from .cli_args import MAX_SIDE, add_pixel_limits, device, int_in
 from .errors import ModelNotFoundError, PlicInputError, printable
 from .fileformat import write_atomic
@@ -81,6 +81,7 @@ def add_eval_parsers(subparsers) -> None:
                    help="cuda, cpu... (default: cuda when present)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     add_pixel_limits(p)
+    cli_scale.add_scale_arguments(p)
     p.set_defaults(run=run_eval)
 
 
@@ -134,35 +135,49 @@ def run_eval(args) -> int:
     pairs = pair_files(args)
     for name in report.FILES:
         batch.refuse_existing(args.output / name, args.overwrite)
-    try:
-        evaluator = metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
-                                           lpips_name=args.lpips, device=args.device)
-    except ModelNotFoundError as exc:
-        others = ",".join(m for m in args.metrics if m not in metrics.MODEL_METRICS)
-        raise ModelNotFoundError(f"{exc} Without the model, leave its metric out: --metrics {others}") from None
-    codecs = [compare.codec_by_name(n) for n in args.codecs]
-    results = []
-    plics = {original: plic_path for original, _, plic_path in pairs}
-
-    def evaluate_one(original: Path, reconstruction: Path) -> None:
-        plic_bytes = size = None
-        if plics[original] is not None:
-            plic = fileformat.load(plics[original], max_working_pixels=args.max_working_pixels)
-            plic_bytes, size = plics[original].stat().st_size, plic.working_size
-        pictures = load_rgb(original, args.max_pixels), load_rgb(reconstruction, args.max_pixels)
-        try:
-            rows = evaluation.evaluate_image(evaluator, original.name, *pictures, plic_bytes, size, codecs)
-        except PlicInputError as exc:  # a metric cannot take the reconstruction (too small...)
-            raise PlicInputError(f"{reconstruction}: {exc}") from None
-        for row in rows[1:]:
-            print(f"{printable(original.name)} {row.method}: " + (row.note or ", ".join(
-                f"{k} {v:.4f}" for k, v in row.scores.items())))
-        results.extend(rows)
-
-    status = batch.run_each([(original, reconstruction) for original, reconstruction, _ in pairs],
-                            evaluate_one)
+    status = 0
+    if cli_scale.requested(args):
+        work = cli_scale.EvalWork(args)
+        rows, status = cli_scale.run(work, work.tasks(pairs), args, args.output)
+        results = [result for row in rows if row.value for result in row.value]
+    else:  # one image a metric cannot take is one failed line; the others go on
+        evaluator, results, plics = load_evaluator(args), [], {original: plic for original, _, plic in pairs}
+        status = batch.run_each([(original, recon) for original, recon, _ in pairs],
+                                lambda original, recon: results.extend(
+                                    evaluate_pair(evaluator, original, recon, plics[original], args)))
     if not results:
         return 1
     written = report.write_report(results, args.output, overwrite=args.overwrite)
     print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
     return status
+
+
+def load_evaluator(args) -> metrics.Evaluator:
+    """The evaluator of the metrics ``args`` ask for; a missing model names the --metrics that
+    leave it out."""
+    try:
+        return metrics.Evaluator.load(args.metrics, models_dir=args.models_dir, dino_name=args.dinov2,
+                                      lpips_name=args.lpips, device=args.device)
+    except ModelNotFoundError as exc:
+        others = ",".join(m for m in args.metrics if m not in metrics.MODEL_METRICS)
+        raise ModelNotFoundError(f"{exc} Without the model, leave its metric out: --metrics {others}") from None
+
+
+def evaluate_pair(evaluator: metrics.Evaluator, original: Path, reconstruction: Path,
+                  plic_path: Path | None, args) -> list[evaluation.Result]:
+    """The rows of one original (see :func:`plic.evaluation.evaluate_image`), each printed;
+    a reconstruction a metric cannot take (too small...) is a PlicInputError naming it."""
+    plic_bytes = size = None
+    if plic_path is not None:
+        plic = fileformat.load(plic_path, max_working_pixels=args.max_working_pixels)
+        plic_bytes, size = plic_path.stat().st_size, plic.working_size
+    pictures = load_rgb(original, args.max_pixels), load_rgb(reconstruction, args.max_pixels)
+    try:
+        rows = evaluation.evaluate_image(evaluator, original.name, *pictures, plic_bytes, size,
+                                         [compare.codec_by_name(n) for n in args.codecs])
+    except PlicInputError as exc:
+        raise PlicInputError(f"{reconstruction}: {exc}") from None
+    for row in rows[1:]:
+        print(f"{printable(original.name)} {row.method}: " + (row.note or ", ".join(
+            f"{k} {v:.4f}" for k, v in row.scores.items())))
+    return rows

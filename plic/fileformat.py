@@ -14,6 +14,7 @@ import errno
 import json
 import math
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -490,6 +491,24 @@ def _create_temporary(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+
+
+def leftover_temporaries(targets: list[Path]) -> list[Path]:
+    """The temporary files of :func:`_create_temporary` beside ``targets`` that a killed process
+    left behind (a clean exit, Ctrl-C included, removes its own): a rerun deletes them. Each
+    folder is listed once."""
+    folders: dict[Path, set[str]] = {}
+    for target in targets:
+        folders.setdefault(Path(target).parent, set()).add(Path(target).name)
+    found = []
+    for folder, names in folders.items():
+        if folder.is_dir():
+            found += [entry for entry in sorted(folder.iterdir())
+                      if (match := _TEMPORARY.fullmatch(entry.name)) and match.group(1) in names]
+    return found
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 
 
 def _output_error(path: Path, exc: OSError) -> PlicOutputError:
