@@ -197,7 +197,8 @@ class EvalWork(runner.Work):
 
     def tasks(self, pairs: list) -> list[Task]:
         """A task per (original, reconstruction, .plic or None) of :func:`pair_files`."""
-        return [Task(original, output_path(self.args.output / RESULTS_FOLDER, original.stem, ".json"), (recon, plic))
+        scores = self.args.output / RESULTS_FOLDER
+        return [Task(original, output_path(scores, original.stem, ".json"), (recon, plic))
                 for original, recon, plic in pairs]
 
     def open(self, device):
