@@ -1,6 +1,8 @@
 """PLIC Pack: a prompt, edges, palette and optional salient pixels into one PLIC payload,
 optionally brought to a size by rate control (plic.ratecontrol)."""
 
+import dataclasses
+
 from plic import codec, fileformat, ratecontrol
 from plic.errors import PlicInputError
 from plic.prompt import clean_prompt, split_prompts
@@ -61,14 +63,8 @@ class PlicPack:
                 raise PlicInputError(f"PLIC Pack: the prompt for image {index + 1} is empty; type a "
                                      "short description of the image or connect a caption node")
             goal = ratecontrol.target_bytes(edge.working_size, target_bpp or None, target_bytes or None)
-            if goal is None:
-                payload = codec.pack_parts(prompt=text, edges=edge, palette=colours, salient=kept)
-                size = len(fileformat.dumps(payload))
-                note = ratecontrol.webp_warning(size, edge.work, f"target_bpp {ratecontrol.SUGGESTED_BPP}")
-                after = edge.bitmap
-            else:
-                fitted = fit_part(text, edge, colours, kept, goal)
-                payload, size, note, after = fitted.plic, len(fitted.data), fitted.summary(), fitted.after
+            encoded = encode_part(text, edge, colours, kept, goal)
+            payload, size, note, after = encoded.plic, len(encoded.data), encoded.note, encoded.stored
             payloads.append(payload)
             sizes.append(size)
             previews.append(ratecontrol.removed_preview(edge.bitmap, after))
@@ -78,18 +74,19 @@ class PlicPack:
                 "result": (payloads, rgb_list_to_image(previews))}
 
 
-def fit_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | None,
-             salient: codec.SalientPart | None, goal: int) -> ratecontrol.Result:
-    """Rate control for one image from the parts PLIC Pack was given."""
-    if palette is None:
+def encode_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | None,
+                salient: codec.SalientPart | None, goal: int | None) -> ratecontrol.Encoded:
+    """One image's payload from the parts PLIC Pack was given, at a target size when ``goal``."""
+    if goal is not None and palette is None:
         raise PlicInputError("PLIC Pack: a target needs the edges from PLIC Canny Edges and a palette "
                              "from PLIC Palette (it searches their settings again)")
-    settings = codec.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1],
-                                    palette_size=palette.small.shape[0], palette_quality=palette.quality)
-    if salient is not None:
-        codec.check_salient_fits(salient, edge.working_size)
-    return ratecontrol.fit(edge.work, edge.original_size, goal, prompt=prompt, settings=settings,
-                           salient=salient, palette=palette)
+    settings = codec.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1])
+    if palette is not None:
+        settings = dataclasses.replace(settings, palette_size=palette.small.shape[0],
+                                       palette_quality=palette.quality)
+    return ratecontrol.encode_to(edge.work, edge.original_size, goal, prompt=prompt, settings=settings,
+                                 how=f"target_bpp {ratecontrol.SUGGESTED_BPP}", parts=(edge, palette),
+                                 salient=salient)
 
 
 NODE_CLASS_MAPPINGS = {"PlicPack": PlicPack}

@@ -191,19 +191,13 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
         prompt = captioner.caption(rgb) if captioner is not None else args.prompt
         salient, report = stored.part, stored.report
         try:
-            if goal is None:
-                edges, palette = parts.result()
-                plic = codec.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
-                                        decode_hints=decode_hints)
-                data, notes = fileformat.dumps(plic), []
-                warning = ratecontrol.webp_warning(len(data), work, f"--target-bpp {ratecontrol.SUGGESTED_BPP}")
-                notes += [warning] if warning else []
-            else:
-                fitted = ratecontrol.fit(work, original_size, goal, prompt=prompt, settings=settings,
-                                         salient=salient, decode_hints=decode_hints)
-                plic, data, notes = fitted.plic, fitted.data, [fitted.summary()]
+            encoded = ratecontrol.encode_to(work, original_size, goal, prompt=prompt, settings=settings,
+                                            how=f"--target-bpp {ratecontrol.SUGGESTED_BPP}",
+                                            parts=parts and parts.result(), salient=salient,
+                                            decode_hints=decode_hints)
         except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
             raise _fail(path, str(exc)) from None
+    plic, data, notes = encoded.plic, encoded.data, [encoded.note] if encoded.note else []
     write_atomic(target, data, overwrite=args.overwrite)
     bpp = codec.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)

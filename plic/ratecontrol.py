@@ -205,6 +205,8 @@ def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt
     the structure lines and ``reason`` says what took the room."""
     if target < 1:
         raise PlicInputError(f"the target must be at least 1 byte, got {target}")
+    if salient is not None:
+        codec.check_salient_fits(salient, (work.shape[1], work.shape[0]))
     pricer = _Pricer(work, original_size, prompt, decode_hints)
     start_canny = (settings.canny_low, settings.canny_high)
     palette = palette or codec.palette_part(work, settings.palette_size, settings.palette_quality)
@@ -378,6 +380,38 @@ def _encoded_size(rgb: np.ndarray, save: dict) -> int:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, **save)
     return len(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One file as :func:`encode_to` made it: the ``plic`` and its ``data``, a ``note`` for the
+    user (rate control's summary, or the WebP note; None when there is nothing to say) and the
+    edge map ``stored`` (what a preview of removed edges compares with)."""
+
+    plic: fileformat.PlicFile
+    data: bytes
+    note: str | None
+    stored: np.ndarray
+
+
+def encode_to(work: np.ndarray, original_size: tuple[int, int], target: int | None, *,
+              prompt: str, settings: codec.EncodeSettings, how: str,
+              parts: tuple[codec.EdgesPart, codec.PalettePart | None] | None = None,
+              salient: codec.SalientPart | None = None, decode_hints: dict | None = None) -> Encoded:
+    """The file of the working image ``work`` at the paper's settings (``target`` None; then
+    with a note when it is larger than the image as WebP at quality 0, ``how`` naming the
+    option that sets a target), or brought to at most ``target`` bytes by :func:`fit`.
+    ``parts`` are the edges and palette already coded from ``work`` at ``settings`` (coded
+    here when needed otherwise). What ``plic encode`` and PLIC Pack both do."""
+    if target is not None:
+        fitted = fit(work, original_size, target, prompt=prompt, settings=settings, salient=salient,
+                     decode_hints=decode_hints, palette=parts[1] if parts else None)
+        return Encoded(fitted.plic, fitted.data, fitted.summary(), fitted.after)
+    edges, palette = parts or codec.image_parts(work, original_size, settings)
+    plic = codec.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
+                            decode_hints=decode_hints)
+    data = fileformat.dumps(plic)
+    return Encoded(plic, data, webp_warning(len(data), work, how), edges.bitmap)
 
 
 def webp_warning(n_bytes: int, work: np.ndarray, how: str) -> str | None:
