@@ -22,6 +22,8 @@ from .errors import ModelNotFoundError
 MODELS_ENV = "PLIC_MODELS_DIR"
 #: File endings accepted for a single-file ControlNet checkpoint.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".bin", ".pt")
+#: File ending of a LoRA (plic.lora reads only safetensors, never pickles).
+LORA_SUFFIX = ".safetensors"
 
 #: Weight files diffusers or transformers may have written (plain, fp16 variant, sharded).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin",
@@ -92,14 +94,16 @@ def not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNot
     return ModelNotFoundError(f"{what} '{name}' was not found; looked in: {looked}. {hint}")
 
 
-def find_pipeline(name: str, dirs: Sequence[Path]) -> Path:
+def find_pipeline(name: str, dirs: Sequence[Path],
+                  required: Sequence[tuple[str, tuple[str, ...]]] = PIPELINE_FILES) -> Path:
     """The SD1.5 diffusers pipeline folder ``name`` (a path, or a folder name under one of
-    ``dirs``), checked complete. Raises ModelNotFoundError naming each missing file."""
+    ``dirs``), checked complete (``required``: a decoder family's files). Raises
+    ModelNotFoundError naming each missing file."""
     if not name:
         raise not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
     for folder in candidate_paths(name, dirs):
         if folder.is_dir():
-            missing = missing_files(folder, PIPELINE_FILES)
+            missing = missing_files(folder, required)
             if missing:
                 raise ModelNotFoundError(
                     f"The SD1.5 pipeline folder {folder} is incomplete: missing "
@@ -133,9 +137,25 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
                      "Put its diffusers folder or single checkpoint file into models/controlnet.")
 
 
+def find_lora(name: str, dirs: Sequence[Path]) -> Path:
+    """The LoRA file ``name``: a path, or a file name under one of ``dirs`` (models/loras, as
+    ComfyUI keeps them, subfolders included: ``styles/x.safetensors``)."""
+    for path in candidate_paths(name, dirs):
+        if path.is_file():
+            if path.suffix.lower() != LORA_SUFFIX:
+                raise ModelNotFoundError(f"The LoRA {path} is not a {LORA_SUFFIX} file; convert it "
+                                         f"or choose its {LORA_SUFFIX} release")
+            return path
+    raise not_found("The LoRA", name, dirs, f"Put the {LORA_SUFFIX} file into models/loras.")
+
+
 def list_models(dirs: Iterable[Path], kind: str) -> list[str]:
-    """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``) or
-    ControlNet folders and checkpoint files (``kind="controlnet"``) found in ``dirs``."""
+    """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``), ControlNet
+    folders and checkpoint files (``kind="controlnet"``) or LoRA files (``kind="loras"``, those
+    in subfolders as ``sub/name``) found in ``dirs``."""
+    if kind == "loras":
+        return sorted({path.relative_to(folder).as_posix() for folder in map(Path, dirs) if folder.is_dir()
+                       for path in folder.rglob("*" + LORA_SUFFIX) if path.is_file()})
 
     def accept(entry: Path) -> bool:
         if kind == "diffusers":

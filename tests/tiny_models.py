@@ -3,7 +3,9 @@
 ``models/diffusers/sd15`` (UNet, VAE, CLIP text model, a character-level CLIPTokenizer,
 scheduler), ``models/controlnet/inpaint`` and ``models/controlnet/color_canny`` (diffusers
 folders) and ``models/controlnet/color_canny_single.safetensors`` (the same ControlNet as one
-file, with its config beside it as ``color_canny_single.json``).
+file, with its config beside it as ``color_canny_single.json``), and one random LoRA of them in
+both layouts: ``models/loras/tiny_lora_kohya.safetensors`` and, in a subfolder as ComfyUI lists
+them, ``models/loras/diffusers/tiny_lora.safetensors`` (the same weights).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ PIPELINE = "sd15"
 INPAINT = "inpaint"
 COLOR_CANNY = "color_canny"
 COLOR_CANNY_FILE = "color_canny_single.safetensors"
+#: The tiny LoRA in each layout, by its name under models/loras.
+LORAS = {"kohya": "tiny_lora_kohya.safetensors", "diffusers": "diffusers/tiny_lora.safetensors"}
 
 
 def build_models_tree(models_dir: Path) -> Path:
@@ -31,6 +35,8 @@ def build_models_tree(models_dir: Path) -> Path:
     single = models_dir / "controlnet" / COLOR_CANNY_FILE
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(single))
     single.with_suffix(".json").write_text(json.dumps(dict(net.config)), encoding="utf-8")
+    for layout, name in LORAS.items():
+        random_models.save_random_lora(components, models_dir / "loras" / name, layout)
     return models_dir
 
 
@@ -38,3 +44,14 @@ def build_models_tree(models_dir: Path) -> Path:
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A ComfyUI-style ``models`` folder holding the tiny decoder models (built once)."""
     return build_models_tree(tmp_path_factory.mktemp("tiny") / "models")
+
+
+def load_node(**inputs):
+    """PLIC Diffusers Loader run as ComfyUI runs it (inputs by name) on the tiny models, those
+    given in ``inputs`` changed: its output, the reconstructor."""
+    from nodes.reconstruct import PlicDiffusersLoader
+
+    (reconstructor,) = PlicDiffusersLoader().load(**{
+        "model": PIPELINE, "inpaint_controlnet": INPAINT, "color_canny_controlnet": COLOR_CANNY,
+        "precision": "auto", "cpu_offload": False, **inputs})
+    return reconstructor
