@@ -39,10 +39,12 @@ class PlicDiffusersLoader:
             lora_inputs[f"lora_{slot}_strength"] = ("FLOAT", {
                 "default": lora.DEFAULT_WEIGHT, "min": -10.0, "max": 10.0, "step": 0.05,
                 "tooltip": "The LoRA's weight (1: as trained)."})
+        folders = models.list_models(model_dirs("diffusers"), "diffusers")
         return {"required": {
-            "model": (models.list_models(model_dirs("diffusers"), "diffusers"), {
+            "model": (folders + models.list_models(model_dirs("checkpoints"), "checkpoints"), {
                 "tooltip": "An SD1.5-family diffusers folder in models/diffusers (model_index.json, "
-                           "unet/, vae/, text_encoder/, tokenizer/, scheduler/)."}),
+                           "unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a fine-tune's "
+                           "single .safetensors checkpoint in models/checkpoints (then set base_model)."}),
             **{control.input_name: (controlnets, {
                 "tooltip": f"{control.expects}: a diffusers folder or a single file in models/controlnet."})
                for control in families.control_roles()},
@@ -69,17 +71,25 @@ class PlicDiffusersLoader:
                 "tooltip": "The decoder family: its pipeline, ControlNets and default sampler, steps "
                            "and guidance (sd15: " + families.DEFAULT.title + ")."}),
             **lora_inputs,
+            "base_model": (["none", *folders], {
+                "default": "none",
+                "tooltip": "For a single-file model: a diffusers folder of its family (e.g. "
+                           "stable-diffusion-v1-5) whose configs, tokenizer and scheduler it is read "
+                           "with (its weights are not used)."}),
         }}
 
     def load(self, model, precision, cpu_offload, channels_last=False, compile="off",
-             family=families.DEFAULT.name, **inputs):
+             family=families.DEFAULT.name, base_model="none", **inputs):
         """``inputs``: the family's ``<role>_controlnet`` names and the ``lora_N`` /
         ``lora_N_strength`` pairs."""
         chosen = families.get(family)
         net_dirs = model_dirs("controlnet")
         lora_dirs = model_dirs("loras")
+        pipeline, base = models.find_decoder_model(
+            model, None if base_model == "none" else base_model, model_dirs("diffusers"),
+            model_dirs("checkpoints"), chosen.pipeline_files)
         paths = core.ModelPaths(
-            pipeline=models.find_pipeline(model, model_dirs("diffusers"), chosen.pipeline_files),
+            pipeline=pipeline, base=base,
             controlnets=tuple(models.find_controlnet(inputs.get(control.input_name, ""), net_dirs,
                                                      control.title) for control in chosen.controls),
             family=chosen.name,
@@ -102,7 +112,8 @@ def _load_managed(reconstructor: core.Reconstructor) -> None:
     pipe = reconstructor.pipeline
     device = str(reconstructor.options.device)
     if reconstructor.options.cpu_offload:
-        memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
+        pipeline = reconstructor.paths.pipeline
+        memory.make_room(memory.weight_bytes([pipeline / "unet" if pipeline.is_dir() else pipeline]), device)
     else:
         memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
 

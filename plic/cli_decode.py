@@ -39,9 +39,13 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help=".plic files or folders of them (the models load once for all)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
                    help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
-    p.add_argument("--model", required=True, metavar="DIR",
+    p.add_argument("--model", required=True, metavar="DIR|FILE",
                    help="the family's diffusers folder, e.g. SD1.5 or a fine-tune of it (path, or "
-                        "name under MODELS/diffusers)")
+                        "name under MODELS/diffusers), or a fine-tune's single .safetensors "
+                        "checkpoint (name under MODELS/checkpoints) with --base-model")
+    p.add_argument("--base-model", metavar="DIR",
+                   help="for a single-file --model: a diffusers folder of its family (e.g. "
+                        "stable-diffusion-v1-5) whose configs, tokenizer and scheduler it is read with")
     p.add_argument("--family", choices=tuple(families.FAMILIES), default=families.DEFAULT.name,
                    help="decoder family: its pipeline, ControlNets and default sampler, steps and "
                         "guidance (default %(default)s: " + families.DEFAULT.title + ")")
@@ -103,10 +107,11 @@ def model_paths(args) -> core.ModelPaths:
     for text in args.lora:
         name, weight = lora.parse(text)
         loras.append(lora.LoraSpec(models.find_lora(name, models.search_dirs("loras", args.models_dir)), weight))
-    return core.ModelPaths(
-        pipeline=models.find_pipeline(args.model, models.search_dirs("diffusers", args.models_dir),
-                                      family.pipeline_files),
-        controlnets=tuple(controlnets), family=family.name, loras=tuple(loras))
+    pipeline, base = models.find_decoder_model(
+        args.model, args.base_model, models.search_dirs("diffusers", args.models_dir),
+        models.search_dirs("checkpoints", args.models_dir), family.pipeline_files)
+    return core.ModelPaths(pipeline=pipeline, controlnets=tuple(controlnets), family=family.name,
+                           loras=tuple(loras), base=base)
 
 
 def targets(files: list[Path], output: Path) -> list[batch.Job]:

@@ -22,8 +22,9 @@ from .errors import ModelNotFoundError
 MODELS_ENV = "PLIC_MODELS_DIR"
 #: File endings accepted for a single-file ControlNet checkpoint.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".bin", ".pt")
-#: File ending of a LoRA (plic.lora reads only safetensors, never pickles).
-LORA_SUFFIX = ".safetensors"
+#: File ending of a LoRA and of a single-file model checkpoint (read as safetensors only, never
+#: as pickles).
+LORA_SUFFIX = CHECKPOINT_SUFFIX = ".safetensors"
 
 #: Weight files diffusers or transformers may have written (plain, fp16 variant, sharded).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin",
@@ -97,7 +98,8 @@ def not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNot
 def find_pipeline(name: str, dirs: Sequence[Path],
                   required: Sequence[tuple[str, tuple[str, ...]]] = PIPELINE_FILES) -> Path:
     """The SD1.5 diffusers pipeline folder ``name`` (a path, or a folder name under one of
-    ``dirs``), checked complete (``required``: a decoder family's files). Raises
+    ``dirs``), checked complete (``required``: a decoder family's files), or a single-file
+    checkpoint (``.safetensors``, e.g. a fine-tune in models/checkpoints). Raises
     ModelNotFoundError naming each missing file."""
     if not name:
         raise not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
@@ -110,9 +112,12 @@ def find_pipeline(name: str, dirs: Sequence[Path],
                     f"{', '.join(missing)}. Copy the whole diffusers folder of an SD1.5 model "
                     f"(e.g. stable-diffusion-v1-5) there.")
             return folder
+        if folder.is_file() and folder.suffix.lower() == CHECKPOINT_SUFFIX:
+            return folder
     raise not_found("The SD1.5 pipeline folder", name, dirs,
                      "Put a diffusers SD1.5 folder (with model_index.json, unet/, vae/, "
-                     "text_encoder/, tokenizer/, scheduler/) into models/diffusers.")
+                     "text_encoder/, tokenizer/, scheduler/) into models/diffusers, or a "
+                     "single-file checkpoint (.safetensors) into models/checkpoints.")
 
 
 def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -> Path:
@@ -137,6 +142,27 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
                      "Put its diffusers folder or single checkpoint file into models/controlnet.")
 
 
+def find_decoder_model(name: str, base_name: str | None, folder_dirs: Sequence[Path],
+                       file_dirs: Sequence[Path],
+                       required: Sequence[tuple[str, tuple[str, ...]]] = PIPELINE_FILES) -> tuple[Path, Path | None]:
+    """(model, base): the pipeline folder ``name`` (under ``folder_dirs``, models/diffusers) or
+    single-file checkpoint (under ``file_dirs``, models/checkpoints); for a single file also the
+    diffusers folder ``base_name`` (under ``folder_dirs``) whose configurations, tokenizer and
+    scheduler it is read with, else None."""
+    model = find_pipeline(name, [*folder_dirs, *file_dirs], required)
+    if model.is_dir():
+        return model, None
+    if not base_name:
+        raise ModelNotFoundError(
+            f"The checkpoint {model} is a single file: also name a diffusers folder of its family "
+            "to read it with (its configs, tokenizer and scheduler, e.g. stable-diffusion-v1-5): "
+            "--base-model on the command line, base_model on PLIC Diffusers Loader")
+    base = find_pipeline(base_name, folder_dirs, required)
+    if not base.is_dir():
+        raise ModelNotFoundError(f"The base model {base} must be a diffusers folder, not a single file")
+    return model, base
+
+
 def find_lora(name: str, dirs: Sequence[Path]) -> Path:
     """The LoRA file ``name``: a path, or a file name under one of ``dirs`` (models/loras, as
     ComfyUI keeps them, subfolders included: ``styles/x.safetensors``)."""
@@ -151,9 +177,9 @@ def find_lora(name: str, dirs: Sequence[Path]) -> Path:
 
 def list_models(dirs: Iterable[Path], kind: str) -> list[str]:
     """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``), ControlNet
-    folders and checkpoint files (``kind="controlnet"``) or LoRA files (``kind="loras"``, those
-    in subfolders as ``sub/name``) found in ``dirs``."""
-    if kind == "loras":
+    folders and checkpoint files (``kind="controlnet"``), or LoRA and checkpoint files
+    (``kind="loras"`` / ``"checkpoints"``, those in subfolders as ``sub/name``) found in ``dirs``."""
+    if kind in ("loras", "checkpoints"):
         return sorted({path.relative_to(folder).as_posix() for folder in map(Path, dirs) if folder.is_dir()
                        for path in folder.rglob("*" + LORA_SUFFIX) if path.is_file()})
 

@@ -89,16 +89,19 @@ FEW_STEP_SAMPLERS = {"lcm": Sampler(steps=4, guidance=1.0), "tcd": Sampler(steps
 @dataclass(frozen=True)
 class ModelPaths:
     """Resolved model locations (see :func:`plic.models.find_pipeline` / ``find_controlnet`` /
-    ``find_lora``): the pipeline folder, the family's ControlNets in its order, and the LoRAs
-    merged into it."""
+    ``find_lora``): the pipeline folder or single-file checkpoint, the family's ControlNets in
+    its order, the LoRAs merged into it, and for a single file ``base``: a diffusers folder of
+    the family whose configurations, tokenizer and scheduler it is read with (its weights are
+    not read)."""
 
     pipeline: Path
     controlnets: tuple[Path, ...]
     family: str = families.DEFAULT.name
     loras: tuple[lora.LoraSpec, ...] = ()
+    base: Path | None = None
 
     def files(self) -> list[Path]:
-        """Every file or folder the decoder is read from."""
+        """Every file or folder whose weights the decoder is read from."""
         return [self.pipeline, *self.controlnets, *(spec.path for spec in self.loras)]
 
 
@@ -220,9 +223,13 @@ def load_pipeline(paths: ModelPaths, options: LoadOptions = LoadOptions()):
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             controlnet = diffusers.MultiControlNetModel(
                 [_load_controlnet(Path(path), dtype, family) for path in paths.controlnets])
-            pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
-                str(paths.pipeline), controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipeline_class = getattr(diffusers, family.pipeline_class)
+            common = dict(controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
+                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            if Path(paths.pipeline).is_file():  # a fine-tune's checkpoint, in the A1111 layout
+                pipe = pipeline_class.from_single_file(str(paths.pipeline), config=str(paths.base), **common)
+            else:
+                pipe = pipeline_class.from_pretrained(str(paths.pipeline), **common)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
             f"Could not load the decoder models ({', '.join(map(str, paths.files()))}): {exc}") from exc

@@ -17,9 +17,10 @@ from plic import codec, families, fileformat, lora, models
 from plic import reconstruct as core
 from plic.errors import ModelNotFoundError, PlicInputError
 
-from conftest import REPO, load_shared
+from conftest import REPO, load_shared, needs_shared
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, load_node, tiny_models_dir  # noqa: F401
+from tiny_models import (COLOR_CANNY, INPAINT, LORAS, PIPELINE, load_node, save_a1111_checkpoint,  # noqa: F401
+                         tiny_models_dir)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,31 @@ def test_a_new_family_is_a_record(models_env, unpacked, monkeypatch):
     assert seen == [2, 2] and image.shape == (unpacked.height, unpacked.width, 3)
     keep = unpacked.salient_mask
     np.testing.assert_array_equal(image[keep], unpacked.salient_pixels[keep])
+
+
+@needs_shared
+def test_a_fine_tune_as_one_file_decodes_through_the_same_record(tiny_models_dir, unpacked, tmp_path,
+                                                                 monkeypatch):
+    """An SD1.5 fine-tune as released (one .safetensors in the A1111 layout, in
+    models/checkpoints; here the tiny models written so by ComfyUI's own key maps) is read with
+    a diffusers folder's configs and tokenizer: the same weights, so the same image."""
+    from scripts.comfy_server import COMFYUI
+
+    root = tmp_path / "models"  # the tiny models' folders, and a checkpoints folder of its own
+    root.mkdir()
+    for kind in ("diffusers", "controlnet"):
+        (root / kind).symlink_to(tiny_models_dir / kind, target_is_directory=True)
+    monkeypatch.setenv(models.MODELS_ENV, str(root))
+    name = "tiny_finetune.safetensors"
+    save_a1111_checkpoint(tiny_models_dir / "diffusers" / PIPELINE, root / "checkpoints" / name, COMFYUI)
+    assert name in PlicDiffusersLoader.INPUT_TYPES()["required"]["model"][0]
+    with pytest.raises(ModelNotFoundError, match="is a single file: also name a diffusers folder"):
+        load_node(model=name)
+    single = load_node(model=name, base_model=PIPELINE)
+    assert single.paths.pipeline.is_file() and type(single.pipeline).__name__ == families.SD15.pipeline_class
+    settings = core.DecodeSettings(steps=2)
+    image = single.reconstruct(unpacked, settings)
+    np.testing.assert_array_equal(image, load_node().reconstruct(unpacked, settings))
 
 
 # -- LoRAs ---------------------------------------------------------------------------------------
