@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from plic import sd15_configs
+from plic import families, sd15_configs
 from plic.deps import require
 
 #: CLIP's special tokens; a tokenizer made here puts them first.
@@ -83,7 +83,7 @@ def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu
     return Components(
         unet=place(diffusers.UNet2DConditionModel.from_config(configs["unet"])),
         controlnets=[place(diffusers.ControlNetModel.from_config(configs["controlnet"]))
-                     for _ in range(2)],
+                     for _ in families.SD15.controls],
         vae=place(diffusers.AutoencoderKL.from_config(configs["vae"])),
         text_encoder=place(transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config))),
         tokenizer=tokenizer,
@@ -95,14 +95,15 @@ def build_sd15(folder: Path, *, tiny: bool, seed: int = 0, device: str = "cpu",
                dtype=None) -> Components:
     """Random SD1.5 components, full size or ``tiny``, with the tokenizer of
     :func:`character_vocabulary` (its files go to ``folder``); see :func:`build`."""
-    configs = sd15_configs.tiny(len(character_vocabulary())) if tiny else sd15_configs.full()
+    configs = sd15_configs.tiny(len(character_vocabulary())) if tiny else families.SD15.configs()
     return build(configs, load_tokenizer(save_tokenizer(folder)), seed, device, dtype)
 
 
 def pipeline(components: Components):
-    """A ``StableDiffusionControlNetInpaintPipeline`` made of ``components``."""
+    """The SD1.5 family's pipeline (``StableDiffusionControlNetInpaintPipeline``) made of
+    ``components``."""
     diffusers = _diffusers()
-    return diffusers.StableDiffusionControlNetInpaintPipeline(
+    return getattr(diffusers, families.SD15.pipeline_class)(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=components.unet, controlnet=diffusers.MultiControlNetModel(components.controlnets),
         scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
