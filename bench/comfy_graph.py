@@ -134,6 +134,7 @@ class ComfyGraphRunner:
         comfyui.write_models(components)
         self.executor = comfyui.execution.PromptExecutor(_NoClient(), cache_type=False)  # loaders anew
         self.graph = decode_graph(steps, seed=0)
+        self.guidance = self.graph[SETTINGS_NODE]["inputs"]["cfg"]  # the shipped workflow's
         self.calls = 0
         self._clock = StepClock(self.cuda)
         comfyui.utils.set_progress_bar_global_hook(self._on_progress)

@@ -1,16 +1,22 @@
 """Decoder speed against the paper's configuration: SD1.5 UNet + two ControlNets + VAE + CLIP
 text encoder, random weights, every fast path of ``plic decode`` / PLIC Reconstruct.
 
-The models are built from PLIC's own SD1.5 configs (plic/sd15_configs.py) with random weights:
-nothing is downloaded and the compute is the same as with real weights. Every variant is set up
-by ``plic.reconstruct.prepare`` and run by ``plic.reconstruct.decode`` (generate, then the salient
-pixels restored), the code ``plic decode`` runs, on a real encoded image.
+The models are built from PLIC's own SD1.5 configs (plic/sd15_configs.py, the default decoder
+family's record) with random weights: nothing is downloaded and the compute is the same as with
+real weights. Every variant is set up by ``plic.reconstruct.prepare`` and run by
+``plic.reconstruct.decode`` (generate, then the salient pixels restored), the code ``plic decode``
+runs, on a real encoded image. The few-step variants (lcm4, tcd4, tcd8) merge a random LoRA
+(bench/random_models.save_random_lora, read back by plic.lora.merge as ``plic decode --lora``
+does) and run its sampler at guidance 1: a merged LoRA costs nothing per step, so their speed is
+a real few-step LoRA's; their images are not (random weights), so the pixel difference they
+report says nothing of a real LoRA's quality (docs/method.md: measure that with ``plic eval``).
 
     python bench/decode_gpu.py                          # GPU: 512x512 and 1024x640, every variant
     python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
     python bench/decode_gpu.py --models tiny --steps 2  # CPU run with tiny models
     python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui  # CPU
     python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui --low-memory
+    python bench/decode_gpu.py --variants lcm4 tcd4 tcd8 lcm4_compile --repeats 5    # few steps, GPU
 
 The ``comfyui`` variant runs the shipped decompress workflow through ComfyUI's own executor and
 nodes in this process (bench/comfy_graph.py; ComfyUI's source from ``--comfyui``); ComfyUI
@@ -54,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import random_models  # noqa: E402
 from bench.comfy_graph import DEFAULT_COMFYUI  # noqa: E402
 from bench.timing import StepClock  # noqa: E402
-from plic import codec, fileformat  # noqa: E402
+from plic import codec, fileformat, lora  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402
 
@@ -62,10 +68,12 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "plic" / "data" / "example.png"
 FULL_SIZES = ("512x512", "1024x640")
 TINY_SIZES = ("64x64", "128x80")
 REFERENCE = "paper"
-#: Steps of the few-step variants: fixed, whatever --steps says.
+#: Steps of the fewer-step variants: fixed, whatever --steps says.
 FEW_STEPS = 20
 #: What --low-memory holds the models in on the CPU: half of fp32, and computed there (fp16 is not).
 LOW_MEMORY_CPU_DTYPE = "bfloat16"
+#: Rank of the few-step variants' random LoRA (LCM-LoRA's for SD1.5: 64).
+LORA_RANK = 64
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class Variant:
     scheduler: str = "unipc"
     batch: int = 1
     vae_tiling: bool = False
+    lora: bool = False  # a random LoRA of LORA_RANK merged in, as plic decode --lora does
 
 
 VARIANTS = {
@@ -100,12 +109,20 @@ VARIANTS = {
     "vae_tiling": Variant("fp16, VAE in tiles", vae_tiling=True),
     "fast": Variant(f"fp16 + compile (default) + UniPC {FEW_STEPS} steps + four files per call",
                     compile="default", steps=FEW_STEPS, batch=4),
+    "lcm4": Variant("fp16 + an LCM-LoRA-style LoRA merged, LCM 4 steps, guidance 1", steps=4,
+                    scheduler="lcm", lora=True),
+    "tcd4": Variant("fp16 + a TCD/Hyper-SD-style LoRA merged, TCD 4 steps, guidance 1", steps=4,
+                    scheduler="tcd", lora=True),
+    "tcd8": Variant("fp16 + a Hyper-SD 8-step-style LoRA merged, TCD 8 steps, guidance 1", steps=8,
+                    scheduler="tcd", lora=True),
+    "lcm4_compile": Variant("lcm4 + torch.compile (mode default) of UNet and ControlNets", steps=4,
+                            scheduler="lcm", lora=True, compile="default"),
     "comfyui": Variant("workflows/api/plic_decompress.json through ComfyUI's executor and nodes "
                        "(DiffusersLoader for the checkpoint; ComfyUI picks precision and attention)"),
 }
 COMFYUI = "comfyui"
 COMPILED = tuple(name for name, v in VARIANTS.items() if v.compile != "off")
-COLUMNS = ("size", "variant", "precision", "attention", "offload", "steps", "batch", "repeats",
+COLUMNS = ("size", "variant", "precision", "attention", "offload", "steps", "cfg", "batch", "repeats",
            "s_per_image", "s_per_image_min", "s_per_image_max", "images_per_s", "loop_it_per_s",
            "x_paper", "max_px_diff", "mean_px_diff", "salient_max_px_diff", "build_s", "first_call_s",
            "peak_allocated_gb", "peak_reserved_gb")
@@ -152,12 +169,19 @@ class Runner:
                       else core.resolve_dtype(variant.precision, setup.device))
         self.settings = core.DecodeSettings(steps=variant.steps or setup.steps, seed=0,
                                             scheduler=variant.scheduler, vae_tiling=variant.vae_tiling)
-        self.steps = self.settings.steps
+        resolved = self.settings.resolve({})
+        self.steps, self.guidance = resolved.steps, resolved.guidance_scale
         components = build_components(setup.tiny, self.dtype)
         options = core.LoadOptions(device=setup.device, precision=variant.precision,
                                    cpu_offload=variant.cpu_offload and self.cuda,
                                    channels_last=variant.channels_last, compile=variant.compile)
-        self.pipe = core.prepare(random_models.pipeline(components), options, setup.device)
+        pipe = random_models.pipeline(components)
+        if variant.lora:
+            with tempfile.TemporaryDirectory() as folder:
+                path = random_models.save_random_lora(components, Path(folder) / "lora.safetensors",
+                                                      "kohya", rank=LORA_RANK)
+                lora.merge(pipe, lora.LoraSpec(path))
+        self.pipe = core.prepare(pipe, options, setup.device)
         self.attention = self._attention_name()
         self.offload = options.cpu_offload
         self.precision = str(self.dtype).removeprefix("torch.")
@@ -312,7 +336,7 @@ def run_size(size: str, names: list[str], setup: Setup, repeats: int) -> list[di
         per_image = [t["seconds"] / runner.variant.batch for t in runner.times]
         row = {"size": size, "variant": name, "precision": runner.precision,
                "attention": runner.attention, "offload": runner.offload,
-               "steps": runner.steps, "batch": runner.variant.batch,
+               "steps": runner.steps, "cfg": runner.guidance, "batch": runner.variant.batch,
                "repeats": len(per_image), "s_per_image": statistics.median(per_image),
                "s_per_image_min": min(per_image), "s_per_image_max": max(per_image),
                "images_per_s": 1 / statistics.median(per_image),
@@ -419,8 +443,9 @@ def main(argv=None) -> int:
     parser.add_argument("--comfyui", type=Path, default=DEFAULT_COMFYUI,
                         help="ComfyUI's source folder, for the comfyui variant (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=60,
-                        help="denoising steps of every variant but the few-step ones (default: 60, "
-                             f"the reference); unipc20, dpmpp20 and fast always run {FEW_STEPS}")
+                        help="denoising steps of every variant but the fewer-step ones (default: 60, "
+                             f"the reference); unipc20, dpmpp20 and fast always run {FEW_STEPS}, lcm4 "
+                             "and tcd4 4, tcd8 8")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default %(default)s)")
     parser.add_argument("--sizes", nargs="+", metavar="WxH", help=f"default {FULL_SIZES} ({TINY_SIZES} with tiny models)")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS),

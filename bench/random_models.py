@@ -1,4 +1,4 @@
-"""Random-weight SD1.5-layout models: the compute of the real thing without any download.
+"""Random-weight SD1.5-layout models (and LoRAs): the compute of the real thing without any download.
 
 Used by ``bench/decode_gpu.py`` (full size: the speed is the same as with real weights) and by
 the tests (tiny size, saved as a ComfyUI-style ``models/`` tree and loaded back through the very
@@ -9,10 +9,11 @@ beside the benchmarks rather than in the installed ``plic`` library.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from plic import sd15_configs
+from plic import families, sd15_configs
 from plic.deps import require
 
 #: CLIP's special tokens; a tokenizer made here puts them first.
@@ -82,7 +83,7 @@ def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu
     return Components(
         unet=place(diffusers.UNet2DConditionModel.from_config(configs["unet"])),
         controlnets=[place(diffusers.ControlNetModel.from_config(configs["controlnet"]))
-                     for _ in range(2)],
+                     for _ in families.SD15.controls],
         vae=place(diffusers.AutoencoderKL.from_config(configs["vae"])),
         text_encoder=place(transformers.CLIPTextModel(transformers.CLIPTextConfig(**text_config))),
         tokenizer=tokenizer,
@@ -94,14 +95,15 @@ def build_sd15(folder: Path, *, tiny: bool, seed: int = 0, device: str = "cpu",
                dtype=None) -> Components:
     """Random SD1.5 components, full size or ``tiny``, with the tokenizer of
     :func:`character_vocabulary` (its files go to ``folder``); see :func:`build`."""
-    configs = sd15_configs.tiny(len(character_vocabulary())) if tiny else sd15_configs.full()
+    configs = sd15_configs.tiny(len(character_vocabulary())) if tiny else families.SD15.configs()
     return build(configs, load_tokenizer(save_tokenizer(folder)), seed, device, dtype)
 
 
 def pipeline(components: Components):
-    """A ``StableDiffusionControlNetInpaintPipeline`` made of ``components``."""
+    """The SD1.5 family's pipeline (``StableDiffusionControlNetInpaintPipeline``) made of
+    ``components``."""
     diffusers = _diffusers()
-    return diffusers.StableDiffusionControlNetInpaintPipeline(
+    return getattr(diffusers, families.SD15.pipeline_class)(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
         unet=components.unet, controlnet=diffusers.MultiControlNetModel(components.controlnets),
         scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
@@ -147,3 +149,48 @@ def save_models_tree(components: Components, models_dir: Path, pipeline_name: st
         paths[name] = models_dir / "controlnet" / name
         net.save_pretrained(str(paths[name]))
     return paths
+
+
+#: The layers a random LoRA changes: the attention projections of the UNet and the text encoder,
+#: as LCM-LoRA, TCD and most style LoRAs do (LCM-LoRA also changes convolutions).
+LORA_LAYERS = re.compile(r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|self_attn\.(q|k|v|out)_proj)$")
+#: The two layouts of :func:`save_random_lora`, as plic.lora reads them.
+LORA_LAYOUTS = ("kohya", "diffusers")
+
+
+def _lora_key(component: str, name: str, layout: str) -> str:
+    """A layer's key prefix in a published LoRA of ``layout``: kohya's sd-scripts name the text
+    encoder's layers as transformers 4 did (under ``text_model``); so do diffusers' files."""
+    if component == "text_encoder" and not name.startswith("text_model."):
+        name = "text_model." + name
+    if layout == "kohya":
+        return {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component] + name.replace(".", "_")
+    return f"{component}.{name}"
+
+
+def save_random_lora(components: Components, path: Path, layout: str, rank: int = 4, seed: int = 0,
+                     scale: float = 0.05) -> Path:
+    """A LoRA of ``rank`` with random weights (drawn from ``seed``, the same in either layout) for
+    the :data:`LORA_LAYERS` of ``components``' UNet and text encoder, saved as ``layout``
+    (kohya: ``lora_down``/``lora_up``/``alpha``; diffusers: PEFT's ``lora_A``/``lora_B``, with
+    the alpha of the rank)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for component in ("unet", "text_encoder"):
+        for name, module in getattr(components, component).named_modules():
+            if not LORA_LAYERS.search(name):
+                continue
+            down = torch.randn(rank, module.in_features, generator=generator) * scale
+            up = torch.randn(module.out_features, rank, generator=generator) * scale
+            key = _lora_key(component, name, layout)
+            if layout == "kohya":
+                state.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                              f"{key}.alpha": torch.tensor(float(rank))})
+            else:
+                state.update({f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

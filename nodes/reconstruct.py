@@ -3,9 +3,7 @@ pipeline with the inpaint and color+canny ControlNets) inside ComfyUI."""
 
 from __future__ import annotations
 
-from dataclasses import astuple
-
-from plic import codec, models
+from plic import codec, families, lora, models
 from plic import reconstruct as core
 
 from . import memory
@@ -13,10 +11,16 @@ from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, 
                      rgb_list_to_image)
 
 
+#: PLIC Diffusers Loader's LoRA inputs: lora_1, lora_1_strength, lora_2, lora_2_strength.
+LORA_SLOTS = (1, 2)
+
+
 class PlicDiffusersLoader:
     DESCRIPTION = ("Loads an SD1.5 diffusers folder from models/diffusers and the inpaint and "
-                   "color+canny ControlNets from models/controlnet, offline, for PLIC Reconstruct. "
-                   "The loaded pipeline is cached until other models are chosen.")
+                   "color+canny ControlNets from models/controlnet, offline, for PLIC Reconstruct, "
+                   "with up to two LoRAs from models/loras merged in (e.g. a few-step LCM, TCD or "
+                   "Hyper-SD LoRA: then pick its sampler on PLIC Reconstruct). The loaded pipeline "
+                   "is cached until other models are chosen.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (PIPELINE,)
@@ -26,16 +30,24 @@ class PlicDiffusersLoader:
     @classmethod
     def INPUT_TYPES(cls):
         controlnets = models.list_models(model_dirs("controlnet"), "controlnet")
+        loras = ["none", *models.list_models(model_dirs("loras"), "loras")]
+        lora_inputs = {}
+        for slot in LORA_SLOTS:
+            lora_inputs[f"lora_{slot}"] = (loras, {
+                "default": "none", "tooltip": "A LoRA from models/loras (kohya/A1111 or diffusers "
+                "layout) merged into the UNet and text encoder; none: no LoRA."})
+            lora_inputs[f"lora_{slot}_strength"] = ("FLOAT", {
+                "default": lora.DEFAULT_WEIGHT, "min": -10.0, "max": 10.0, "step": 0.05,
+                "tooltip": "The LoRA's weight (1: as trained)."})
+        folders = models.list_models(model_dirs("diffusers"), "diffusers")
         return {"required": {
-            "model": (models.list_models(model_dirs("diffusers"), "diffusers"), {
+            "model": (folders + models.list_models(model_dirs("checkpoints"), "checkpoints"), {
                 "tooltip": "An SD1.5-family diffusers folder in models/diffusers (model_index.json, "
-                           "unet/, vae/, text_encoder/, tokenizer/, scheduler/)."}),
-            "inpaint_controlnet": (controlnets, {
-                "tooltip": "control_v11p_sd15_inpaint: a diffusers folder or a single file in "
-                           "models/controlnet."}),
-            "color_canny_controlnet": (controlnets, {
-                "tooltip": "The color+canny ControlNet (ghoskno/Color-Canny-Controlnet-model): "
-                           "a diffusers folder or a single file in models/controlnet."}),
+                           "unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a fine-tune's "
+                           "single .safetensors checkpoint in models/checkpoints (then set base_model)."}),
+            **{control.input_name: (controlnets, {
+                "tooltip": f"{control.expects}: a diffusers folder or a single file in models/controlnet."})
+               for control in families.control_roles()},
             "precision": (list(core.PRECISIONS), {
                 "default": "auto",
                 "tooltip": "auto: fp16 on a GPU, fp32 on the CPU. Half precision is never used "
@@ -54,20 +66,40 @@ class PlicDiffusersLoader:
                            "of each size, which waits for the compilation. reduce-overhead adds CUDA "
                            "graphs; max-autotune tunes for many minutes. Changes the image by rounding "
                            "only; not with cpu_offload."}),
+            "family": (list(families.FAMILIES), {
+                "default": families.DEFAULT.name,
+                "tooltip": "The decoder family: its pipeline, ControlNets and default sampler, steps "
+                           "and guidance (sd15: " + families.DEFAULT.title + ")."}),
+            **lora_inputs,
+            "base_model": (["none", *folders], {
+                "default": "none",
+                "tooltip": "For a single-file model: a diffusers folder of its family (e.g. "
+                           "stable-diffusion-v1-5) whose configs, tokenizer and scheduler it is read "
+                           "with (its weights are not used)."}),
         }}
 
-    def load(self, model, inpaint_controlnet, color_canny_controlnet, precision, cpu_offload,
-             channels_last=False, compile="off"):
+    def load(self, model, precision, cpu_offload, channels_last=False, compile="off",
+             family=families.DEFAULT.name, base_model="none", **inputs):
+        """``inputs``: the family's ``<role>_controlnet`` names and the ``lora_N`` /
+        ``lora_N_strength`` pairs."""
+        chosen = families.get(family)
         net_dirs = model_dirs("controlnet")
+        lora_dirs = model_dirs("loras")
+        pipeline, base = models.find_decoder_model(
+            model, None if base_model == "none" else base_model, model_dirs("diffusers"),
+            model_dirs("checkpoints"), chosen.pipeline_files)
         paths = core.ModelPaths(
-            pipeline=models.find_pipeline(model, model_dirs("diffusers")),
-            inpaint_controlnet=models.find_controlnet(inpaint_controlnet, net_dirs, "inpaint ControlNet"),
-            color_canny_controlnet=models.find_controlnet(color_canny_controlnet, net_dirs,
-                                                          "color+canny ControlNet"))
+            pipeline=pipeline, base=base,
+            controlnets=tuple(models.find_controlnet(inputs.get(control.input_name, ""), net_dirs,
+                                                     control.title) for control in chosen.controls),
+            family=chosen.name,
+            loras=tuple(lora.LoraSpec(models.find_lora(inputs[f"lora_{slot}"], lora_dirs),
+                                      float(inputs.get(f"lora_{slot}_strength", lora.DEFAULT_WEIGHT)))
+                        for slot in LORA_SLOTS if inputs.get(f"lora_{slot}", "none") != "none"))
         options = core.LoadOptions(device=comfy_device(), precision=precision,
                                    cpu_offload=bool(cpu_offload), channels_last=bool(channels_last),
                                    compile=compile)
-        memory.make_room(memory.weight_bytes(astuple(paths)), options.device)
+        memory.make_room(memory.weight_bytes(paths.files()), options.device)
         reconstructor = core.Reconstructor(paths, options)
         _load_managed(reconstructor)  # load now so that missing files are reported by this node
         return (reconstructor,)
@@ -80,7 +112,8 @@ def _load_managed(reconstructor: core.Reconstructor) -> None:
     pipe = reconstructor.pipeline
     device = str(reconstructor.options.device)
     if reconstructor.options.cpu_offload:
-        memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
+        pipeline = reconstructor.paths.pipeline
+        memory.make_room(memory.weight_bytes([pipeline / "unet" if pipeline.is_dir() else pipeline]), device)
     else:
         memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
 
@@ -129,7 +162,9 @@ class PlicReconstruct:
             "scheduler": (["file", *core.SCHEDULERS], {
                 "default": "file",
                 "tooltip": "Sampler; file takes the file's (unipc, as the reference). Another sampler, "
-                           "like fewer steps, changes the image (e.g. dpmpp_2m or unipc at 20 steps)."}),
+                           "like fewer steps, changes the image (e.g. dpmpp_2m or unipc at 20 steps). "
+                           "lcm (LCM-LoRA) and tcd (TCD, Hyper-SD LoRAs) are for a few-step LoRA "
+                           "on the loader: 4-8 steps (0 takes 4) with guidance_scale 1."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                    "tooltip": "Payloads decoded per pipeline call (each keeps its seed): "
                                               "faster per image, more memory. Rounding changes only."}),
@@ -147,8 +182,8 @@ class PlicReconstruct:
                                        scheduler=None if scheduler == "file" else scheduler,
                                        vae_tiling=bool(vae_tiling))
         _load_managed(pipeline)
-        groups = core.batches(parts, settings, batch_size)
-        progress = _Progress(sum(settings.resolve(g[0].decode_hints).steps for g in groups))
+        groups = core.batches(parts, settings, batch_size, pipeline.family)
+        progress = _Progress(sum(settings.resolve(g[0].decode_hints, pipeline.family).steps for g in groups))
         images = [image for g in groups for image in pipeline.reconstruct_batch(g, settings, progress.step)]
         if not keep_loaded:
             core.release()  # the loader's output stays valid: the next run loads again

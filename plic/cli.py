@@ -164,11 +164,19 @@ def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"denoising steps (default {codec.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
     group.add_argument("--decode-seed", type=int_in(0, fileformat.MAX_SEED), metavar="N",
                        help=f"random seed (default {codec.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
+    group.add_argument("--decode-scheduler", choices=fileformat.SCHEDULERS,
+                       help=f"sampler (default {codec.DEFAULT_DECODE_HINTS['scheduler']}, the reference's; "
+                            "lcm or tcd for a file tuned with a few-step LoRA)")
+    group.add_argument("--decode-family", metavar="NAME",
+                       help="the decoder family the file was tuned for (plic.families; a decoder "
+                            "of another family decodes it with a warning)")
 
 
 def decode_hints_from_args(args) -> dict:
-    """The decode hints --decode-steps / --decode-seed ask to store."""
-    hints = {"steps": args.decode_steps, "seed": args.decode_seed}
+    """The decode hints --decode-steps / --decode-seed / --decode-scheduler / --decode-family
+    ask to store."""
+    hints = {"steps": args.decode_steps, "seed": args.decode_seed, "scheduler": args.decode_scheduler,
+             "family": args.decode_family}
     return {key: value for key, value in hints.items() if value is not None}
 
 
@@ -276,6 +284,9 @@ def print_info(source: Path, info: dict) -> None:
     print(f"  {'total (file)':<16}{info['total_bytes']:>10}{info['total_bpp']:>10.4f}")
     if info["prompt"]:
         print(f"  prompt: {printable(info['prompt'])}")
+    if info["decode_hints"]:
+        print("  decode hints: " + printable(", ".join(f"{key} {value}" for key, value in
+                                                     sorted(info["decode_hints"].items()))))
 
 
 # -- export and preview ------------------------------------------------------------------------

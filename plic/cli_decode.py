@@ -1,14 +1,18 @@
 """``plic decode``: reconstruct an image from a .plic file with the reference decoder.
 
     plic decode FILE.plic... -o OUT.png|DIR --model DIR --inpaint-controlnet PATH
-                --color-canny-controlnet PATH [--steps N] [--seed S] [--device D]
+                --color-canny-controlnet PATH [--family F] [--lora FILE[:WEIGHT]]...
+                [--steps N] [--seed S] [--cfg G] [--device D]
                 [--precision P] [--cpu-offload] [--size working|original] [--models-dir DIR]
                 [--channels-last] [--compile MODE] [--scheduler S] [--batch-size N] [--vae-tiling]
 
-Model arguments are paths, or names looked up in ``<models-dir>/diffusers`` and
-``<models-dir>/controlnet`` (``--models-dir`` or ``PLIC_MODELS_DIR``). Nothing is downloaded.
-The fast paths (--precision, --channels-last, --compile, --scheduler with --steps, --batch-size,
---vae-tiling) and how each changes the output are described in :mod:`plic.reconstruct`.
+Model arguments are paths, or names looked up in ``<models-dir>/diffusers``,
+``<models-dir>/controlnet`` and ``<models-dir>/loras`` (``--models-dir`` or
+``PLIC_MODELS_DIR``). Nothing is downloaded. ``--family`` picks the decoder family's record
+(:mod:`plic.families`): which ControlNet options it needs and its default sampler, steps and
+guidance. The fast paths (--precision, --channels-last, --compile, --scheduler with --steps,
+a few-step LoRA with --scheduler lcm|tcd, --batch-size, --vae-tiling) and how each changes the
+output are described in :mod:`plic.reconstruct`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import batch, cli_scale, codec, fileformat, models
+from . import batch, cli_scale, codec, families, fileformat, lora, models
 from . import reconstruct as core
 from .cli_args import add_pixel_limits, device, float_in, int_in
 from .errors import PlicError, one_line, printable
@@ -35,22 +39,34 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                    help=".plic files or folders of them (the models load once for all)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
                    help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="SD1.5 diffusers folder (path, or name under MODELS/diffusers)")
-    p.add_argument("--inpaint-controlnet", required=True, metavar="PATH",
-                   help="control_v11p_sd15_inpaint: diffusers folder or single file "
-                        "(path, or name under MODELS/controlnet)")
-    p.add_argument("--color-canny-controlnet", required=True, metavar="PATH",
-                   help="the color+canny ControlNet: diffusers folder or single file")
+    p.add_argument("--model", required=True, metavar="DIR|FILE",
+                   help="the family's diffusers folder, e.g. SD1.5 or a fine-tune of it (path, or "
+                        "name under MODELS/diffusers), or a fine-tune's single .safetensors "
+                        "checkpoint (name under MODELS/checkpoints) with --base-model")
+    p.add_argument("--base-model", metavar="DIR",
+                   help="for a single-file --model: a diffusers folder of its family (e.g. "
+                        "stable-diffusion-v1-5) whose configs, tokenizer and scheduler it is read with")
+    p.add_argument("--family", choices=tuple(families.FAMILIES), default=families.DEFAULT.name,
+                   help="decoder family: its pipeline, ControlNets and default sampler, steps and "
+                        "guidance (default %(default)s: " + families.DEFAULT.title + ")")
+    for control in families.control_roles():
+        p.add_argument(control.option, metavar="PATH",
+                       help=f"{control.expects}: diffusers folder or single file (path, or name under "
+                            "MODELS/controlnet); needed by " + ", ".join(
+                                f.name for f in families.FAMILIES.values() if control in f.controls))
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="merge a LoRA (kohya/A1111 or diffusers .safetensors; path, or name under "
+                        "MODELS/loras) at WEIGHT (default 1); repeatable. A few-step LoRA wants "
+                        "its sampler: LCM-LoRA --scheduler lcm, TCD and Hyper-SD --scheduler tcd")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
                    help=f"ComfyUI-style models folder for names (default: ${models.MODELS_ENV})")
     p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
                    help="denoising steps (default: the file's, 60)")
     p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S",
                    help="random seed (default: the file's, 786)")
-    p.add_argument("--guidance", type=float_in(0, core.MAX_GUIDANCE), default=core.DEFAULT_GUIDANCE,
-                   metavar="G",
-                   help="classifier-free guidance scale (default %(default)s)")
+    p.add_argument("--cfg", "--guidance", dest="guidance", type=float_in(0, core.MAX_GUIDANCE), metavar="G",
+                   help=f"classifier-free guidance scale (default: 1 with lcm and tcd, which is none and "
+                        f"halves the work; else the family's, {core.DEFAULT_GUIDANCE:g} for sd15)")
     p.add_argument("--device", type=device, default="auto", metavar="D",
                    help="cuda, cuda:1, cpu... (default: cuda when present, else cpu)")
     p.add_argument("--precision", choices=core.PRECISIONS, default="auto",
@@ -63,7 +79,8 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
                         "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
-                   help="sampler (default: the file's, unipc); another sampler or --steps changes the image")
+                   help="sampler (default: the file's, unipc); another sampler or --steps changes the image; "
+                        "lcm and tcd are for few-step LoRAs (default 4 steps)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=1, metavar="N",
                    help="decode up to N files of the same size in one call (each keeps its seed; "
                         "output: rounding only)")
@@ -79,13 +96,25 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def model_paths(args) -> core.ModelPaths:
-    """Resolve the three model arguments (paths or names) offline."""
+    """Resolve the model arguments the family needs, and the LoRAs (paths or names), offline."""
+    family = families.get(args.family)
     nets = models.search_dirs("controlnet", args.models_dir)
-    return core.ModelPaths(
-        pipeline=models.find_pipeline(args.model, models.search_dirs("diffusers", args.models_dir)),
-        inpaint_controlnet=models.find_controlnet(args.inpaint_controlnet, nets, "inpaint ControlNet"),
-        color_canny_controlnet=models.find_controlnet(args.color_canny_controlnet, nets,
-                                                      "color+canny ControlNet"))
+    controlnets = []
+    for control in family.controls:
+        name = getattr(args, control.input_name)
+        if name is None:
+            raise PlicError(f"{control.option} is needed by the {family.name} decoder family: give "
+                            f"{control.expects} (a path, or a name under MODELS/controlnet)")
+        controlnets.append(models.find_controlnet(name, nets, control.title))
+    loras = []
+    for text in args.lora:
+        name, weight = lora.parse(text)
+        loras.append(lora.LoraSpec(models.find_lora(name, models.search_dirs("loras", args.models_dir)), weight))
+    pipeline, base = models.find_decoder_model(
+        args.model, args.base_model, models.search_dirs("diffusers", args.models_dir),
+        models.search_dirs("checkpoints", args.models_dir), family.pipeline_files)
+    return core.ModelPaths(pipeline=pipeline, controlnets=tuple(controlnets), family=family.name,
+                           loras=tuple(loras), base=base)
 
 
 def targets(files: list[Path], output: Path) -> list[batch.Job]:
@@ -117,7 +146,7 @@ def run_decode(args) -> int:
         status |= batch.run_each(jobs[start:start + args.batch_size],
                                  lambda source, target: read.append(read_one(settings, source, target, args)))
         by_part = {id(item[0]): item for item in read}
-        for group in core.batches([item[0] for item in read], settings, args.batch_size):
+        for group in core.batches([item[0] for item in read], settings, args.batch_size, reconstructor.family):
             status |= decode_group(reconstructor, settings, [by_part[id(u)] for u in group], args)
     return status
 
@@ -132,9 +161,9 @@ def read_one(settings: core.DecodeSettings, source: Path, target: Path, args) ->
                         f"{args.max_pixels} pixels --max-pixels allows (no encoder with that limit "
                         "read such an image); decode it at --size working, or raise --max-pixels")
     unpacked = codec.unpack(plic, str(source))
-    chosen = settings.resolve(unpacked.decode_hints)
-    print(f"{printable(str(source))}: {chosen.steps} steps, seed {chosen.seed}, "
-          f"{unpacked.width}x{unpacked.height}",
+    chosen = settings.resolve(unpacked.decode_hints, families.get(args.family))
+    print(f"{printable(str(source))}: {chosen.scheduler} {chosen.steps} steps, cfg "
+          f"{chosen.guidance_scale:g}, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
           file=sys.stderr)
     return unpacked, source, target, plic
 

@@ -66,8 +66,9 @@ MAX_WORKING_PIXELS = 1 << 24
 MAX_SEED = 2**64 - 1
 MAX_STEPS = 1000
 MAX_CONTROLNET_SCALE = 10.0
-#: Samplers a decoder offers: the reference's UniPC, and DPM-Solver++ (2M).
-SCHEDULERS = ("unipc", "dpmpp_2m")
+#: Samplers a decoder offers: the reference's UniPC, DPM-Solver++ (2M), and the few-step
+#: samplers of consistency LoRAs: LCM (LCM-LoRA) and TCD (TCD and Hyper-SD LoRAs).
+SCHEDULERS = ("unipc", "dpmpp_2m", "lcm", "tcd")
 
 #: Codecs for the stored pixels of a salient region (SPIX ``codec`` byte).
 REGION_CODECS = {1: "png", 2: "webp", 3: "webp-lossless"}
@@ -163,6 +164,7 @@ _HINT_RULES = {
     "controlnet_scale": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
                          and 0 <= v <= MAX_CONTROLNET_SCALE, f"a number in 0..{MAX_CONTROLNET_SCALE:g}"),
     "scheduler": (lambda v: v in SCHEDULERS, f"one of {list(SCHEDULERS)}"),
+    "family": (lambda v: isinstance(v, str), "a string (a decoder family's name)"),
 }
 
 

@@ -22,6 +22,9 @@ from .errors import ModelNotFoundError
 MODELS_ENV = "PLIC_MODELS_DIR"
 #: File endings accepted for a single-file ControlNet checkpoint.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".bin", ".pt")
+#: File ending of a LoRA and of a single-file model checkpoint (read as safetensors only, never
+#: as pickles).
+LORA_SUFFIX = CHECKPOINT_SUFFIX = ".safetensors"
 
 #: Weight files diffusers or transformers may have written (plain, fp16 variant, sharded).
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors", "diffusion_pytorch_model*.bin",
@@ -92,23 +95,29 @@ def not_found(what: str, name: str, dirs: Sequence[Path], hint: str) -> ModelNot
     return ModelNotFoundError(f"{what} '{name}' was not found; looked in: {looked}. {hint}")
 
 
-def find_pipeline(name: str, dirs: Sequence[Path]) -> Path:
+def find_pipeline(name: str, dirs: Sequence[Path],
+                  required: Sequence[tuple[str, tuple[str, ...]]] = PIPELINE_FILES) -> Path:
     """The SD1.5 diffusers pipeline folder ``name`` (a path, or a folder name under one of
-    ``dirs``), checked complete. Raises ModelNotFoundError naming each missing file."""
+    ``dirs``), checked complete (``required``: a decoder family's files), or a single-file
+    checkpoint (``.safetensors``, e.g. a fine-tune in models/checkpoints). Raises
+    ModelNotFoundError naming each missing file."""
     if not name:
         raise not_found("The SD1.5 pipeline folder", "", dirs, "Choose a pipeline folder.")
     for folder in candidate_paths(name, dirs):
         if folder.is_dir():
-            missing = missing_files(folder, PIPELINE_FILES)
+            missing = missing_files(folder, required)
             if missing:
                 raise ModelNotFoundError(
                     f"The SD1.5 pipeline folder {folder} is incomplete: missing "
                     f"{', '.join(missing)}. Copy the whole diffusers folder of an SD1.5 model "
                     f"(e.g. stable-diffusion-v1-5) there.")
             return folder
+        if folder.is_file() and folder.suffix.lower() == CHECKPOINT_SUFFIX:
+            return folder
     raise not_found("The SD1.5 pipeline folder", name, dirs,
                      "Put a diffusers SD1.5 folder (with model_index.json, unet/, vae/, "
-                     "text_encoder/, tokenizer/, scheduler/) into models/diffusers.")
+                     "text_encoder/, tokenizer/, scheduler/) into models/diffusers, or a "
+                     "single-file checkpoint (.safetensors) into models/checkpoints.")
 
 
 def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -> Path:
@@ -133,9 +142,46 @@ def find_controlnet(name: str, dirs: Sequence[Path], role: str = "ControlNet") -
                      "Put its diffusers folder or single checkpoint file into models/controlnet.")
 
 
+def find_decoder_model(name: str, base_name: str | None, folder_dirs: Sequence[Path],
+                       file_dirs: Sequence[Path],
+                       required: Sequence[tuple[str, tuple[str, ...]]] = PIPELINE_FILES) -> tuple[Path, Path | None]:
+    """(model, base): the pipeline folder ``name`` (under ``folder_dirs``, models/diffusers) or
+    single-file checkpoint (under ``file_dirs``, models/checkpoints); for a single file also the
+    diffusers folder ``base_name`` (under ``folder_dirs``) whose configurations, tokenizer and
+    scheduler it is read with, else None."""
+    model = find_pipeline(name, [*folder_dirs, *file_dirs], required)
+    if model.is_dir():
+        return model, None
+    if not base_name:
+        raise ModelNotFoundError(
+            f"The checkpoint {model} is a single file: also name a diffusers folder of its family "
+            "to read it with (its configs, tokenizer and scheduler, e.g. stable-diffusion-v1-5): "
+            "--base-model on the command line, base_model on PLIC Diffusers Loader")
+    base = find_pipeline(base_name, folder_dirs, required)
+    if not base.is_dir():
+        raise ModelNotFoundError(f"The base model {base} must be a diffusers folder, not a single file")
+    return model, base
+
+
+def find_lora(name: str, dirs: Sequence[Path]) -> Path:
+    """The LoRA file ``name``: a path, or a file name under one of ``dirs`` (models/loras, as
+    ComfyUI keeps them, subfolders included: ``styles/x.safetensors``)."""
+    for path in candidate_paths(name, dirs):
+        if path.is_file():
+            if path.suffix.lower() != LORA_SUFFIX:
+                raise ModelNotFoundError(f"The LoRA {path} is not a {LORA_SUFFIX} file; convert it "
+                                         f"or choose its {LORA_SUFFIX} release")
+            return path
+    raise not_found("The LoRA", name, dirs, f"Put the {LORA_SUFFIX} file into models/loras.")
+
+
 def list_models(dirs: Iterable[Path], kind: str) -> list[str]:
-    """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``) or
-    ControlNet folders and checkpoint files (``kind="controlnet"``) found in ``dirs``."""
+    """Names offered in a node's dropdown: pipeline folders (``kind="diffusers"``), ControlNet
+    folders and checkpoint files (``kind="controlnet"``), or LoRA and checkpoint files
+    (``kind="loras"`` / ``"checkpoints"``, those in subfolders as ``sub/name``) found in ``dirs``."""
+    if kind in ("loras", "checkpoints"):
+        return sorted({path.relative_to(folder).as_posix() for folder in map(Path, dirs) if folder.is_dir()
+                       for path in folder.rglob("*" + LORA_SUFFIX) if path.is_file()})
 
     def accept(entry: Path) -> bool:
         if kind == "diffusers":

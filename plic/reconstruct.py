@@ -4,8 +4,10 @@ The reference (shared reference, "Decoding") ran diffusers' ``StableDiffusionCon
 with ``control_v11p_sd15_inpaint`` and a color+canny ControlNet, UniPC, 60 steps, ControlNet scale
 1.0, a fixed negative prompt and a fixed seed. :class:`Reconstructor` does the same from the
 models on disk (offline, see :mod:`plic.models`), then puts the stored salient pixels back
-exactly. One loaded pipeline is cached: loading other models, or the same ones with other
-:class:`LoadOptions`, replaces it.
+exactly. What the decoder is made of (pipeline class, ControlNets and their images, default
+sampler, steps, guidance and negative prompt) is its family's record (:mod:`plic.families`;
+SD1.5 by default). One loaded pipeline is cached: loading other models, or the same ones with
+other :class:`LoadOptions`, replaces it.
 
 Fast paths (measured in bench/README.md, "Decoder speed"), and whether each changes the output
 against the reference (same file, same seed):
@@ -18,6 +20,10 @@ against the reference (same file, same seed):
   image of each size waits for the compilation. "reduce-overhead" adds CUDA graphs.
 * ``DecodeSettings.scheduler`` and ``steps``: another sampler or step count changes it (a
   different image of the same content, not a rounding difference).
+* ``ModelPaths.loras`` with the few-step samplers ``lcm`` and ``tcd``: a consistency LoRA
+  (LCM-LoRA, TCD, Hyper-SD) merged into the UNet (:mod:`plic.lora`) makes 4-8 steps enough, and
+  their guidance of 1 runs the UNet once per step instead of twice. A different image again; how
+  far it is from the reference's can only be judged with the real weights (``plic eval``).
 * several files in one call (:func:`generate` with a list, ``batch_size`` in the node and the
   CLI): each file keeps its own seed, so it matches the file decoded alone up to rounding.
 * ``DecodeSettings.vae_tiling``: the VAE works in overlapping tiles (less memory for large
@@ -39,21 +45,20 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .codec import DEFAULT_DECODE_HINTS, Unpacked
+from .codec import DEFAULT_DECODE_HINTS, Unpacked, non_default_hints
 from .deps import require, resolve_device
 from .errors import ModelNotFoundError, PlicInputError
+from .families import Family
 from .fileformat import SCHEDULERS, check_decode_hints
 from .image import resize
-from . import sd15_configs
+from . import families, lora
 
 log = logging.getLogger(__name__)
 
 #: Classifier-free guidance of the reference (diffusers' default; the notebooks left it alone).
-DEFAULT_GUIDANCE = 7.5
+DEFAULT_GUIDANCE = families.DEFAULT.guidance
 #: The largest classifier-free guidance scale taken (ComfyUI's cfg goes as far).
 MAX_GUIDANCE = 100.0
-#: SD1.5 works on multiples of this many pixels (the VAE's downscale factor).
-SIZE_MULTIPLE = 8
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: ``torch.compile`` modes for :attr:`LoadOptions.compile` ("off": eager PyTorch).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -66,12 +71,38 @@ StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class Sampler:
+    """What a few-step sampler's LoRAs' authors document: steps, classifier-free guidance (1:
+    none, one UNet pass per step) and the scheduler's ``eta`` (TCD's gamma)."""
+
+    steps: int
+    guidance: float
+    eta: float = 0.0
+    max_steps: int = 50  # the LCM and TCD schedules' original_inference_steps
+
+
+#: Defaults of the few-step samplers (LCM-LoRA: 4 steps, guidance 1; TCD: 4 steps, gamma 0.3),
+#: used where neither the user nor the file sets steps or guidance.
+FEW_STEP_SAMPLERS = {"lcm": Sampler(steps=4, guidance=1.0), "tcd": Sampler(steps=4, guidance=1.0, eta=0.3)}
+
+
+@dataclass(frozen=True)
 class ModelPaths:
-    """Resolved model locations (see :func:`plic.models.find_pipeline` / ``find_controlnet``)."""
+    """Resolved model locations (see :func:`plic.models.find_pipeline` / ``find_controlnet`` /
+    ``find_lora``): the pipeline folder or single-file checkpoint, the family's ControlNets in
+    its order, the LoRAs merged into it, and for a single file ``base``: a diffusers folder of
+    the family whose configurations, tokenizer and scheduler it is read with (its weights are
+    not read)."""
 
     pipeline: Path
-    inpaint_controlnet: Path
-    color_canny_controlnet: Path
+    controlnets: tuple[Path, ...]
+    family: str = families.DEFAULT.name
+    loras: tuple[lora.LoraSpec, ...] = ()
+    base: Path | None = None
+
+    def files(self) -> list[Path]:
+        """Every file or folder whose weights the decoder is read from."""
+        return [self.pipeline, *self.controlnets, *(spec.path for spec in self.loras)]
 
 
 @dataclass(frozen=True)
@@ -95,31 +126,42 @@ class LoadOptions:
                                  "models between devices under the compiled code; choose one")
 
 
+def _first(*values):
+    """The first of ``values`` that is not None."""
+    return next(value for value in values if value is not None)
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Sampling knobs; None takes the value from the file's decode hints (the reference's).
-    ``scheduler`` is one of :data:`SCHEDULERS`; ``vae_tiling`` decodes in tiles."""
+    """Sampling knobs; None takes the value from the file's decode hints, else from the few-step
+    sampler's defaults (:data:`FEW_STEP_SAMPLERS`: steps and guidance), else from the decoder
+    family's record (the reference's for SD1.5). ``scheduler`` is one of :data:`SCHEDULERS`;
+    ``vae_tiling`` decodes in tiles."""
 
     steps: int | None = None
     seed: int | None = None
     negative_prompt: str | None = None
     controlnet_scale: float | None = None
-    guidance_scale: float = DEFAULT_GUIDANCE
+    guidance_scale: float | None = None
     scheduler: str | None = None
     vae_tiling: bool = False
 
-    def resolve(self, hints: dict) -> "DecodeSettings":
-        """Fill every None from ``hints`` (falling back to the reference defaults)."""
-        merged = {**DEFAULT_DECODE_HINTS, **(hints or {})}
+    def resolve(self, hints: dict, family: Family = families.DEFAULT) -> "DecodeSettings":
+        """Every None filled: from what ``hints`` say (a hint equal to the format's default says
+        nothing, as encoders never write one), the sampler's and ``family``'s defaults."""
+        said = non_default_hints(hints or {})
+        base = {**DEFAULT_DECODE_HINTS, **family.defaults}
+        scheduler = _first(self.scheduler, said.get("scheduler"), base["scheduler"])
+        sampler = FEW_STEP_SAMPLERS.get(scheduler)
         settings = DecodeSettings(
-            steps=int(self.steps if self.steps is not None else merged["steps"]),
-            seed=int(self.seed if self.seed is not None else merged["seed"]),
-            negative_prompt=str(self.negative_prompt if self.negative_prompt is not None
-                                else merged["negative_prompt"]),
-            controlnet_scale=float(self.controlnet_scale if self.controlnet_scale is not None
-                                   else merged["controlnet_scale"]),
-            guidance_scale=float(self.guidance_scale),
-            scheduler=str(self.scheduler if self.scheduler is not None else merged["scheduler"]),
+            steps=int(_first(self.steps, said.get("steps"), sampler and sampler.steps, base["steps"])),
+            seed=int(_first(self.seed, said.get("seed"), base["seed"])),
+            negative_prompt=str(_first(self.negative_prompt, said.get("negative_prompt"),
+                                       base["negative_prompt"])),
+            controlnet_scale=float(_first(self.controlnet_scale, said.get("controlnet_scale"),
+                                          base["controlnet_scale"])),
+            guidance_scale=float(_first(self.guidance_scale, sampler and sampler.guidance, family.guidance)),
+            scheduler=str(scheduler),
             vae_tiling=bool(self.vae_tiling),
         )
         try:
@@ -130,6 +172,9 @@ class DecodeSettings:
         if not 0 <= settings.guidance_scale <= MAX_GUIDANCE:  # False for NaN
             raise PlicInputError(f"guidance scale must be a number in 0..{MAX_GUIDANCE:g}, got "
                                  f"{settings.guidance_scale}")
+        if sampler and settings.steps > sampler.max_steps:
+            raise PlicInputError(f"the {scheduler} sampler takes at most {sampler.max_steps} steps "
+                                 f"(its schedule's), got {settings.steps}; give fewer steps (4-8)")
         return settings
 
 
@@ -148,8 +193,8 @@ def resolve_dtype(precision: str, device: str):
             "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def _load_controlnet(path: Path, dtype):
-    """A diffusers ControlNet folder, or a single checkpoint converted with the SD1.5 config
+def _load_controlnet(path: Path, dtype, family: Family):
+    """A diffusers ControlNet folder, or a single checkpoint converted with the family's config
     (or with ``<file stem>.json`` beside the file when it has another architecture)."""
     diffusers = require("diffusers", package="diffusers", purpose="Reconstruction")
     if path.is_dir():
@@ -157,7 +202,7 @@ def _load_controlnet(path: Path, dtype):
                                                          local_files_only=True)
     sibling = path.with_suffix(".json")
     config = (json.loads(sibling.read_text(encoding="utf-8")) if sibling.is_file()
-              else sd15_configs.full()["controlnet"])
+              else family.configs()["controlnet"])
     with tempfile.TemporaryDirectory(prefix="plic-controlnet-") as folder:
         (Path(folder) / "config.json").write_text(json.dumps(config), encoding="utf-8")
         return diffusers.ControlNetModel.from_single_file(str(path), config=folder, torch_dtype=dtype,
@@ -165,26 +210,32 @@ def _load_controlnet(path: Path, dtype):
 
 
 def load_pipeline(paths: ModelPaths, options: LoadOptions = LoadOptions()):
-    """Build the reference pipeline from disk (no network): both ControlNets, UniPC scheduler,
-    no safety checker. Failures to read a model raise ModelNotFoundError naming the folder."""
+    """Build the family's pipeline from disk (no network): its ControlNets, the LoRAs merged in,
+    its default scheduler, no safety checker. Failures to read a model raise ModelNotFoundError
+    naming the folder."""
     diffusers = require("diffusers", package="diffusers", purpose="Reconstruction")
+    family = families.get(paths.family)
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.precision, device)
     try:
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works in every version
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            controlnet = diffusers.MultiControlNetModel([
-                _load_controlnet(Path(paths.inpaint_controlnet), dtype),
-                _load_controlnet(Path(paths.color_canny_controlnet), dtype)])
-            pipe = diffusers.StableDiffusionControlNetInpaintPipeline.from_pretrained(
-                str(paths.pipeline), controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            controlnet = diffusers.MultiControlNetModel(
+                [_load_controlnet(Path(path), dtype, family) for path in paths.controlnets])
+            pipeline_class = getattr(diffusers, family.pipeline_class)
+            common = dict(controlnet=controlnet, torch_dtype=dtype, local_files_only=True,
+                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            if Path(paths.pipeline).is_file():  # a fine-tune's checkpoint, in the A1111 layout
+                pipe = pipeline_class.from_single_file(str(paths.pipeline), config=str(paths.base), **common)
+            else:
+                pipe = pipeline_class.from_pretrained(str(paths.pipeline), **common)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"Could not load the decoder models ({paths.pipeline}, {paths.inpaint_controlnet}, "
-            f"{paths.color_canny_controlnet}): {exc}") from exc
-    pipe.scheduler = make_scheduler("unipc", pipe.scheduler.config)
+            f"Could not load the decoder models ({', '.join(map(str, paths.files()))}): {exc}") from exc
+    for spec in paths.loras:
+        lora.merge(pipe, spec)
+    pipe.scheduler = make_scheduler(family.defaults["scheduler"], pipe.scheduler.config)
     return prepare(pipe, options, device)
 
 
@@ -230,6 +281,10 @@ def make_scheduler(name: str, config):
     if name == "dpmpp_2m":
         return diffusers.DPMSolverMultistepScheduler.from_config(
             schedule, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "lcm":
+        return diffusers.LCMScheduler.from_config(schedule)
+    if name == "tcd":
+        return diffusers.TCDScheduler.from_config(schedule)
     raise PlicInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got '{name}'")
 
 
@@ -257,10 +312,13 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
-def run_size(width: int, height: int) -> tuple[int, int]:
-    """The size SD1.5 runs at: each side rounded to the nearest multiple of 8 (at least 8)."""
+def run_size(width: int, height: int, family: Family = families.DEFAULT) -> tuple[int, int]:
+    """The size the family runs at: each side rounded to the nearest multiple of its
+    ``size_multiple`` (8 for SD1.5, the VAE's downscale factor; at least one multiple)."""
+    multiple = family.size_multiple
+
     def snap(side: int) -> int:
-        return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(multiple, int(round(side / multiple)) * multiple)
     return snap(width), snap(height)
 
 
@@ -274,30 +332,30 @@ def _nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[rows][:, cols]
 
 
-def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int]) -> dict:
+def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int],
+                    family: Family = families.DEFAULT) -> dict:
     """The pipeline's image arguments for ``parts`` (one batch) at ``size``: the init images
     (salient pixels over the upscaled palette), the masks of pixels to regenerate (white) and
-    the two control images as one tensor each (the inpaint hint with -1 to regenerate; the
-    color+canny hint scaled to 0..1, as diffusers does with an image)."""
+    one tensor per ControlNet of ``family``, each made by its record (for SD1.5 the inpaint
+    hint with -1 to regenerate; the color+canny hint scaled to 0..1, as diffusers does with an
+    image)."""
     import torch
 
     def stacked(arrays) -> "torch.Tensor":
         return torch.from_numpy(np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2)))
 
-    images, masks, inpaint, color_canny = [], [], [], []
-    for unpacked in parts:
-        images.append(Image.fromarray(_nearest(unpacked.init_image(), size)))
-        masks.append(Image.fromarray(_nearest(np.where(unpacked.keep_mask(), 0, 255).astype(np.uint8), size)))
-        inpaint.append(_nearest(unpacked.inpaint_hint(), size))
-        color_canny.append(_nearest(unpacked.color_canny_hint, size).astype(np.float32) / 255.0)
-    return {"image": images, "mask_image": masks,
-            "control_image": [stacked(inpaint), stacked(color_canny)]}
+    images = [Image.fromarray(_nearest(unpacked.init_image(), size)) for unpacked in parts]
+    masks = [Image.fromarray(_nearest(np.where(unpacked.keep_mask(), 0, 255).astype(np.uint8), size))
+             for unpacked in parts]
+    controls = [stacked([_nearest(control.image(unpacked), size) for unpacked in parts])
+                for control in family.controls]
+    return {"image": images, "mask_image": masks, "control_image": controls}
 
 
-def batch_key(unpacked: Unpacked, settings: DecodeSettings) -> tuple:
+def batch_key(unpacked: Unpacked, settings: DecodeSettings, family: Family = families.DEFAULT) -> tuple:
     """What files decoded in one call must share: working size, steps, ControlNet scale and
     sampler (seeds and negative prompts may differ)."""
-    return _resolved_key(unpacked, settings.resolve(unpacked.decode_hints))
+    return _resolved_key(unpacked, settings.resolve(unpacked.decode_hints, family))
 
 
 def _resolved_key(unpacked: Unpacked, chosen: DecodeSettings) -> tuple:
@@ -305,7 +363,8 @@ def _resolved_key(unpacked: Unpacked, chosen: DecodeSettings) -> tuple:
     return (unpacked.width, unpacked.height), chosen.steps, chosen.controlnet_scale, chosen.scheduler
 
 
-def batches(parts: Sequence[Unpacked], settings: DecodeSettings, batch_size: int) -> list[list[Unpacked]]:
+def batches(parts: Sequence[Unpacked], settings: DecodeSettings, batch_size: int,
+            family: Family = families.DEFAULT) -> list[list[Unpacked]]:
     """``parts`` in order, cut into runs of at most ``batch_size`` neighbours that share a
     :func:`batch_key` (each run is one :func:`generate` call)."""
     if batch_size < 1:
@@ -313,7 +372,7 @@ def batches(parts: Sequence[Unpacked], settings: DecodeSettings, batch_size: int
     groups: list[list[Unpacked]] = []
     for unpacked in parts:
         if (groups and len(groups[-1]) < batch_size
-                and batch_key(groups[-1][0], settings) == batch_key(unpacked, settings)):
+                and batch_key(groups[-1][0], settings, family) == batch_key(unpacked, settings, family)):
             groups[-1].append(unpacked)
         else:
             groups.append([unpacked])
@@ -337,26 +396,30 @@ def restore_salient(image: np.ndarray, salient_pixels: np.ndarray,
 
 
 def decode(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
-           on_step: StepCallback | None = None) -> list[np.ndarray]:
+           on_step: StepCallback | None = None, family: Family = families.DEFAULT) -> list[np.ndarray]:
     """:func:`generate`, then each part's salient pixels restored exactly: what ``plic decode``
     and PLIC Reconstruct return."""
-    images = generate(pipe, parts, settings, on_step)
+    images = generate(pipe, parts, settings, on_step, family)
     return [restore_salient(rgb, p.salient_pixels, p.salient_mask) for rgb, p in zip(images, parts)]
 
 
 def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
-             on_step: StepCallback | None = None) -> list[np.ndarray]:
-    """Run ``pipe`` (a ControlNet inpaint pipeline with the two ControlNets) on ``parts`` as one
-    batch, each with its own seed and negative prompt: one RGB uint8 image per part at the
-    working size, salient pixels not yet restored. The parts must share a :func:`batch_key`."""
+             on_step: StepCallback | None = None, family: Family = families.DEFAULT) -> list[np.ndarray]:
+    """Run ``pipe`` (``family``'s ControlNet inpaint pipeline with its ControlNets) on ``parts``
+    as one batch, each with its own seed and negative prompt: one RGB uint8 image per part at
+    the working size, salient pixels not yet restored. The parts must share a :func:`batch_key`.
+    A part whose hints name another family is decoded all the same, with a warning."""
     import torch
 
-    chosen = [settings.resolve(unpacked.decode_hints) for unpacked in parts]
+    for unpacked in parts:
+        families.check_hint(unpacked.decode_hints, family)
+    chosen = [settings.resolve(unpacked.decode_hints, family) for unpacked in parts]
     if len({_resolved_key(unpacked, c) for unpacked, c in zip(parts, chosen)}) != 1:
         raise PlicInputError("files decoded as one batch must share the working size, steps, "
                              "ControlNet scale and scheduler; decode them separately")
     first, steps = parts[0], chosen[0].steps
-    size = run_size(first.width, first.height)
+    size = run_size(first.width, first.height, family)
+    sampler = FEW_STEP_SAMPLERS.get(chosen[0].scheduler)
     pipe.scheduler = make_scheduler(chosen[0].scheduler, pipe.scheduler.config)
     if settings.vae_tiling:
         pipe.vae.enable_tiling()
@@ -371,9 +434,10 @@ def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeS
     with _quiet(type(pipe).__module__):
         result = pipe(
             prompt=[p.prompt for p in parts], negative_prompt=[c.negative_prompt for c in chosen],
-            **pipeline_inputs(parts, size), width=size[0], height=size[1], strength=1.0,
+            **pipeline_inputs(parts, size, family), width=size[0], height=size[1], strength=1.0,
             num_inference_steps=steps, guidance_scale=chosen[0].guidance_scale,
-            controlnet_conditioning_scale=[chosen[0].controlnet_scale] * 2,
+            eta=sampler.eta if sampler else 0.0,
+            controlnet_conditioning_scale=[chosen[0].controlnet_scale] * len(family.controls),
             generator=[torch.Generator("cpu").manual_seed(c.seed) for c in chosen],
             callback_on_step_end=step_end, output_type="np")
     images = []
@@ -403,6 +467,7 @@ class Reconstructor:
     def __init__(self, paths: ModelPaths, options: LoadOptions = LoadOptions()):
         self.paths = paths
         self.options = options
+        self.family = families.get(paths.family)
 
     @property
     def pipeline(self):
@@ -417,4 +482,4 @@ class Reconstructor:
     def reconstruct_batch(self, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeSettings(),
                           on_step: StepCallback | None = None) -> list[np.ndarray]:
         """:meth:`reconstruct` for ``parts`` decoded in one pipeline call (see :func:`batches`)."""
-        return decode(self.pipeline, parts, settings, on_step)
+        return decode(self.pipeline, parts, settings, on_step, self.family)

@@ -1,5 +1,5 @@
 """Write the template browser's thumbnails (workflows/<name>.jpg) from the shipped example: what
-compress makes of plic/data/example.png, and what decompress starts from
+compress makes of plic/data/example.png, and what the three decompress templates start from
 (workflows/input/plic_example.plic). Run from the repository root after changing either file:
 
   python scripts/template_thumbnails.py
@@ -37,8 +37,10 @@ def main() -> None:
     edges = np.repeat((parts.edges * 255).astype(np.uint8)[..., None], 3, axis=-1)
     init = parts.init_image()
     original = load_rgb(REPO / "plic" / "data" / "example.png")
+    decompress = _grid(edges, parts.palette_full, parts.color_canny_hint, init)
     thumbnails = {"plic_compress": _grid(original, edges, parts.palette_full, init),
-                  "plic_decompress": _grid(edges, parts.palette_full, parts.color_canny_hint, init)}
+                  **{name: decompress for name in ("plic_decompress", "plic_decompress_fast",
+                                                   "plic_decompress_reference")}}
     for name, image in thumbnails.items():
         path = REPO / "workflows" / f"{name}.jpg"
         image.save(path, quality=85)

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 from test_caption_local import save_tiny_blip
-from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree
+from tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
 
 if not (COMFYUI / "main.py").is_file():
     _MISSING = f"{COMFYUI} is missing: the real-ComfyUI tests need the repository beside shared/"
@@ -127,14 +127,43 @@ def test_the_compress_api_workflow_runs_as_shipped(server):
     assert fileformat.loads(data).prompt == caption["inputs"]["manual_text"]
 
 
-def test_the_decompress_api_workflow_only_lacks_the_checkpoints(server):
-    """Its .plic ships with the pack; what is missing here is the SD1.5 checkpoint and the two
-    ControlNet files (no weights in CI), which ComfyUI reports node by node."""
-    workflow = _load_api("plic_decompress.json")
+@pytest.mark.parametrize("name, loaders", [
+    ("plic_decompress.json", {"CheckpointLoaderSimple", "ControlNetLoader"}),
+    ("plic_decompress_fast.json", {"CheckpointLoaderSimple", "ControlNetLoader", "LoraLoader"}),
+])
+def test_the_decompress_api_workflows_only_lack_the_checkpoints(server, name, loaders):
+    """Their .plic ships with the pack; what is missing here is the SD1.5 checkpoint, the two
+    ControlNet files and the fast template's LoRA (no weights in CI), which ComfyUI reports node
+    by node."""
+    workflow = _load_api(name)
     with pytest.raises(urllib.error.HTTPError) as error:
         server.post_json("/prompt", {"prompt": workflow, "client_id": "plic-tests"})
     failing = {workflow[node]["class_type"] for node in json.loads(error.value.read())["node_errors"]}
-    assert failing and failing <= {"CheckpointLoaderSimple", "ControlNetLoader"}
+    assert failing and failing <= loaders
+
+
+def test_the_reference_template_runs_with_the_tiny_models(server):
+    """workflows/api/plic_decompress_reference.json as shipped but for the model names (the tiny
+    models, a tiny LoRA merged in) and 2 steps: Save Image writes the decoded example and PLIC
+    Evaluate scores it against the example's original."""
+    from PIL import Image
+
+    from plic import codec, fileformat
+
+    workflow = _load_api("plic_decompress_reference.json")
+    ids = {node["class_type"]: key for key, node in workflow.items()}
+    workflow[ids["PlicDiffusersLoader"]]["inputs"].update(
+        model=PIPELINE, inpaint_controlnet=INPAINT, color_canny_controlnet=COLOR_CANNY, lora_1=LORAS["kohya"])
+    workflow[ids["PlicReconstruct"]]["inputs"]["steps"] = 2
+    entry = server.run(workflow)
+    (image,) = entry["outputs"][ids["SaveImage"]]["images"]
+    rgb = np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
+    unpacked = codec.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
+    assert rgb.shape == (unpacked.height, unpacked.width, 3)
+    keep = unpacked.salient_mask
+    np.testing.assert_array_equal(rgb[keep], unpacked.salient_pixels[keep])
+    (scores,) = entry["outputs"][ids["PlicEvaluate"]]["text"]
+    assert "psnr" in scores.lower() and "bpp" in scores
 
 
 async def _collect_messages(server: ComfyServer, client_id: str, prompt: dict, until: str):

@@ -269,7 +269,7 @@ assert len(os.listdir("/proc/self/fd")) == before
     (b'{"controlnet_scale": 1e308}', "decode hint 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
     (b'{"controlnet_scale": Infinity}', "decode hints hold Infinity, which is not JSON"),
     (b'{"negative_prompt": 5}', "decode hint 'negative_prompt' is 5; it must be a string"),
-    (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc', 'dpmpp_2m'\\]"),
+    (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc', 'dpmpp_2m', 'lcm', 'tcd'\\]"),
 ])
 def test_decode_hints_are_validated_when_read(payload, problem):
     """Issue 11 item 8: a hint the decoder cannot use fails at read time, naming file and hint."""

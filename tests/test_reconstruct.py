@@ -20,7 +20,7 @@ from plic.errors import ModelNotFoundError, PlicInputError
 from conftest import REPO, load_shared, needs_shared
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
+from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, load_node, tiny_models_dir  # noqa: F401
 
 STEPS = 2
 
@@ -45,8 +45,7 @@ def models_env(tiny_models_dir, monkeypatch):
 @pytest.fixture
 def loaded(models_env):
     """The decoder as PLIC Diffusers Loader gives it (real files, real loader)."""
-    (reconstructor,) = PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY, "auto", False)
-    return reconstructor
+    return load_node()
 
 
 def test_reconstruct_node_restores_salient_pixels_at_working_size(loaded, plic_file):
@@ -96,7 +95,7 @@ def test_steps_and_seed_come_from_the_file_and_cancel_stops(loaded, plic_file):
 
 
 def test_pipeline_is_cached_and_uses_the_reference_setup(loaded, models_env):
-    (again,) = PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY, "auto", False)
+    again = load_node()
     assert again.pipeline is loaded.pipeline
     pipe = loaded.pipeline
     assert type(pipe).__name__ == "StableDiffusionControlNetInpaintPipeline"
@@ -107,7 +106,7 @@ def test_pipeline_is_cached_and_uses_the_reference_setup(loaded, models_env):
 def test_single_file_controlnet_loads(loaded, models_env, plic_file):
     """The colour+canny ControlNet saved as one file holds the same weights as its folder: the
     decoder built from it makes the same image."""
-    (reconstructor,) = PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY_FILE, "fp32", False)
+    reconstructor = load_node(color_canny_controlnet=COLOR_CANNY_FILE, precision="fp32")
     assert reconstructor.pipeline is not loaded.pipeline
     settings = core.DecodeSettings(steps=1)
     image = reconstructor.reconstruct(codec.unpack(plic_file), settings)
@@ -191,8 +190,7 @@ def test_vae_tiling_changes_only_images_larger_than_the_tile(loaded, plic_file, 
 
 
 def test_channels_last_loads_through_the_node_and_changes_rounding_only(loaded, models_env, plic_file):
-    (fast,) = PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY, "auto", False,
-                                         channels_last=True)
+    fast = load_node(channels_last=True)
     pipe = fast.pipeline
     for conv in (pipe.unet.conv_in, pipe.vae.encoder.conv_in, *(n.conv_in for n in pipe.controlnet.nets)):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -231,7 +229,7 @@ def test_missing_model_file_names_file_and_folder(tiny_models_dir, tmp_path, mon
     (broken / "diffusers" / PIPELINE / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     monkeypatch.setenv(models.MODELS_ENV, str(broken))
     with pytest.raises(ModelNotFoundError) as err:
-        PlicDiffusersLoader().load(PIPELINE, INPAINT, COLOR_CANNY, "auto", False)
+        load_node()
     message = str(err.value)
     assert "unet/diffusion_pytorch_model.safetensors" in message
     assert str(broken / "diffusers" / PIPELINE) in message
@@ -239,7 +237,7 @@ def test_missing_model_file_names_file_and_folder(tiny_models_dir, tmp_path, mon
 
 def test_missing_controlnet_lists_folders_searched(models_env):
     with pytest.raises(ModelNotFoundError) as err:
-        PlicDiffusersLoader().load(PIPELINE, "control_v11p_sd15_inpaint", COLOR_CANNY, "auto", False)
+        load_node(inpaint_controlnet="control_v11p_sd15_inpaint")
     assert "control_v11p_sd15_inpaint" in str(err.value)
     assert str(models_env / "controlnet") in str(err.value)
 
@@ -358,23 +356,25 @@ def test_reconstruct_node_batches_with_the_chosen_sampler(loaded, plic_file):
     for item in image:
         assert _max_diff(np.rint(item.numpy() * 255).astype(np.uint8), expected) <= 1
     optional = PlicReconstruct.INPUT_TYPES()["optional"]  # workflows saved without them still queue
-    assert optional["scheduler"][0] == ["file", "unipc", "dpmpp_2m"]
+    assert optional["scheduler"][0] == ["file", "unipc", "dpmpp_2m", "lcm", "tcd"]
     assert PlicDiffusersLoader.INPUT_TYPES()["optional"]["compile"][0] == list(core.COMPILE_MODES)
 
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "bench/decode_gpu.py", "--models", "tiny", "--steps", "1", "--repeats", "2",
-               "--variants", "unipc20", "batch2", "--sizes", "64x64", "--json", str(out)]
+               "--variants", "unipc20", "batch2", "lcm4", "--sizes", "64x64", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
-    assert list(rows) == ["paper", "unipc20", "batch2"]  # the reference is always measured
+    assert list(rows) == ["paper", "unipc20", "batch2", "lcm4"]  # the reference is always measured
     assert (rows["paper"]["steps"], rows["unipc20"]["steps"], rows["batch2"]["batch"]) == (1, 20, 2)
+    assert (rows["lcm4"]["steps"], rows["lcm4"]["cfg"], rows["paper"]["cfg"]) == (4, 1.0, 7.5)
     assert all(row["repeats"] == 2 and row["s_per_image_min"] <= row["s_per_image"]
                <= row["s_per_image_max"] for row in rows.values())
     assert rows["paper"]["x_paper"] == 1 and rows["paper"]["max_px_diff"] == 0  # run to run
     assert rows["batch2"]["max_px_diff"] <= 1 and rows["unipc20"]["max_px_diff"] > 0
+    assert rows["lcm4"]["max_px_diff"] > 0  # another sampler and a LoRA: another image
     assert all(row["salient_max_px_diff"] == 0 for row in rows.values())  # kept verbatim
     assert "| 64x64 | unipc20 |" in result.stdout
 
