@@ -82,7 +82,7 @@ def _load_managed(reconstructor: core.Reconstructor) -> None:
     if reconstructor.options.cpu_offload:
         memory.make_room(memory.weight_bytes([reconstructor.paths.pipeline / "unet"]), device)
     else:
-        memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
+        memory.use(pipe, lambda: memory.pipeline_modules(pipe), device, core.release)
 
 
 class _Progress:
