@@ -133,8 +133,9 @@ def measure(pack: Path, models: Path, rounds: int, extra_args: tuple[str, ...]) 
                           for node in data["nodes"]}
                 comfy_loads += "1" not in cached
                 record(f"{i + 1} ComfyUI graph")
-            server.post_json("/free", {"unload_models": True, "free_memory": True})
-            time.sleep(3)  # the worker frees between prompts
+            for _ in range(2):  # the worker frees between prompts; it may miss the first wake-up
+                server.post_json("/free", {"unload_models": True, "free_memory": True})
+                time.sleep(3)
             record("POST /free")
     return rows
 

@@ -51,15 +51,12 @@ for _key, _class in NODE_CLASS_MAPPINGS.items():  # every node checks what reach
 
 def _settle_into_comfyui() -> None:
     """Inside ComfyUI: put the shipped workflows' inputs into its input folder (never replacing
-    a file), so that every template queues as it is, and drop PLIC's cached models whenever
-    ComfyUI unloads all of its own (nodes/memory.py)."""
+    a file), so that every template queues as it is."""
     from .common import comfy_directory, comfy_module
     from .files import install_example_inputs
-    from .memory import chain_release_to_unload_all
 
     if comfy_module("folder_paths") is not None:
         install_example_inputs(comfy_directory("input"))
-        chain_release_to_unload_all()
 
 
 _settle_into_comfyui()

@@ -113,7 +113,7 @@ def load_managed(captioner: cap.LocalCaptioner) -> None:
     device = resolve_device(captioner.device)
     memory.make_room(memory.weight_bytes([captioner.path]), device)
     _, net = cap.load_local_model(captioner.path, device)
-    memory.use(net, lambda: {"captioner": net}, device)
+    memory.use(net, lambda: {"captioner": net}, device, cap.release_local_models)
 
 
 NODE_CLASS_MAPPINGS = {"PlicCaption": PlicCaption}

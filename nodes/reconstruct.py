@@ -115,7 +115,7 @@ def _load_managed(reconstructor: core.Reconstructor) -> None:
         pipeline = reconstructor.paths.pipeline
         memory.make_room(memory.weight_bytes([pipeline / "unet" if pipeline.is_dir() else pipeline]), device)
     else:
-        memory.use(pipe, lambda: memory.pipeline_modules(pipe), device)
+        memory.use(pipe, lambda: memory.pipeline_modules(pipe), device, core.release)
 
 
 class _Progress:

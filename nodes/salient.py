@@ -154,10 +154,10 @@ class PlicSalientRegions:
 def load_managed_grounded_sam(folders) -> None:
     """Load Grounding DINO + SAM (cached; they run on the CPU) and list them among ComfyUI's
     loaded models, so that its memory accounting sees them."""
-    from plic.grounded_sam import GroundedSAM
+    from plic.grounded_sam import GroundedSAM, release
 
     pair = GroundedSAM.load(folders)
-    memory.use(pair, lambda: {"dino": pair.dino, "sam": pair.sam}, "cpu")
+    memory.use(pair, lambda: {"dino": pair.dino, "sam": pair.sam}, "cpu", release)
 
 
 NODE_CLASS_MAPPINGS = {"PlicSalientRegions": PlicSalientRegions}
