@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.timing import StepClock
-from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI
 from scripts.comfy_server import REPO
 
 WORKFLOW = REPO / "workflows" / "api" / "plic_decompress.json"

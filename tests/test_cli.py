@@ -12,7 +12,6 @@ from PIL import Image
 from conftest import (CORE_IMAGES, DATA, EXTENDED_IMAGES, REPO, SHARED_IMAGES, image_path, load_shared,
                       needs_shared, read_pbm, require_tool)
 from plic import batch, cli, cli_decode, edges, fileformat
-from plic.errors import PlicError
 
 
 def plic(*args, check=True):

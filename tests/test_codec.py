@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import EVERY_IMAGE, image_path, large_image, load_shared
+from conftest import EVERY_IMAGE, large_image, load_shared
 from plic import codec, edges, fileformat, hints, palette, prompt, salient
 from plic.errors import PlicFormatError, PlicInputError
 from plic.image import load_rgb, to_working, working_size

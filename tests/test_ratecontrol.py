@@ -4,7 +4,6 @@ reaches its target or says why, long lines go last, and the result is a normal .
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 
