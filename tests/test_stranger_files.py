@@ -244,8 +244,8 @@ def test_encode_refuses_option_values_it_cannot_use(options, refused, tmp_path, 
 
 
 @pytest.mark.parametrize("options, refused", [
-    (["--guidance", "inf"], "argument --guidance: inf is not a number 0..100"),
-    (["--guidance", "nan"], "argument --guidance: nan is not a number 0..100"),
+    (["--guidance", "inf"], "argument --cfg/--guidance: inf is not a number 0..100"),
+    (["--guidance", "nan"], "argument --cfg/--guidance: nan is not a number 0..100"),
     (["--seed", "18446744073709551616"], "argument --seed: 18446744073709551616 is outside 0..18446744073709551615"),
     (["--seed", "-9223372036854775809"], "argument --seed: -9223372036854775809 is outside 0.."),
     (["--device", "bogus"], "argument --device: 'bogus' is not a device; use auto, cpu, cuda, cuda:N or mps"),
