@@ -3,6 +3,7 @@
 A 32-byte header with its own CRC-32, then typed sections, each ``type(4) length(4) payload
 crc32(4)``. All integers are big-endian. Unknown section types are skipped on reading and kept
 in :attr:`PlicFile.extra_sections`, so a newer writer's additions survive a load/save round trip.
+The known sections are the records of :data:`SECTIONS`: a new section is one record there.
 
 :func:`loads` raises :class:`~plic.errors.PlicFormatError` (and nothing else) for bad data; its
 limits bound the memory and time a hostile file can cost before any section is decoded.
@@ -18,6 +19,7 @@ import re
 import secrets
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,19 +29,12 @@ from .safefs import read_regular
 MAGIC = b"\x89PLIC\r\n\x1a"
 #: The ending of a .plic file's name.
 SUFFIX = ".plic"
+#: The version this PLIC writes; it reads MIN_READABLE_VERSION..VERSION (docs/format.md, "Versions").
 VERSION = 1
+MIN_READABLE_VERSION = 1
 HEADER = struct.Struct(">8sBBHIIII")  # magic, version, flags, section count, 4 sizes
 SECTION_HEAD = struct.Struct(">4sI")  # type, payload length
 CRC = struct.Struct(">I")
-
-# Section types (ASCII). See docs/format.md for each payload.
-PROMPT = b"PRMT"
-EDGES = b"EDGE"
-PALETTE = b"PALT"
-SALIENT_MASK = b"SMSK"
-SALIENT_PIXELS = b"SPIX"
-DECODE_HINTS = b"HINT"
-KNOWN_SECTIONS = (PROMPT, EDGES, PALETTE, SALIENT_MASK, SALIENT_PIXELS, DECODE_HINTS)
 
 # Strict limits (docs/format.md, "Limits").
 MAX_ORIGINAL_SIDE = 65535
@@ -47,8 +42,6 @@ MAX_WORKING_SIDE = 16384
 MAX_SECTIONS = 64
 MAX_SECTION_BYTES = 64 << 20
 MAX_FILE_BYTES = 256 << 20
-MAX_PROMPT_BYTES = 4096
-MAX_HINT_BYTES = 16384
 MAX_REGIONS = 4096
 #: A working image beyond FREE_PIXELS (2048x2048) needs at least one byte of known sections
 #: per PIXELS_PER_BYTE pixels (real photos' edges alone take one byte per ~400), so what a
@@ -104,30 +97,14 @@ class PlicFile:
 
     def section_sizes(self) -> dict[str, int]:
         """Payload bytes of each section present, keyed by a readable name."""
-        return {_SECTION_NAMES[kind]: len(payload) for kind, payload in _sections(self)
-                if kind in _SECTION_NAMES}
-
-
-_SECTION_NAMES = {PROMPT: "prompt", EDGES: "edges", PALETTE: "palette",
-                  SALIENT_MASK: "salient_mask", SALIENT_PIXELS: "salient_pixels",
-                  DECODE_HINTS: "decode_hints"}
+        return {_BY_TAG[kind].name: len(payload) for kind, payload in _sections(self) if kind in _BY_TAG}
 
 
 def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
-    """(type, payload) of every section ``plic`` has; ValueError for one the reader would reject."""
-    out = []
-    if plic.prompt:
-        out.append((PROMPT, _checked_prompt(plic.prompt.encode("utf-8"))))
-    if plic.edges is not None:
-        out.append((EDGES, plic.edges))
-    if plic.palette is not None:
-        out.append((PALETTE, plic.palette))
-    if plic.salient_mask is not None:
-        out.append((SALIENT_MASK, plic.salient_mask))
-    if plic.salient_regions:
-        out.append((SALIENT_PIXELS, _pack_regions(plic.salient_regions, plic.working_size)))
-    if plic.decode_hints:
-        out.append((DECODE_HINTS, _checked_hints(_hints_json(plic.decode_hints))))
+    """(type, payload) of every section ``plic`` has, the known ones in the order of SECTIONS;
+    ValueError for one the reader would reject."""
+    out = [(section.tag, section.payload(plic)) for section in SECTIONS
+           if getattr(plic, section.field) != getattr(_BLANK, section.field)]
     for kind, payload in plic.extra_sections:
         if len(kind) != 4 or kind in KNOWN_SECTIONS:
             raise ValueError(f"extra section type {kind!r} must be four bytes and not one of "
@@ -136,7 +113,7 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _hints_json(hints: dict) -> bytes:
+def _hints_json(hints: dict, _working_size=None) -> bytes:
     try:
         return json.dumps(check_decode_hints(hints), sort_keys=True, separators=(",", ":"),
                           allow_nan=False).encode("utf-8")
@@ -185,19 +162,15 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _hints_from_json(payload: bytes, _working_size=None) -> dict:
+    return check_decode_hints(json.loads(payload.decode("utf-8"), parse_constant=_no_constant))
+
+
+def _no_constant(name: str):
+    raise ValueError(f"decode hints hold {name}, which is not JSON")
+
+
 # Checks of section contents, shared by the writer and the reader (docs/format.md, "Limits").
-
-def _checked_prompt(payload: bytes) -> bytes:
-    if len(payload) > MAX_PROMPT_BYTES:
-        raise ValueError(f"prompt of {len(payload)} bytes, at most {MAX_PROMPT_BYTES} allowed")
-    return payload
-
-
-def _checked_hints(payload: bytes) -> bytes:
-    if len(payload) > MAX_HINT_BYTES:
-        raise ValueError(f"decode hints of {len(payload)} bytes, at most {MAX_HINT_BYTES} allowed")
-    return payload
-
 
 def _check_region_count(count: int) -> None:
     if count > MAX_REGIONS:
@@ -310,9 +283,12 @@ def loads(data: bytes, source: str = "<bytes>", *,
     (header_crc,) = CRC.unpack_from(data, HEADER.size)
     if zlib.crc32(data[:HEADER.size]) != header_crc:
         fail("header checksum mismatch (the file is damaged)")
-    if version != VERSION:
-        fail(f"format version {version} is not supported (this PLIC reads version {VERSION}); "
+    if version > VERSION:
+        fail(f"format version {version} is not supported (this PLIC reads {_readable()}); "
              "update PLIC")
+    if version < MIN_READABLE_VERSION:
+        fail(f"format version {version} is no longer read (this PLIC reads {_readable()}); "
+             "read it with an older PLIC")
     if count > MAX_SECTIONS:
         fail(f"{count} sections, at most {MAX_SECTIONS} allowed")
     refuse = lambda problem: PlicFormatError(source, problem)  # noqa: E731
@@ -344,8 +320,9 @@ def loads(data: bytes, source: str = "<bytes>", *,
             if kind in seen:
                 fail(f"section {name!r} appears twice")
             seen.add(kind)
+            section = _BY_TAG[kind]
             try:
-                _read_section(plic, kind, payload)
+                setattr(plic, section.field, section.value(payload, plic.working_size))
             except (ValueError, struct.error, UnicodeDecodeError, RecursionError) as exc:
                 fail(f"section {name!r}: {exc}")
         else:
@@ -354,26 +331,6 @@ def loads(data: bytes, source: str = "<bytes>", *,
         fail(f"{len(data) - pos} unexpected bytes after the last section")
     _check_pixels_held((ww, wh), known, refuse)
     return plic
-
-
-def _read_section(plic: PlicFile, kind: bytes, payload: bytes) -> None:
-    if kind == PROMPT:
-        plic.prompt = _checked_prompt(payload).decode("utf-8")
-    elif kind == EDGES:
-        plic.edges = payload
-    elif kind == PALETTE:
-        plic.palette = payload
-    elif kind == SALIENT_MASK:
-        plic.salient_mask = payload
-    elif kind == SALIENT_PIXELS:
-        plic.salient_regions = _unpack_regions(payload, plic.working_size)
-    elif kind == DECODE_HINTS:
-        hints = json.loads(_checked_hints(payload).decode("utf-8"), parse_constant=_no_constant)
-        plic.decode_hints = check_decode_hints(hints)
-
-
-def _no_constant(name: str):
-    raise ValueError(f"decode hints hold {name}, which is not JSON")
 
 
 def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[SalientRegion]:
@@ -395,6 +352,67 @@ def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[Salie
     if pos != len(payload):
         raise ValueError(f"{len(payload) - pos} unexpected bytes after the regions")
     return regions
+
+
+def _as_is(data: bytes, _working_size=None) -> bytes:
+    """The payload of a section whose contents the codec checks (plic.codec.unpack)."""
+    return data
+
+
+@dataclass(frozen=True)
+class Section:
+    """A known section type (docs/format.md, "Section types"): the :class:`PlicFile` field it
+    holds and how that field becomes its payload and back.
+
+    A field at its PlicFile default writes no section. ``write(value, working_size)`` and
+    ``read(payload, working_size)`` raise ValueError for contents the format rejects; a payload
+    of more than ``max_bytes`` is refused by both before anything else (None: MAX_SECTION_BYTES
+    is the only bound)."""
+
+    tag: bytes
+    name: str  # readable, as section_sizes() and `plic info` show it
+    field: str
+    write: Callable[[object, tuple[int, int]], bytes]
+    read: Callable[[bytes, tuple[int, int]], object]
+    max_bytes: int | None = None
+
+    def payload(self, plic: PlicFile) -> bytes:
+        """The payload for ``plic``'s field; ValueError if the reader would reject it."""
+        return self._bounded(self.write(getattr(plic, self.field), plic.working_size))
+
+    def value(self, payload: bytes, working_size: tuple[int, int]):
+        """The field's value read from ``payload``; ValueError (or struct.error,
+        UnicodeDecodeError, RecursionError) for a payload the format rejects."""
+        return self.read(self._bounded(payload), working_size)
+
+    def _bounded(self, payload: bytes) -> bytes:
+        if self.max_bytes is not None and len(payload) > self.max_bytes:
+            raise ValueError(f"{self.name.replace('_', ' ')} of {len(payload)} bytes, "
+                             f"at most {self.max_bytes} allowed")
+        return payload
+
+
+#: The known sections, in the order a writer writes them. Adding a section: a PlicFile field,
+#: one record here and its row in docs/format.md (docs/where-to-change-what.md).
+SECTIONS = (
+    Section(b"PRMT", "prompt", "prompt", lambda text, _: text.encode("utf-8"),
+            lambda payload, _: payload.decode("utf-8"), max_bytes=4096),
+    Section(b"EDGE", "edges", "edges", _as_is, _as_is),
+    Section(b"PALT", "palette", "palette", _as_is, _as_is),
+    Section(b"SMSK", "salient_mask", "salient_mask", _as_is, _as_is),
+    Section(b"SPIX", "salient_pixels", "salient_regions", _pack_regions, _unpack_regions),
+    Section(b"HINT", "decode_hints", "decode_hints", _hints_json, _hints_from_json, max_bytes=16384),
+)
+KNOWN_SECTIONS = tuple(section.tag for section in SECTIONS)
+_BY_TAG = {section.tag: section for section in SECTIONS}
+_BLANK = PlicFile((1, 1), (1, 1))  # every field that a section holds at its default
+
+
+def _readable() -> str:
+    """The versions a reader accepts, in words."""
+    if MIN_READABLE_VERSION == VERSION:
+        return f"version {VERSION}"
+    return f"versions {MIN_READABLE_VERSION} to {VERSION}"
 
 
 def load(path: str | os.PathLike, *, max_working_pixels: int = MAX_WORKING_PIXELS) -> PlicFile:

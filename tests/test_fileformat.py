@@ -1,5 +1,7 @@
 """The .plic container: round trips, every kind of damage, limits, and a fuzz test of the reader."""
 
+import dataclasses
+import hashlib
 import json
 import struct
 import zlib
@@ -104,6 +106,48 @@ def rebuilt(header_fields=None, sections=()):
 def test_header_limits(fields, problem):
     with pytest.raises(PlicFormatError, match=problem):
         fileformat.loads(rebuilt(fields))
+
+
+def test_files_keep_their_bytes():
+    """The layout of version 1 is fixed: what PLIC writes today, every reader reads the same."""
+    data = fileformat.dumps(sample())
+    assert len(data) == 229
+    assert hashlib.sha256(data).hexdigest() == "17d01e5c53e022d5e3ca9c502342fc0424d19b1c99b8d01886949f36aa9dbf1a"
+
+
+def test_a_version_bump_keeps_older_files_readable(monkeypatch):
+    """A writer of version 2 (the next VERSION, with a section version 1 does not know) is
+    refused by today's reader with the advice to update; a reader of 1..2 reads both."""
+    old = fileformat.dumps(sample())
+    future = dataclasses.replace(sample(), extra_sections=[(b"DPTH", b"a depth map")])
+    with monkeypatch.context() as bumped:
+        bumped.setattr(fileformat, "VERSION", 2)
+        new = fileformat.dumps(future)
+    assert new[8] == 2 and old[8] == 1 and new[9:] != old[9:]
+    with pytest.raises(PlicFormatError, match=r"new\.plic: .*format version 2 is not supported "
+                                              r"\(this PLIC reads version 1\); update PLIC"):
+        fileformat.loads(new, "new.plic")
+    monkeypatch.setattr(fileformat, "VERSION", 2)
+    assert fileformat.loads(old) == sample()
+    assert fileformat.loads(new) == future
+    with pytest.raises(PlicFormatError, match=r"version 3 is not supported \(this PLIC reads "
+                                              r"versions 1 to 2\); update PLIC"):
+        fileformat.loads(rebuilt({"version": 3}))
+    monkeypatch.setattr(fileformat, "MIN_READABLE_VERSION", 2)
+    with pytest.raises(PlicFormatError, match="version 1 is no longer read .*older PLIC"):
+        fileformat.loads(old)
+
+
+def test_every_known_section_is_written_read_and_named_from_one_table():
+    plic = sample()
+    sizes = plic.section_sizes()
+    assert list(sizes) == [section.name for section in fileformat.SECTIONS]
+    written = fileformat.dumps(plic)
+    for section in fileformat.SECTIONS:
+        assert section.tag in written
+        without = dataclasses.replace(plic, **{section.field: getattr(PlicFile((1, 1), (1, 1)), section.field)})
+        assert section.name not in without.section_sizes()
+        assert fileformat.loads(fileformat.dumps(without)) == without
 
 
 @pytest.mark.parametrize("sections, problem", [

@@ -167,7 +167,7 @@ def test_salient_regions_cannot_cover_more_than_the_image(tmp_path):
     Image.new("RGB", (512, 512), "white").save(buffer, format="WEBP", lossless=True)
     region = fileformat._REGION_HEAD.pack(0, 0, 512, 512, 3, len(buffer.getvalue())) + buffer.getvalue()
     payload = struct.pack(">H", 400) + region * 400
-    data = sealed((512, 512, 512, 512), [(fileformat.SALIENT_PIXELS, payload)])
+    data = sealed((512, 512, 512, 512), [(b"SPIX", payload)])
     with pytest.raises(fileformat.PlicFormatError, match="the regions cover 524288 pixels together, "
                                                          "more than the 512x512 image holds"):
         fileformat.loads(data)
