@@ -631,7 +631,8 @@ def _timed(run) -> tuple:
 def describe_run(result: SalientResult) -> str:
     """One line: each detector that ran, what it found and how long it took."""
     found = count_sources(result.candidates + [c for c, _ in result.rejected])
-    names = {"faces": FACE_DETECTOR, "text": f"Tesseract ({tesseract_engine()}) where text_lines marks text", "dino+sam": "Grounding DINO + SAM"}
+    names = {"faces": FACE_DETECTOR, "text": f"{tesseract_engine()} where text_lines marks text",
+             "dino+sam": "Grounding DINO + SAM"}
     ran = [f"{source} ({names[source]}: found {found.get(source, 0)}, {seconds * 1000:.0f} ms)"
            for source, seconds in result.seconds.items()]
     return "ran " + (", ".join(ran) if ran else "no detector")
