@@ -338,14 +338,15 @@ class _TesseractLibrary:
 def _tesseract_library() -> _TesseractLibrary | None:
     """libtesseract (see :func:`tesseract_engine`), or None: $PLIC_TESSERACT names a program to
     run instead, or the library cannot be loaded."""
-    return None if os.environ.get("PLIC_TESSERACT") else _load_tesseract_library()
+    return None if os.environ.get("PLIC_TESSERACT") else _load_tesseract_library(os.getpid())
 
 
 @functools.cache
-def _load_tesseract_library() -> _TesseractLibrary | None:
-    """libtesseract with its English model, loaded once per process, or None (not installed, no
-    model). Its OpenMP runtime is limited to one thread, as for the program: several are ~3x
-    slower on a busy 2-core machine."""
+def _load_tesseract_library(process: int) -> _TesseractLibrary | None:
+    """libtesseract with its English model, loaded once per ``process`` (a forked child loads
+    its own: it may have been forked while another thread held the parent's), or None (not
+    installed, no model). Its OpenMP runtime is limited to one thread, as for the program:
+    several are ~3x slower on a busy 2-core machine."""
     import ctypes
     import ctypes.util
 
