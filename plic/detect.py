@@ -288,9 +288,9 @@ TESSERACT_UNKNOWN_DPI = 70
 
 
 class _TesseractLibrary:
-    """libtesseract's C API with the English model loaded once (~80 ms, as every run of the
-    program does), reading as ``tesseract stdin stdout --psm 6 tsv`` does (the same words, boxes
-    and confidences), one image at a time."""
+    """libtesseract's C API with the English model loaded once, for the first image (~80 ms, what
+    every run of the program spends), reading as ``tesseract stdin stdout --psm 6 tsv`` does
+    (the same words, boxes and confidences), one image at a time."""
 
     def __init__(self, library):
         import ctypes
@@ -307,11 +307,21 @@ class _TesseractLibrary:
                 ("TessBaseAPIClear", [void], None), ("TessBaseAPIDelete", [void], None)):
             function = getattr(library, name)
             function.argtypes, function.restype = argtypes, restype
-        self.handle = library.TessBaseAPICreate()
-        if library.TessBaseAPIInit3(self.handle, None, b"eng"):
-            raise OSError("libtesseract could not load its English model (eng.traineddata)")
-        library.TessBaseAPISetPageSegMode(self.handle, TESSERACT_PSM)
-        atexit.register(library.TessBaseAPIDelete, self.handle)  # else it reports leaks at exit
+        self.handle = None  # made on the first image: no model is loaded where no text is read
+
+    def _loaded(self):
+        """The handle, with the English model loaded."""
+        if self.handle is None:
+            handle = self.api.TessBaseAPICreate()
+            if self.api.TessBaseAPIInit3(handle, None, b"eng"):
+                self.api.TessBaseAPIDelete(handle)
+                raise MissingDependencyError(
+                    "text detection: libtesseract cannot load its English model (eng.traineddata): install "
+                    "tesseract-ocr-eng (Debian/Ubuntu) or set TESSDATA_PREFIX to the folder holding it")
+            self.api.TessBaseAPISetPageSegMode(handle, TESSERACT_PSM)
+            atexit.register(self.api.TessBaseAPIDelete, handle)  # else it reports leaks at exit
+            self.handle = handle
+        return self.handle
 
     def tsv(self, gray: np.ndarray) -> str:
         """The rows of Tesseract's TSV (no header) for the (H, W) uint8 ``gray``."""
@@ -320,19 +330,20 @@ class _TesseractLibrary:
         height, width = gray.shape
         gray = np.ascontiguousarray(gray, np.uint8)
         with self.lock:
-            self.api.TessBaseAPISetImage(self.handle, gray.ctypes.data, width, height, 1, width)
+            handle = self._loaded()
+            self.api.TessBaseAPISetImage(handle, gray.ctypes.data, width, height, 1, width)
             # as the program does for a PGM, without its warning
-            self.api.TessBaseAPISetSourceResolution(self.handle, TESSERACT_UNKNOWN_DPI)
+            self.api.TessBaseAPISetSourceResolution(handle, TESSERACT_UNKNOWN_DPI)
             try:
-                if self.api.TessBaseAPIRecognize(self.handle, None):
+                if self.api.TessBaseAPIRecognize(handle, None):
                     raise PlicError("libtesseract could not read the line sheet")
-                pointer = self.api.TessBaseAPIGetTsvText(self.handle, 0)
+                pointer = self.api.TessBaseAPIGetTsvText(handle, 0)
                 try:
                     return ctypes.string_at(pointer).decode("utf-8", errors="replace")
                 finally:
                     self.api.TessDeleteText(pointer)
             finally:
-                self.api.TessBaseAPIClear(self.handle)
+                self.api.TessBaseAPIClear(handle)
 
 
 def _tesseract_library() -> _TesseractLibrary | None:
@@ -343,10 +354,10 @@ def _tesseract_library() -> _TesseractLibrary | None:
 
 @functools.cache
 def _load_tesseract_library(process: int) -> _TesseractLibrary | None:
-    """libtesseract with its English model, loaded once per ``process`` (a forked child loads
-    its own: it may have been forked while another thread held the parent's), or None (not
-    installed, no model). Its OpenMP runtime is limited to one thread, as for the program:
-    several are ~3x slower on a busy 2-core machine."""
+    """libtesseract, loaded once per ``process`` (a forked child loads its own: it may have been
+    forked while another thread held the parent's), or None (not installed). Its OpenMP runtime
+    is limited to one thread, as for the program: several are ~3x slower on a busy 2-core
+    machine."""
     import ctypes
     import ctypes.util
 

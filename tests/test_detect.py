@@ -200,6 +200,13 @@ def test_libtesseract_reads_what_the_program_reads(tesseract, monkeypatch):
     assert "the tesseract program" in detect.describe_run(detect.find_salient(rgb, ("text",)))
 
 
+def test_libtesseract_without_its_model_names_what_to_install(tesseract, tmp_path, monkeypatch):
+    monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path))  # no eng.traineddata there
+    library = detect._TesseractLibrary(detect._tesseract_library().api)
+    with pytest.raises(MissingDependencyError, match="install tesseract-ocr-eng"):
+        library.tsv(np.full((20, 40), 255, np.uint8))
+
+
 def test_a_missing_tesseract_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
     assert not detect.tesseract_available()
