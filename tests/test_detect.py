@@ -186,6 +186,27 @@ def test_no_ocr_where_the_pretest_sees_no_text_and_no_temporary_files(tesseract,
     assert list(temp.iterdir()) == []
 
 
+def test_libtesseract_reads_what_the_program_reads(tesseract, monkeypatch):
+    import cv2
+
+    assert detect.tesseract_engine() == "libtesseract", "libtesseract5 (installed with tesseract-ocr) did not load"
+    rgb = load_shared("page.png")
+    sheet, _ = detect.line_sheet(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), detect.text_lines(rgb))
+    rows = detect._tesseract_library().tsv(sheet)
+    assert rows == detect._tesseract_program_tsv(sheet)  # words, boxes, confidences, layout
+    assert "markers" in rows and rows == detect._tesseract_library().tsv(sheet)  # the model is reused
+    monkeypatch.setenv("PLIC_TESSERACT", tesseract)
+    assert detect.tesseract_engine() == "the tesseract program"
+    assert "the tesseract program" in detect.describe_run(detect.find_salient(rgb, ("text",)))
+
+
+def test_libtesseract_without_its_model_names_what_to_install(tesseract, tmp_path, monkeypatch):
+    monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path))  # no eng.traineddata there
+    library = detect._TesseractLibrary(detect._tesseract_library().api)
+    with pytest.raises(MissingDependencyError, match="install tesseract-ocr-eng"):
+        library.tsv(np.full((20, 40), 255, np.uint8))
+
+
 def test_a_missing_tesseract_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
     assert not detect.tesseract_available()
