@@ -535,7 +535,8 @@ def describe_run(result: SalientResult) -> str:
 
 
 def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                budget=None, codec: str = "png", quality: int = 90, strict=True, **params):
+                budget=None, codec: str = salient.DEFAULT_CODEC, quality: int = salient.DEFAULT_QUALITY,
+                strict=True, **params):
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
     lists which detectors ran, what each found, what was rejected and why, what was kept, and
@@ -572,7 +573,8 @@ def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray
 def salient_for_file(rgb_working: np.ndarray, sources: str | tuple[str, ...] = AUTO,
                      mask_path: str | os.PathLike | None = None, *,
                      image_path: str | os.PathLike | None = None, max_bpp: float | None = None,
-                     max_fraction: float | None = None, codec: str = "png", quality: int = 90,
+                     max_fraction: float | None = None, codec: str = salient.DEFAULT_CODEC,
+                     quality: int = salient.DEFAULT_QUALITY,
                      models_dir: str | os.PathLike | None = None, **params) -> salient.Stored:
     """The salient step of encoding one image file, as ``plic encode`` runs it.
 
