@@ -107,3 +107,70 @@ def test_api_workflow_inputs_hold_the_node_defaults(path, schemas, plic_types):
 
 def test_every_deliberate_difference_names_a_shipped_workflow():
     assert {file for file, _, _ in DELIBERATE} <= {p.name for p in UI_WORKFLOWS}
+
+
+# --- the defaults the docs state ---------------------------------------------------------------
+
+def _docs_defaults() -> dict:
+    """file -> the phrases stating a default (whitespace collapsed) that it must hold, built from
+    the constants: a changed default fails here until the docs say it."""
+    from math import isqrt
+
+    from plic import caption, detect, edges, palette, ratecontrol, salient
+    from plic.codec import DEFAULT_DECODE_HINTS as HINTS
+    from plic.codec import EncodeSettings
+    from plic.fileformat import MAX_WORKING_PIXELS
+    from plic.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+    from plic.prompt import MAX_PROMPT_CHARS
+
+    side, size, quality = isqrt(MAX_WORKING_PIXELS), palette.DEFAULT_SIZE, palette.DEFAULT_QUALITY
+    low, high = edges.DEFAULT_LOW, edges.DEFAULT_HIGH
+    return {
+        "README.md": [  # `plic encode` options, then the caption and salient tables
+            f"`--max-side N` (working size, default {DEFAULT_MAX_SIDE},",
+            f"`--canny LOW HIGH` ({low} {high}), `--palette-size N` ({size}), `--palette-quality Q` ({quality})",
+            f"`--max-pixels N` ({DEFAULT_MAX_PIXELS // 1_000_000} MP)",
+            f"`--max-working-pixels N` ({side}x{side})",
+            "raises the Canny thresholds (up to {}/{})".format(*ratecontrol.THRESHOLD_LADDER[-1]),
+            f"suggesting `--target-bpp {ratecontrol.SUGGESTED_BPP}`",
+            f"| `--caption-model` / model | {caption.DEFAULT_MODEL} |",
+            f"| `--caption-key-env` / api_key_env | {caption.DEFAULT_KEY_ENV} |",
+            f"| `--caption-timeout` / timeout | {caption.DEFAULT_TIMEOUT:g} s |",
+            f"| `--caption-retries` / max_retries | {caption.DEFAULT_RETRIES} |",
+            f"| `--caption-limit` / max_chars | {MAX_PROMPT_CHARS} |",
+            f"| `--salient` / faces, text, dino_sam | `{detect.AUTO}` |",
+            f"| `--face-threshold`, `--word-threshold` / face_threshold, word_threshold | "
+            f"{detect.DEFAULT_FACE_THRESHOLD}, {detect.DEFAULT_WORD_THRESHOLD} |",
+            f"| `--min-face PX` / min_face | {detect.DEFAULT_MIN_FACE} |",
+            f"| `--salient-budget BPP` / budget_bpp | {salient.DEFAULT_MAX_BPP} |",
+            f"| `--salient-codec` / codec | {EncodeSettings.salient_codec} |",
+            f'| `--dino-prompt`, `--box-threshold`, `--text-threshold` | "{detect.DEFAULT_DINO_PROMPT}", '
+            f"{detect.DEFAULT_BOX_THRESHOLD}, {detect.DEFAULT_TEXT_THRESHOLD} |",
+        ],
+        "docs/method.md": [
+            f"`--max-side` ({DEFAULT_MAX_SIDE})",
+            f"`--caption-limit` ({MAX_PROMPT_CHARS})",
+            f"`--canny LOW HIGH` ({low} {high})",
+            f"`--palette-size` ({size}), `--palette-quality` ({quality})",
+        ],
+        "docs/format.md": [
+            f"`max_side` (default {DEFAULT_MAX_SIDE})",
+            f"(default {size}x{size}, at most {palette.MAX_SIZE}x{palette.MAX_SIZE}, bicubic), "
+            f"as a WebP file (default quality {quality})",
+            f"`seed` ({HINTS['seed']};", f"`steps` ({HINTS['steps']};",
+            f"`negative_prompt` (\"{HINTS['negative_prompt']}\";",
+            f"`controlnet_scale` ({HINTS['controlnet_scale']};", f"`scheduler` (\"{HINTS['scheduler']}\";",
+        ],
+        "docs/ratecontrol.md": [
+            f"By default PLIC encodes with the paper's fixed settings (Canny {low}/{high}, "
+            f"palette {size}x{size} WebP q{quality})",
+        ],
+    }
+
+
+def test_the_docs_state_the_current_defaults():
+    missing = []
+    for name, phrases in _docs_defaults().items():
+        text = " ".join((REPO / name).read_text().split())
+        missing += [f"{name}: {phrase}" for phrase in phrases if phrase not in text]
+    assert missing == []
