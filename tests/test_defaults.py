@@ -126,7 +126,8 @@ def _docs_defaults() -> dict:
     side, size, quality = isqrt(MAX_WORKING_PIXELS), palette.DEFAULT_SIZE, palette.DEFAULT_QUALITY
     low, high = edges.DEFAULT_LOW, edges.DEFAULT_HIGH
     return {
-        "README.md": [  # `plic encode` options, then the caption and salient tables
+        "README.md": [  # the parts, `plic encode` options, then the caption and salient tables
+            f"| colour palette | the image shrunk to {size}x{size} (bicubic), WebP quality {quality} |",
             f"`--max-side N` (working size, default {DEFAULT_MAX_SIDE},",
             f"`--canny LOW HIGH` ({low} {high}), `--palette-size N` ({size}), `--palette-quality Q` ({quality})",
             f"`--max-pixels N` ({DEFAULT_MAX_PIXELS // 1_000_000} MP)",
@@ -138,6 +139,7 @@ def _docs_defaults() -> dict:
             f"| `--caption-timeout` / timeout | {caption.DEFAULT_TIMEOUT:g} s |",
             f"| `--caption-retries` / max_retries | {caption.DEFAULT_RETRIES} |",
             f"| `--caption-limit` / max_chars | {MAX_PROMPT_CHARS} |",
+            f"The image is sent as a JPEG of at most {caption.DEFAULT_MAX_SIDE} px",
             f"| `--salient` / faces, text, dino_sam | `{detect.AUTO}` |",
             f"| `--face-threshold`, `--word-threshold` / face_threshold, word_threshold | "
             f"{detect.DEFAULT_FACE_THRESHOLD}, {detect.DEFAULT_WORD_THRESHOLD} |",
@@ -164,6 +166,7 @@ def _docs_defaults() -> dict:
         "docs/ratecontrol.md": [
             f"By default PLIC encodes with the paper's fixed settings (Canny {low}/{high}, "
             f"palette {size}x{size} WebP q{quality})",
+            "along `THRESHOLD_LADDER` = " + ", ".join(f"{lo}/{hi}" for lo, hi in ratecontrol.THRESHOLD_LADDER),
         ],
     }
 
