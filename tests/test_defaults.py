@@ -91,16 +91,11 @@ def _deliberate(path) -> set:
     return {(node_type, name) for (file, node_type, name) in DELIBERATE if file == path.name}
 
 
-@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
-def test_ui_workflow_widgets_hold_the_node_defaults(path, schemas, plic_types):
-    found = _differences(_ui_values(json.loads(path.read_text()), schemas, plic_types), schemas)
-    assert {key: found[key] for key in set(found) - _deliberate(path)} == {}
-    assert _deliberate(path) - set(found) == set(), "no longer differs: remove it from DELIBERATE"
-
-
-@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: f"api/{p.name}")
-def test_api_workflow_inputs_hold_the_node_defaults(path, schemas, plic_types):
-    found = _differences(_api_values(json.loads(path.read_text()), schemas, plic_types), schemas)
+@pytest.mark.parametrize("path", UI_WORKFLOWS + API_WORKFLOWS, ids=lambda p: str(p.relative_to(REPO)))
+def test_workflow_widgets_hold_the_node_defaults(path, schemas, plic_types):
+    workflow = json.loads(path.read_text())
+    values = (_ui_values if "nodes" in workflow else _api_values)(workflow, schemas, plic_types)
+    found = _differences(values, schemas)
     assert {key: found[key] for key in set(found) - _deliberate(path)} == {}
     assert _deliberate(path) - set(found) == set(), "no longer differs: remove it from DELIBERATE"
 
