@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from plic import hints
+from plic.codec import DEFAULT_DECODE_HINTS
 from plic.reconstruct import DEFAULT_GUIDANCE, DecodeSettings
 from plic.errors import PlicInputError
 
@@ -93,10 +94,12 @@ class PlicDecodeSettings:
     FUNCTION = "run"
     RETURN_TYPES = ("INT", "INT", "STRING", "FLOAT", "FLOAT")
     RETURN_NAMES = ("seed", "steps", "negative_prompt", "controlnet_strength", "cfg")
-    OUTPUT_TOOLTIPS = ("The seed (file's: reference 786).", "The step count (file's: reference 60).",
+    OUTPUT_TOOLTIPS = (f"The seed (the file's, default {DEFAULT_DECODE_HINTS['seed']}).",
+                       f"The step count (the file's, default {DEFAULT_DECODE_HINTS['steps']}).",
                        "The file's negative prompt.",
-                       "The ControlNet strength (file's: reference 1.0).",
-                       "Classifier-free guidance for KSampler (reference 7.5).")
+                       "The ControlNet strength (the file's, default "
+                       f"{DEFAULT_DECODE_HINTS['controlnet_scale']}).",
+                       f"Classifier-free guidance for KSampler (default {DEFAULT_GUIDANCE:g}).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -105,14 +108,17 @@ class PlicDecodeSettings:
                                           "are used."}),
         }, "optional": {
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
-                              "tooltip": "Denoising steps; 0 takes the file's (the reference: 60)."}),
+                              "tooltip": "Denoising steps; 0 takes the file's (default "
+                                         f"{DEFAULT_DECODE_HINTS['steps']})."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
-                             "tooltip": "Random seed; -1 takes the file's (the reference: 786)."}),
+                             "tooltip": "Random seed; -1 takes the file's (default "
+                                        f"{DEFAULT_DECODE_HINTS['seed']})."}),
             "controlnet_strength": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.05,
                                               "tooltip": "Strength of both ControlNets; -1 takes the "
-                                                         "file's (the reference: 1.0)."}),
+                                                         "file's (default "
+                                                         f"{DEFAULT_DECODE_HINTS['controlnet_scale']})."}),
             "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0, "step": 0.1,
-                              "tooltip": "Classifier-free guidance (the reference: 7.5)."}),
+                              "tooltip": f"Classifier-free guidance (default {DEFAULT_GUIDANCE:g})."}),
         }}
 
     def run(self, plic, steps=0, seed=-1, controlnet_strength=-1.0, cfg=DEFAULT_GUIDANCE):

@@ -24,15 +24,17 @@ class PlicCannyEdges:
             "image": ("IMAGE", {"tooltip": "The images to compress (a batch is fine)."}),
             "max_side": ("INT", {"default": DEFAULT_MAX_SIDE, "min": 16, "max": MAX_WORKING_SIDE, "step": 8,
                                  "tooltip": "Longest side of the working image; larger images are scaled "
-                                            "down to it (Lanczos), never up. The reference uses 1024."}),
+                                            f"down to it (Lanczos), never up (default {DEFAULT_MAX_SIDE})."}),
             "low_threshold": ("INT", {"default": edges_mod.DEFAULT_LOW, "min": 0, "max": 1000,
-                                      "tooltip": "Canny's lower hysteresis threshold (reference 100). "
-                                                 "Higher values keep fewer, stronger edges. The "
-                                                 "ControlNets were used with 1..255 (docs/ratecontrol.md); "
+                                      "tooltip": "Canny's lower hysteresis threshold (default "
+                                                 f"{edges_mod.DEFAULT_LOW}). Higher values keep fewer, stronger "
+                                                 "edges. The ControlNets were used with 1..255 "
+                                                 "(docs/ratecontrol.md); "
                                                  "for a smaller file prefer PLIC Pack's target_bpp."}),
             "high_threshold": ("INT", {"default": edges_mod.DEFAULT_HIGH, "min": 0, "max": 1000,
-                                       "tooltip": "Canny's upper hysteresis threshold (reference 200); "
-                                                  "must not be below the lower one."}),
+                                       "tooltip": "Canny's upper hysteresis threshold (default "
+                                                  f"{edges_mod.DEFAULT_HIGH}); must not be below the lower "
+                                                  "one."}),
         }}
 
     def run(self, image, max_side, low_threshold, high_threshold):

@@ -5,7 +5,7 @@ import dataclasses
 
 from plic import codec, fileformat, ratecontrol
 from plic.errors import PlicInputError
-from plic.prompt import clean_prompt, split_prompts
+from plic.prompt import MAX_PROMPT_CHARS, clean_prompt, split_prompts
 
 from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, per_image, rgb_list_to_image
 
@@ -32,7 +32,8 @@ class PlicPack:
             "required": {
                 "prompt": ("STRING", {"multiline": True, "default": "",
                                       "tooltip": "What the image shows, as a Stable Diffusion prompt. "
-                                                 "Whitespace is collapsed and it is cut to 240 characters. "
+                                                 "Whitespace is collapsed and it is cut to "
+                                                 f"{MAX_PROMPT_CHARS} characters. "
                                                  "For a batch: one line per image, or one line for all. "
                                                  "Type it, or connect PLIC Caption's prompt output."}),
                 "edges": (EDGES, {"tooltip": "Packed edges from PLIC Canny Edges."}),

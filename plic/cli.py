@@ -28,6 +28,7 @@ from .errors import PlicError, one_line, printable
 from .fileformat import write_atomic, write_atomic_all
 from .image import IMAGE_SUFFIXES, load_rgb
 from .parts import EXPORT_LISTING, export_files, exported_before, preview_image
+from .prompt import MAX_PROMPT_CHARS
 from .safefs import output_path
 
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder for the .plic files")
     p.add_argument("--prompt", default=None,
-                   help="prompt stored in every file (cut to 240 characters); overrides --caption")
+                   help=f"prompt stored in every file (cut to {MAX_PROMPT_CHARS} characters); overrides --caption")
     p.add_argument("--max-side", type=MAX_SIDE, default=codec.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
     p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
@@ -228,7 +229,8 @@ def add_target_arguments(parser) -> None:
     group.add_argument("--target-bpp", type=BPP, metavar="BPP",
                        help="bring each whole file to at most BPP bits per working-image pixel: "
                             "drops the shortest edge fragments first, then raises the Canny "
-                            "thresholds (up to 127/255), then lowers palette and salient quality")
+                            "thresholds (up to {}/{}), then lowers palette and salient quality"
+                            .format(*ratecontrol.THRESHOLD_LADDER[-1]))
     group.add_argument("--target-bytes", type=int_in(1, fileformat.MAX_FILE_BYTES), metavar="N",
                        help="the same as a size in bytes (with --target-bpp, the smaller wins)")
 
@@ -375,7 +377,9 @@ def run_bench(args) -> int:
     for column in ("paper_bpp", "target_bpp"):
         bpps = sorted(r[column] for r in rows)
         print(f"median {column} {bpps[len(bpps) // 2]:.4f} over {len(rows)} images (prompt not included)")
-    print(f"target: --target-bpp {args.target_bpp}; paper: Canny 100/200, palette 32x32 WebP q80")
+    paper = codec.EncodeSettings()
+    print(f"target: --target-bpp {args.target_bpp}; paper: Canny {paper.canny_low}/{paper.canny_high}, "
+          f"palette {paper.palette_size}x{paper.palette_size} WebP q{paper.palette_quality}")
     if not ratecontrol.avif_available():
         print("avif_q0: None, this Pillow was built without AVIF")
     if args.csv:

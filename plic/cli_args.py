@@ -73,4 +73,5 @@ def add_pixel_limits(parser: argparse.ArgumentParser, *, images: bool = True, fi
     if files:
         group.add_argument("--max-working-pixels", type=int_in(1, 1 << 28), default=MAX_WORKING_PIXELS,
                            metavar="N", help=".plic files whose working image has more pixels are "
-                           "refused, and encode makes none (default %(default)s, 4096x4096)")
+                           "refused, and encode makes none (default %(default)s, {0}x{0})"
+                           .format(math.isqrt(MAX_WORKING_PIXELS)))

@@ -56,14 +56,14 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                                 f.name for f in families.FAMILIES.values() if control in f.controls))
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="merge a LoRA (kohya/A1111 or diffusers .safetensors; path, or name under "
-                        "MODELS/loras) at WEIGHT (default 1); repeatable. A few-step LoRA wants "
+                        f"MODELS/loras) at WEIGHT (default {lora.DEFAULT_WEIGHT:g}); repeatable. A few-step LoRA wants "
                         "its sampler: LCM-LoRA --scheduler lcm, TCD and Hyper-SD --scheduler tcd")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
                    help=f"ComfyUI-style models folder for names (default: ${models.MODELS_ENV})")
     p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
-                   help="denoising steps (default: the file's, 60)")
+                   help=f"denoising steps (default: the file's, {codec.DEFAULT_DECODE_HINTS['steps']})")
     p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S",
-                   help="random seed (default: the file's, 786)")
+                   help=f"random seed (default: the file's, {codec.DEFAULT_DECODE_HINTS['seed']})")
     p.add_argument("--cfg", "--guidance", dest="guidance", type=float_in(0, core.MAX_GUIDANCE), metavar="G",
                    help=f"classifier-free guidance scale (default: 1 with lcm and tcd, which is none and "
                         f"halves the work; else the family's, {core.DEFAULT_GUIDANCE:g} for sd15)")
@@ -79,7 +79,8 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
                         "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
-                   help="sampler (default: the file's, unipc); another sampler or --steps changes the image; "
+                   help=f"sampler (default: the file's, {codec.DEFAULT_DECODE_HINTS['scheduler']}); another sampler "
+                        "or --steps changes the image; "
                         "lcm and tcd are for few-step LoRAs (default 4 steps)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=1, metavar="N",
                    help="decode up to N files of the same size in one call (each keeps its seed; "

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import caption, detect, salient
 from .cli_args import SCORE, float_in, int_in
+from .codec import EncodeSettings
 from .fileformat import MAX_WORKING_SIDE
 from .prompt import MAX_PROMPT_CHARS
 
@@ -67,9 +68,11 @@ def add_salient_arguments(parser) -> None:
                             "image size unless this is given)")
     group.add_argument("--salient-max-fraction", type=float_in(0, 1), metavar="F",
                        help="most share of the image (0..1) that may be kept")
-    group.add_argument("--salient-codec", default="png", choices=salient.LOSSLESS_CODECS + ("webp",),
+    group.add_argument("--salient-codec", default=EncodeSettings.salient_codec,
+                       choices=salient.LOSSLESS_CODECS + ("webp",),
                        help="how region pixels are stored (default %(default)s, lossless)")
-    group.add_argument("--salient-quality", type=int_in(0, 100), default=90, metavar="Q",
+    group.add_argument("--salient-quality", type=int_in(0, 100), default=EncodeSettings.salient_quality,
+                       metavar="Q",
                        help="WebP quality for --salient-codec webp (default %(default)s)")
     group.add_argument("--face-threshold", type=SCORE, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
                        help="score (0..1) a face needs to be kept (default %(default)s)")

@@ -48,7 +48,7 @@ def add_eval_parsers(subparsers) -> None:
                         help="use this file's size as the budget and its working size")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
                    help="folder for <name>.<codec>-q<Q>.<ext>")
-    p.add_argument("--max-side", type=MAX_SIDE, default=1024, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=image.DEFAULT_MAX_SIDE, metavar="N",
                    help="with --bytes: longest side the image is scaled down to (default %(default)s)")
     p.add_argument("--codecs", type=lambda v: _names(v, compare.CODEC_NAMES, "codec"),
                    default=compare.CODEC_NAMES, metavar="LIST", help=f"default {codecs}")

@@ -42,8 +42,8 @@ class EncodeSettings:
     canny_high: int = edges_mod.DEFAULT_HIGH
     palette_size: int = palette_mod.DEFAULT_SIZE
     palette_quality: int = palette_mod.DEFAULT_QUALITY
-    salient_codec: str = "png"
-    salient_quality: int = 90
+    salient_codec: str = salient_mod.DEFAULT_CODEC
+    salient_quality: int = salient_mod.DEFAULT_QUALITY
     max_working_pixels: int = MAX_WORKING_PIXELS
 
 
@@ -105,8 +105,8 @@ def palette_part(work: np.ndarray, size: int = palette_mod.DEFAULT_SIZE,
     return PalettePart(data, palette_mod.decode(data), quality, (work.shape[1], work.shape[0]))
 
 
-def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = "png",
-                 quality: int = 90) -> SalientPart:
+def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = salient_mod.DEFAULT_CODEC,
+                 quality: int = salient_mod.DEFAULT_QUALITY) -> SalientPart:
     """The pixels of ``work`` under ``mask`` (a mask of the working image), packed."""
     mask_stream, regions = salient_mod.pack(work, mask, codec=codec, quality=quality)
     return SalientPart(mask_stream, tuple(regions), (work.shape[1], work.shape[0]))

@@ -37,7 +37,7 @@ from PIL import Image
 from . import salient
 from .deps import require
 from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
-from .grounded_sam import GroundedSAM, ModelFolders, find_text_encoder, list_models
+from .grounded_sam import DINO_SHORT_SIDE, GroundedSAM, ModelFolders, find_text_encoder, list_models
 from .image import check_rgb, load_rgb, resize
 from .models import models_roots
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
@@ -531,7 +531,7 @@ def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
 def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT,
                   box_threshold: float = DEFAULT_BOX_THRESHOLD,
                   text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
-                  sam_model: str | None = None, dino_size: int = 800) -> list[Candidate]:
+                  sam_model: str | None = None, dino_size: int = DINO_SHORT_SIDE) -> list[Candidate]:
     """Grounding DINO boxes for ``prompt``, masked by Segment Anything (see plic.grounded_sam)."""
     model = GroundedSAM.load(folders, dino_model, sam_model)
     found = []
@@ -583,7 +583,7 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
                  dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
                  text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                  sam_model: str | None = None, face_threshold: float = DEFAULT_FACE_THRESHOLD,
-                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = 800,
+                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = DINO_SHORT_SIDE,
                  min_face: int = DEFAULT_MIN_FACE) -> SalientResult:
     """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
 
@@ -593,7 +593,8 @@ def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray
     (Tesseract not installed, model missing) raises if ``strict`` is True or names it (a
     collection of sources); otherwise it is skipped and the reason is recorded in ``notes``.
     ``folders`` (a plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam;
-    ``dino_size`` is the short side Grounding DINO sees (800 as trained; smaller is faster);
+    ``dino_size`` is the short side Grounding DINO sees (:data:`~plic.grounded_sam.DINO_SHORT_SIDE`, as
+    trained; smaller is faster);
     ``min_face`` the smallest face height (px) looked for (see :func:`detect_faces`)."""
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
@@ -651,7 +652,8 @@ def describe_run(result: SalientResult) -> str:
 
 
 def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                budget=None, codec: str = "png", quality: int = 90, strict=True, **params):
+                budget=None, codec: str = salient.DEFAULT_CODEC, quality: int = salient.DEFAULT_QUALITY,
+                strict=True, **params):
     """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
     within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
     lists which detectors ran, what each found, what was rejected and why, what was kept, and
@@ -688,7 +690,8 @@ def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray
 def salient_for_file(rgb_working: np.ndarray, sources: str | tuple[str, ...] = AUTO,
                      mask_path: str | os.PathLike | None = None, *,
                      image_path: str | os.PathLike | None = None, max_bpp: float | None = None,
-                     max_fraction: float | None = None, codec: str = "png", quality: int = 90,
+                     max_fraction: float | None = None, codec: str = salient.DEFAULT_CODEC,
+                     quality: int = salient.DEFAULT_QUALITY,
                      models_dir: str | os.PathLike | None = None, **params) -> salient.Stored:
     """The salient step of encoding one image file, as ``plic encode`` runs it.
 

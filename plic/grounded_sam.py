@@ -36,6 +36,10 @@ DINO_FOLDER = "grounding-dino"
 SAM_FOLDER = "sams"
 TEXT_ENCODER_FOLDER = "bert-base-uncased"
 MODEL_SUFFIXES = (".pth", ".pt", ".safetensors")
+#: The short side Grounding DINO was trained at, and the longest long side it then sees
+#: (its own inference defaults); a smaller short side is faster.
+DINO_SHORT_SIDE = 800
+DINO_MAX_SIDE = 1333
 #: Config files groundingdino-py ships, by official checkpoint name.
 _SHIPPED_CONFIGS = {
     "groundingdino_swint_ogc": "GroundingDINO_SwinT_OGC.py",
@@ -315,7 +319,8 @@ class GroundedSAM:
         return _CACHE[key]
 
     def boxes(self, rgb: np.ndarray, prompt: str, box_threshold: float, text_threshold: float,
-              short_side: int = 800, max_side: int = 1333) -> list[tuple[tuple[int, int, int, int], float, str]]:
+              short_side: int = DINO_SHORT_SIDE,
+              max_side: int = DINO_MAX_SIDE) -> list[tuple[tuple[int, int, int, int], float, str]]:
         """Grounding DINO: ((x, y, w, h), score, phrase) for every query above ``box_threshold``."""
         import torch
         from groundingdino.util.utils import get_phrases_from_posmap
@@ -341,8 +346,8 @@ class GroundedSAM:
                 found.append(((x0, y0, x1 - x0, y1 - y0), score, phrase))
         return found
 
-    def detect(self, rgb: np.ndarray, prompt: str, *, box_threshold: float = 0.35,
-               text_threshold: float = 0.25, max_boxes: int = 20, short_side: int = 800) -> list[Detection]:
+    def detect(self, rgb: np.ndarray, prompt: str, *, box_threshold: float, text_threshold: float,
+               short_side: int = DINO_SHORT_SIDE, max_boxes: int = 20) -> list[Detection]:
         """Boxes for ``prompt`` (best ``max_boxes``), each with its Segment Anything mask."""
         from segment_anything import SamPredictor
 

@@ -38,6 +38,10 @@ DEFAULT_MIN_QUALITY = 50
 DEFAULT_MERGE_GAP = 8
 DEFAULT_PAD = 2
 LOSSLESS_CODECS = ("png", "webp-lossless")
+#: How regions are stored unless told otherwise: losslessly as PNG, as the paper; the WebP
+#: quality is for the codec "webp".
+DEFAULT_CODEC = "png"
+DEFAULT_QUALITY = 90
 _SECTION_OVERHEAD = 12  # type, length, crc of a .plic section
 _REGION_OVERHEAD = 13  # x, y, w, h, codec, length of one stored region
 _QUICK_JBIG2 = {"template": 0, "tpgdon": True}  # one of the sets jbig2.choose_parameters tries
@@ -142,8 +146,8 @@ class Report:
     size: tuple[int, int]
     limit_bytes: int
     salient_bytes: int = 0
-    codec: str = "png"
-    quality: int = 90
+    codec: str = DEFAULT_CODEC
+    quality: int = DEFAULT_QUALITY
     kept: list[Candidate] = field(default_factory=list)
     dropped: list[Candidate] = field(default_factory=list)
     rejected: list[tuple[Candidate, str]] = field(default_factory=list)  # by a detector threshold, why
@@ -278,7 +282,7 @@ def merge_overlaps(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, in
     return boxes
 
 
-def encode_crop(pixels: np.ndarray, codec: str = "png", quality: int = 90) -> bytes:
+def encode_crop(pixels: np.ndarray, codec: str = DEFAULT_CODEC, quality: int = DEFAULT_QUALITY) -> bytes:
     """One region's pixels as an image file in ``codec`` (see fileformat.REGION_CODECS)."""
     buffer = io.BytesIO()
     image = Image.fromarray(pixels)
@@ -386,7 +390,8 @@ def keep_order(candidates: list[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.score, c.area))
 
 
-def store(rgb: np.ndarray, candidates: list[Candidate], *, codec: str = "png", quality: int = 90,
+def store(rgb: np.ndarray, candidates: list[Candidate], *, codec: str = DEFAULT_CODEC,
+          quality: int = DEFAULT_QUALITY,
           budget: Budget = Budget(), min_quality: int = DEFAULT_MIN_QUALITY, pad: int = DEFAULT_PAD,
           merge_gap: int = DEFAULT_MERGE_GAP) -> Stored:
     """Store the pixels of ``rgb`` (the working image) under ``candidates``
@@ -450,7 +455,7 @@ def _longest_fitting_prefix(fits, total: int) -> int:
     return low
 
 
-def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = "png", quality: int = 90,
+def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = DEFAULT_CODEC, quality: int = DEFAULT_QUALITY,
          pad: int = DEFAULT_PAD, budget: Budget = UNLIMITED) -> tuple[bytes | None, list[SalientRegion]]:
     """Store the pixels of ``rgb`` under ``mask`` within ``budget``: the JBIG2 mask stream and
     the regions (each connected part of the mask is a candidate; see :func:`store`). A mask

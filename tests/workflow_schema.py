@@ -132,18 +132,28 @@ def widget_slots(schema: dict) -> list[tuple[str, list | None, bool]]:
     return slots
 
 
-def _check_widgets(where: str, schema: dict, values) -> list[str]:
+def widget_entries(schema: dict, values) -> list[tuple[str, list | None, object]] | None:
+    """(name, spec, value) for each entry of a node's ``widgets_values`` (a list in the order of
+    :func:`widget_slots`, or a name -> value mapping), or None when the list's length fits
+    neither all the slots nor those without the optional entries."""
     slots = widget_slots(schema)
     if isinstance(values, dict):  # some nodes save a name -> value mapping
-        return [p for name, spec, _ in slots if spec is not None and name in values
-                for p in check_value(f"{where} {name}", spec, values[name])]
+        return [(name, spec, values[name]) for name, spec, _ in slots if spec is not None and name in values]
     values = list(values or [])
     if len(values) != len(slots):  # the editor may leave out the optional entries
         slots = [slot for slot in slots if not slot[2]]
     if len(values) != len(slots):
-        return [f"{where}: {len(values)} widget values for the widgets {[n for n, *_ in slots]}"]
+        return None
+    return [(name, spec, value) for (name, spec, _optional), value in zip(slots, values)]
+
+
+def _check_widgets(where: str, schema: dict, values) -> list[str]:
+    entries = widget_entries(schema, values)
+    if entries is None:
+        names = [name for name, _, optional in widget_slots(schema) if not optional]
+        return [f"{where}: {len(values or [])} widget values for the widgets {names}"]
     problems = []
-    for (name, spec, _optional), value in zip(slots, values):
+    for name, spec, value in entries:
         if spec is not None:
             problems += check_value(f"{where} {name}", spec, value)
         elif name.endswith("control_after_generate") and value not in CONTROL_VALUES:
