@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import random_models  # noqa: E402
-from bench.comfy_graph import DEFAULT_COMFYUI  # noqa: E402
+from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI  # noqa: E402
 from bench.timing import StepClock  # noqa: E402
 from plic import codec, fileformat, lora  # noqa: E402
 from plic import reconstruct as core  # noqa: E402
