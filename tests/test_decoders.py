@@ -19,18 +19,14 @@ from plic.errors import ModelNotFoundError, PlicInputError
 
 from conftest import REPO, load_shared, needs_shared
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import (COLOR_CANNY, INPAINT, LORAS, PIPELINE, load_node, save_a1111_checkpoint,  # noqa: F401
-                         tiny_models_dir)
+from tiny_models import (COLOR_CANNY, INPAINT, LORAS, PIPELINE, astronaut_plic, load_node,  # noqa: F401
+                         save_a1111_checkpoint, tiny_models_dir)
 
 
 @pytest.fixture(scope="module")
 def plic_file() -> fileformat.PlicFile:
     """A small real image with a rectangle of salient pixels, no decode hints."""
-    rgb = load_shared("astronaut.png", max_side=64)
-    mask = np.zeros(rgb.shape[:2], bool)
-    mask[8:30, 20:44] = True
-    return codec.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
-                              settings=codec.EncodeSettings(max_side=64))
+    return astronaut_plic(64, np.s_[8:30, 20:44])
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from plic.errors import ModelNotFoundError, PlicInputError
 from conftest import REPO, load_shared, needs_shared
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, load_node, tiny_models_dir  # noqa: F401
+from tiny_models import (COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node,  # noqa: F401
+                         tiny_models_dir)
 
 STEPS = 2
 
@@ -28,12 +29,8 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def plic_file() -> fileformat.PlicFile:
     """A small real image (not a multiple of 8) with a rectangle of salient pixels."""
-    rgb = load_shared("astronaut.png", max_side=90)
-    mask = np.zeros(rgb.shape[:2], bool)
-    mask[10:40, 30:60] = True
-    return codec.encode_image(rgb, prompt="an astronaut in a white suit", salient_mask=mask,
-                              settings=codec.EncodeSettings(max_side=90),
-                              decode_hints={**codec.DEFAULT_DECODE_HINTS, "steps": STEPS, "seed": 5})
+    return astronaut_plic(90, np.s_[10:40, 30:60], "an astronaut in a white suit",
+                          {**codec.DEFAULT_DECODE_HINTS, "steps": STEPS, "seed": 5})
 
 
 @pytest.fixture

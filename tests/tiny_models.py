@@ -99,3 +99,19 @@ def _write_a1111(pipeline_dir: Path, path: Path) -> None:
 
 if __name__ == "__main__":
     _write_a1111(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an astronaut",
+                   decode_hints: dict | None = None):
+    """A small real file for the decoders: the astronaut at ``max_side`` with the pixels under
+    ``keep`` (rows, columns) stored as salient."""
+    import numpy as np
+
+    from conftest import load_shared
+    from plic import codec
+
+    rgb = load_shared("astronaut.png", max_side=max_side)
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[keep] = True
+    return codec.encode_image(rgb, prompt=prompt, salient_mask=mask, decode_hints=decode_hints,
+                              settings=codec.EncodeSettings(max_side=max_side))
