@@ -165,7 +165,8 @@ def test_a_detector_that_cannot_run_is_noted_once(tmp_path):
 
     for name in ("a.png", "b.png", "c.png"):
         Image.new("RGB", (24, 16), "white").save(tmp_path / name)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no tesseract program on it
+    # a Tesseract program that is not there: PLIC then neither loads libtesseract nor finds one
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable), PLIC_TESSERACT=str(tmp_path / "no-tesseract"))
     result = run_plic("encode", tmp_path, "-o", tmp_path / "out", "--prompt", "x", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("text skipped: text detection needs the Tesseract program") == 1
