@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,7 +177,7 @@ async def measure(url: str, workflows: list[Path], script: str = READ_BOXES,
         browser = subprocess.Popen(
             [shutil.which("chromium") or "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
              f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--window-size=1920,1080",
-             url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             async with aiohttp.ClientSession() as session:
                 deadline = time.monotonic() + 60
@@ -208,8 +211,25 @@ async def measure(url: str, workflows: list[Path], script: str = READ_BOXES,
                             (screenshots / f"{path.stem}.png").write_bytes(base64.b64decode(reply["result"]["data"]))
                     return results
         finally:
-            browser.terminate()
-            browser.wait(timeout=15)
+            _end_process_group(browser)
+
+
+def _end_process_group(process: subprocess.Popen, seconds: float = 15) -> None:
+    """End ``process`` and every process of its group (Chromium's renderers and network service
+    go on writing into the profile for a moment after the browser itself exits), so that the
+    profile folder can be removed: SIGTERM, then SIGKILL to what is left after ``seconds``."""
+    group = process.pid  # started with start_new_session: its own process group
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, sig)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            process.poll()
+            try:
+                os.killpg(group, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def check(front_end_root: Path | None = None, vue_nodes: bool = False,
