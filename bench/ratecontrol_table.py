@@ -40,7 +40,7 @@ def main() -> int:
     for path in sorted(p for p in IMAGES.iterdir() if p.suffix in (".png", ".jpg")):
         start = time.perf_counter()
         original_size, work = codec.working_image(load_rgb(path))
-        stored = detect.run_salient(work, detect.DEFAULT_SOURCES, strict=False)
+        stored = detect.run_salient(work, detect.SalientSettings(detect.DEFAULT_SOURCES), strict=False)
         part = stored.part
         fileformat.dumps(codec.encode_working(work, original_size, salient=part))
         encode_s = time.perf_counter() - start

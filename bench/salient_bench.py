@@ -270,7 +270,7 @@ def run_detector(name: str, detector, samples: list[Sample], threshold: float) -
         started = time.perf_counter()
         found = detector(sample.rgb)
         tally.seconds.append(time.perf_counter() - started)
-        kept = [c for c in found if detect.rejection(c, {source: threshold}) is None]
+        kept = [c for c in found if detect.rejection(c, threshold) is None]
         stored = salient.store(sample.rgb, kept)
         judge(tally, sample, source, stored.report.kept, stored.mask, stored.report.salient_bytes)
     return tally
@@ -327,9 +327,8 @@ def main(argv=None) -> None:
 
     print("\n| photos with neither face nor text | salient B | file B | salient share |")
     print("|---|---|---|---|")
-    budget = {s.name: salient.Budget(max_bytes=s.original_bytes) for s in plain}
-    stored = [detect.run_salient(s.rgb, detect.auto_sources(), strict=False, budget=budget[s.name],
-                                 min_face=args.min_face) for s in plain]
+    settings = detect.SalientSettings.from_options({"min_face": args.min_face})  # auto sources
+    stored = [detect.run_salient(s.rgb, settings, max_bytes=s.original_bytes) for s in plain]
     salient_bytes = sum(st.report.salient_bytes for st in stored)
     file_bytes = sum(len(fileformat.dumps(codec.encode_working(s.rgb, (s.rgb.shape[1], s.rgb.shape[0]),
                                                                prompt="a photo", salient=st.part)))

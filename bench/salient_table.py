@@ -47,7 +47,7 @@ def row(path: Path, sources, budget_bpp: float, models_dir) -> list[str]:
     work = to_working(original)
     pixels = work.shape[0] * work.shape[1]
     started = time.perf_counter()
-    result = detect.find_salient(work, sources, strict=False, models_dir=models_dir)
+    result = detect.find_salient(work, detect.SalientSettings(sources, models_dir=models_dir), strict=False)
     seconds = time.perf_counter() - started
     base = codec.encode_image(original, prompt="a photo")
     plain = salient.store(work, result.candidates, budget=salient.UNLIMITED)

@@ -51,6 +51,16 @@ def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np
     return preview
 
 
+def option_input(option: detect.Option) -> tuple:
+    """The input of a detector's tuning value (plic.detect.OPTIONS)."""
+    spec = {"default": option.default, "tooltip": option.help}
+    if isinstance(option.default, str):
+        return "STRING", spec
+    if isinstance(option.default, float):
+        return "FLOAT", {**spec, "min": 0.0, "max": 1.0, "step": 0.01}
+    return "INT", {**spec, "min": option.low, "max": option.high, "step": 1}
+
+
 class PlicSalientRegions:
     DESCRIPTION = ("Finds the regions a diffusion model must not redraw (faces with libfacedetection's "
                    "YuNet, text with Tesseract, anything you name with Grounding DINO + Segment Anything, "
@@ -96,23 +106,7 @@ class PlicSalientRegions:
                                       "keep them exactly (as the paper), webp is lossy."}),
                 "quality": ("INT", {"default": codec_mod.EncodeSettings.salient_quality, "min": 1, "max": 100,
                                     "tooltip": "WebP quality when codec is webp."}),
-                "dino_prompt": ("STRING", {"default": detect.DEFAULT_DINO_PROMPT,
-                                           "tooltip": "What Grounding DINO looks for, phrases separated by ' . '."}),
-                "box_threshold": ("FLOAT", {"default": detect.DEFAULT_BOX_THRESHOLD, "min": 0.0, "max": 1.0,
-                                            "step": 0.01, "tooltip": "Grounding DINO box score threshold."}),
-                "text_threshold": ("FLOAT", {"default": detect.DEFAULT_TEXT_THRESHOLD, "min": 0.0, "max": 1.0,
-                                             "step": 0.01, "tooltip": "Grounding DINO phrase threshold."}),
-                "face_threshold": ("FLOAT", {"default": detect.DEFAULT_FACE_THRESHOLD, "min": 0.0, "max": 1.0,
-                                             "step": 0.01, "tooltip": "Score a face needs to be kept; lower "
-                                             "finds more (and more false faces, each paid in bytes)."}),
-                "min_face": ("INT", {"default": detect.DEFAULT_MIN_FACE, "min": detect.SMALLEST_MIN_FACE,
-                                     "max": 1024, "step": 1, "tooltip": "Smallest face height looked "
-                                     "for, in working-image pixels (default: the detector's own); smaller "
-                                     "values search an enlarged copy too: 24 finds faces of 24 px, about "
-                                     "3x slower."}),
-                "word_threshold": ("FLOAT", {"default": detect.DEFAULT_WORD_THRESHOLD, "min": 0.0, "max": 1.0,
-                                             "step": 0.01, "tooltip": "Tesseract confidence a line of text "
-                                             "needs to be kept."}),
+                **{option.name: option_input(option) for option in detect.OPTIONS},
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: pixels to keep as well (mask editor or any MASK "
@@ -120,12 +114,14 @@ class PlicSalientRegions:
             },
         }
 
-    def run(self, image, max_side, faces, text, dino_sam, budget_bpp, max_fraction, codec, quality,
-            dino_prompt, box_threshold, text_threshold, face_threshold, min_face, word_threshold, mask=None):
+    def run(self, image, max_side, faces, text, dino_sam, budget_bpp, max_fraction, codec, quality, mask=None,
+            **tuning):
         images = image_to_rgb_list(image)
         masks = mask_to_list(mask, len(images)) if mask is not None else [None] * len(images)
-        sources = [name for name, on in (("faces", faces), ("text", text), ("dino+sam", dino_sam)) if on]
-        budget = salient_mod.Budget(max_bpp=budget_bpp, max_fraction=None if max_fraction >= 1 else max_fraction)
+        sources = tuple(name for name, on in (("faces", faces), ("text", text), ("dino+sam", dino_sam)) if on)
+        settings = detect.SalientSettings.from_options(
+            tuning, sources=sources, max_bpp=budget_bpp, max_fraction=None if max_fraction >= 1 else max_fraction,
+            codec=codec, quality=quality)
         folders = model_folders() if dino_sam else None
         if dino_sam:
             load_managed_grounded_sam(folders)
@@ -137,11 +133,8 @@ class PlicSalientRegions:
             # an empty mask adds nothing, whatever its size (LoadImage gives a 64x64 one for
             # images without alpha)
             user_mask = None if user is None or not user.any() else detect.load_mask_array(user, size)
-            stored = detect.run_salient(work, sources, user_mask, budget=budget, codec=codec, quality=quality,
-                                        strict=("dino+sam",), folders=folders, dino_prompt=dino_prompt,
-                                        box_threshold=box_threshold, text_threshold=text_threshold,
-                                        face_threshold=face_threshold, word_threshold=word_threshold,
-                                        min_face=min_face)
+            # faces and text are on by default: skipped with a note where they cannot run
+            stored = detect.run_salient(work, settings, user_mask, folders=folders, strict=("dino+sam",))
             return stored, outline(work, stored.report, stored.mask)
 
         results = map_batch(list(zip(images, masks)), one)

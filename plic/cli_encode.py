@@ -13,7 +13,6 @@ import numpy as np
 from . import caption, detect, salient
 from .cli_args import SCORE, float_in, int_in
 from .codec import EncodeSettings
-from .fileformat import MAX_WORKING_SIDE
 from .prompt import MAX_PROMPT_CHARS
 
 
@@ -74,33 +73,30 @@ def add_salient_arguments(parser) -> None:
     group.add_argument("--salient-quality", type=int_in(0, 100), default=EncodeSettings.salient_quality,
                        metavar="Q",
                        help="WebP quality for --salient-codec webp (default %(default)s)")
-    group.add_argument("--face-threshold", type=SCORE, default=detect.DEFAULT_FACE_THRESHOLD, metavar="S",
-                       help="score (0..1) a face needs to be kept (default %(default)s)")
-    group.add_argument("--min-face", type=int_in(detect.SMALLEST_MIN_FACE, MAX_WORKING_SIDE),
-                       default=detect.DEFAULT_MIN_FACE, metavar="PX",
-                       help="smallest face height looked for, in working-image pixels (default "
-                            "%(default)s, the detector's own; smaller values search an enlarged copy "
-                            "too: 24 finds faces of 24 px for about 3x the face detector's time)")
-    group.add_argument("--word-threshold", type=SCORE, default=detect.DEFAULT_WORD_THRESHOLD, metavar="S",
-                       help="Tesseract confidence (0..1) a word needs to be kept (default %(default)s)")
-    group.add_argument("--dino-prompt", default=detect.DEFAULT_DINO_PROMPT,
-                       help="what Grounding DINO looks for (default %(default)r)")
-    group.add_argument("--box-threshold", type=SCORE, default=detect.DEFAULT_BOX_THRESHOLD,
-                       help="Grounding DINO box score threshold (default %(default)s)")
-    group.add_argument("--text-threshold", type=SCORE, default=detect.DEFAULT_TEXT_THRESHOLD,
-                       help="Grounding DINO phrase threshold (default %(default)s)")
+    for option in detect.OPTIONS:
+        add_option(group, option)
     group.add_argument("--models-dir", type=Path, metavar="DIR",
                        help="folder with grounding-dino/, sams/ and bert-base-uncased/ "
                             "(default $PLIC_MODELS_DIR)")
 
 
+def add_option(group, option: detect.Option) -> None:
+    """A detector's tuning value as ``--NAME`` (see plic.detect.OPTIONS)."""
+    kind = type(option.default)
+    parse = {float: SCORE, int: int_in(option.low, option.high), str: str}[kind]
+    group.add_argument("--" + option.name.replace("_", "-"), type=parse, default=option.default,
+                       metavar={float: "S", int: "N", str: "TEXT"}[kind],
+                       help=f"{option.help} (default: %(default)s)")
+
+
 def salient_from_args(args: argparse.Namespace, rgb_working: np.ndarray,
                       image_path: str | os.PathLike | None = None) -> salient.Stored:
     """The salient step for one image as the options of :func:`add_salient_arguments` say
-    (:func:`plic.detect.salient_for_file`; ``image_path``, the original file, caps the bytes)."""
-    return detect.salient_for_file(
-        rgb_working, args.salient, args.salient_mask, image_path=image_path, max_bpp=args.salient_budget,
-        max_fraction=args.salient_max_fraction, codec=args.salient_codec, quality=args.salient_quality,
-        models_dir=args.models_dir, dino_prompt=args.dino_prompt, box_threshold=args.box_threshold,
-        text_threshold=args.text_threshold, face_threshold=args.face_threshold,
-        word_threshold=args.word_threshold, min_face=args.min_face)
+    (:func:`plic.detect.run_salient`; ``image_path``, the original file, caps the bytes)."""
+    settings = detect.SalientSettings.from_options(
+        vars(args), sources=args.salient, max_bpp=args.salient_budget, max_fraction=args.salient_max_fraction,
+        codec=args.salient_codec, quality=args.salient_quality, models_dir=args.models_dir)
+    size = (rgb_working.shape[1], rgb_working.shape[0])
+    user_mask = detect.load_mask_file(args.salient_mask, size) if args.salient_mask else None
+    return detect.run_salient(rgb_working, settings, user_mask,
+                              max_bytes=Path(image_path).stat().st_size if image_path else None)

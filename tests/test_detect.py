@@ -8,6 +8,7 @@ import pytest
 
 from conftest import load_shared, needs_shared, require_tool, rss_mb
 from plic import detect
+from plic.detect import SalientSettings
 from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
 from plic.salient import Candidate
 
@@ -26,7 +27,7 @@ def test_faces_found_on_astronaut():
     # The face of the portrait lies in the upper middle of the image.
     assert 190 <= x + w / 2 <= 250 and 90 <= y + h / 2 <= 150 and 80 <= w <= 140
     assert faces[0].source == "faces" and faces[0].score >= detect.DEFAULT_FACE_THRESHOLD
-    result = detect.find_salient(rgb, ("faces",))
+    result = detect.find_salient(rgb, SalientSettings(("faces",)))
     assert result.counts() == {"faces": 1} and result.rejected == [] and "faces" in result.seconds
 
 
@@ -80,7 +81,7 @@ def test_no_face_on_a_plain_image():
                                   pytest.param("evening-boats.jpg", marks=needs_shared)])
 def test_face_free_photos_keep_no_face_and_say_why(name):
     """The detector's weak guesses (a headlamp, boats, a cat) are found, rejected and reported."""
-    result = detect.find_salient(load_shared(name), ("faces",))
+    result = detect.find_salient(load_shared(name), SalientSettings(("faces",)))
     assert result.candidates == [] and not result.mask.any()
     assert result.rejected, f"{name}: libfacedetection reported nothing at all, not even a weak guess"
     for candidate, reason in result.rejected:
@@ -90,7 +91,7 @@ def test_face_free_photos_keep_no_face_and_say_why(name):
 
 def test_thresholds_decide_what_is_kept_and_the_report_says_why():
     rgb = load_shared("astronaut.png")
-    strict = detect.run_salient(rgb, ("faces",), face_threshold=0.99).report
+    strict = detect.run_salient(rgb, SalientSettings.from_options({"face_threshold": 0.99}, sources=("faces",))).report
     assert strict.kept == [] and len(strict.rejected) == 1
     face, reason = strict.rejected[0]
     assert reason == f"score {face.score:.2f} < 0.99"
@@ -98,16 +99,16 @@ def test_thresholds_decide_what_is_kept_and_the_report_says_why():
     assert "ran faces" in strict.summary()
     assert f"rejected faces 'face' at {list(face.box)}" in strict.details()
     assert strict.as_dict()["rejected"][0]["reason"] == reason
-    loose = detect.run_salient(rgb, ("faces",), face_threshold=0.0).report
+    loose = detect.run_salient(rgb, SalientSettings(("faces",), {"faces": detect.FaceSettings(threshold=0.0)})).report
     assert loose.kept == [face] and loose.rejected == []
 
 
 def test_a_text_candidate_needs_three_letters_or_digits():
     for label in ("| - 1", "wa", "‘al |"):  # texture read as text
         line = Candidate("text", label, (0, 0, 10, 10), 0.95)
-        assert detect.rejection(line, {"text": 0.7}) == "fewer than 3 letters or digits"
-    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.95), {"text": 0.7}) is None
-    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.5), {"text": 0.7}) == "score 0.50 < 0.70"
+        assert detect.rejection(line, 0.7) == "fewer than 3 letters or digits"
+    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.95), 0.7) is None
+    assert detect.rejection(Candidate("text", "Exit 12", (0, 0, 10, 10), 0.5), 0.7) == "score 0.50 < 0.70"
 
 
 def draw_words(rgb: np.ndarray, words) -> list[tuple[int, int, int, int]]:
@@ -141,7 +142,7 @@ def font():
 def test_words_drawn_on_a_photo_are_kept_over_their_box(tesseract, font):
     rgb = load_shared("rocket.jpg").copy()
     boxes = draw_words(rgb, [("Harbour", 14, (40, 40)), ("No parking", 24, (60, 250))])
-    result = detect.find_salient(rgb, ("text",))
+    result = detect.find_salient(rgb, SalientSettings(("text",)))
     for x, y, w, h in boxes:
         assert result.mask[y:y + h, x:x + w].mean() >= 0.6
     assert all(c.source == "text" and c.score >= detect.DEFAULT_WORD_THRESHOLD for c in result.candidates)
@@ -156,7 +157,7 @@ def test_text_found_on_page(tesseract):
     labels = " ".join(c.label for c in lines).lower()
     assert "markers" in labels and "coins" in labels
     assert all(c.source == "text" and 0 <= c.score <= 1 for c in lines)
-    result = detect.find_salient(rgb, ("text",))
+    result = detect.find_salient(rgb, SalientSettings(("text",)))
     assert result.mask.any() and result.counts()["text"] >= 4
 
 
@@ -197,7 +198,7 @@ def test_libtesseract_reads_what_the_program_reads(tesseract, monkeypatch):
     assert "markers" in rows and rows == detect._tesseract_library().tsv(sheet)  # the model is reused
     monkeypatch.setenv("PLIC_TESSERACT", tesseract)
     assert detect.tesseract_engine() == "the tesseract program"
-    assert "the tesseract program" in detect.describe_run(detect.find_salient(rgb, ("text",)))
+    assert "the tesseract program" in detect.describe_run(detect.find_salient(rgb, SalientSettings(("text",))))
 
 
 def test_libtesseract_without_its_model_names_what_to_install(tesseract, tmp_path, monkeypatch):
@@ -241,14 +242,14 @@ def test_sources_are_parsed_and_checked():
 def test_user_mask_of_the_wrong_size_is_refused():
     rgb = load_shared("chelsea.png")
     with pytest.raises(PlicInputError, match="user mask is 10x10 but the working image is 451x300"):
-        detect.find_salient(rgb, (), user_mask=np.ones((10, 10), bool))
+        detect.find_salient(rgb, SalientSettings(()), user_mask=np.ones((10, 10), bool))
 
 
 def test_user_mask_components_become_candidates():
     rgb = load_shared("chelsea.png")
     mask = np.zeros(rgb.shape[:2], bool)
     mask[10:20, 10:30] = mask[100:150, 200:220] = True
-    result = detect.find_salient(rgb, (), user_mask=mask)
+    result = detect.find_salient(rgb, SalientSettings(()), user_mask=mask)
     assert sorted(c.box for c in result.candidates) == [(10, 10, 20, 10), (200, 100, 20, 50)]
     np.testing.assert_array_equal(result.mask, mask)
 
@@ -256,8 +257,8 @@ def test_user_mask_components_become_candidates():
 def test_missing_models_name_the_file_and_folder(tmp_path):
     rgb = load_shared("chelsea.png")
     with pytest.raises(ModelNotFoundError, match="grounding-dino"):
-        detect.find_salient(rgb, ("dino+sam",), models_dir=tmp_path)
-    notes = detect.find_salient(rgb, ("dino+sam",), models_dir=tmp_path, strict=False).notes
+        detect.find_salient(rgb, SalientSettings(("dino+sam",), models_dir=tmp_path))
+    notes = detect.find_salient(rgb, SalientSettings(("dino+sam",), models_dir=tmp_path), strict=False).notes
     assert len(notes) == 1 and "dino+sam skipped" in notes[0] and str(tmp_path) in notes[0]
 
 
@@ -361,8 +362,8 @@ def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
     from plic.grounded_sam import GroundedSAM, ModelFolders
 
     rgb = load_shared("chelsea.png")
-    result = detect.find_salient(rgb, ("dino+sam",), models_dir=tiny_models, dino_prompt="face . cat",
-                                 box_threshold=0.0, text_threshold=0.0, dino_size=128)
+    loose = detect.PromptSettings(prompt="face . cat", box_threshold=0.0, text_threshold=0.0, dino_size=128)
+    result = detect.find_salient(rgb, SalientSettings(("dino+sam",), {"dino+sam": loose}, models_dir=tiny_models))
     found = [c for c in result.candidates if c.source == "dino+sam"]
     assert found, "random weights above a 0 threshold must give boxes"
     for c in found:
@@ -371,8 +372,8 @@ def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
     assert result.mask.shape == rgb.shape[:2] and result.mask.any()
     folders = ModelFolders.under(tiny_models)
     assert GroundedSAM.load(folders) is GroundedSAM.load(folders)  # cached
-    nothing = detect.find_salient(rgb, ("dino+sam",), models_dir=tiny_models, box_threshold=1.0,
-                                   dino_size=128)
+    strict = detect.PromptSettings(box_threshold=1.0, dino_size=128)
+    nothing = detect.find_salient(rgb, SalientSettings(("dino+sam",), {"dino+sam": strict}, models_dir=tiny_models))
     assert nothing.candidates == [] and not nothing.mask.any()
 
 
@@ -397,4 +398,4 @@ def test_text_encoder_missing_says_where_it_goes(tiny_models, tmp_path):
     (tmp_path / "grounding-dino").symlink_to(tiny_models / "grounding-dino")
     (tmp_path / "sams").symlink_to(tiny_models / "sams")
     with pytest.raises(ModelNotFoundError, match="bert-base-uncased.*config.json"):
-        detect.find_salient(load_shared("chelsea.png"), ("dino+sam",), models_dir=tmp_path)
+        detect.find_salient(load_shared("chelsea.png"), SalientSettings(("dino+sam",), models_dir=tmp_path))

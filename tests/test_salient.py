@@ -213,3 +213,33 @@ def test_node_refuses_a_mask_of_another_shape_and_reports_missing_models(tmp_pat
     monkeypatch.setenv("PLIC_MODELS_DIR", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="sams|grounding-dino"):
         run_node(image, dino_sam=True)
+
+
+def test_a_new_detector_is_a_record_and_its_options(monkeypatch):
+    """Another detector is a settings class, a DETECTORS record and its OPTIONS: ``--salient``
+    accepts it, ``plic encode`` and PLIC Salient Regions take its tuning value, and its threshold
+    rejects what it finds, with no other code changed."""
+    from dataclasses import dataclass
+
+    from nodes.salient import PlicSalientRegions
+    from plic import detect
+
+    @dataclass(frozen=True)
+    class CornerSettings:
+        threshold: float = 0.5
+
+    corner = detect.Detector("corner", CornerSettings, lambda rgb, s, folders: [box_candidate((0, 0, 8, 8), 0.6, "corner")],
+                             lambda: "the top-left corner")
+    option = detect.Option("corner_threshold", "corner", "threshold", "Score a corner needs.")
+    monkeypatch.setitem(detect.DETECTORS, "corner", corner)
+    monkeypatch.setattr(detect, "OPTIONS", detect.OPTIONS + (option,))
+    rgb = load_shared("astronaut.png")
+
+    kept = cli_encode.salient_from_args(parse(["--salient", "corner"]), rgb).report
+    assert [c.source for c in kept.kept] == ["corner"] and "ran corner (the top-left corner: found 1" in kept.summary()
+    strict = cli_encode.salient_from_args(parse(["--salient", "corner", "--corner-threshold", "0.7"]), rgb).report
+    assert strict.kept == [] and strict.rejected[0][1] == "score 0.60 < 0.70"
+    inputs = list(PlicSalientRegions.INPUT_TYPES()["required"])
+    assert inputs[-1] == "corner_threshold"  # after every input a saved workflow holds
+    assert PlicSalientRegions.INPUT_TYPES()["required"]["corner_threshold"] == (
+        "FLOAT", {"default": 0.5, "tooltip": "Score a corner needs.", "min": 0.0, "max": 1.0, "step": 0.01})
