@@ -23,18 +23,20 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
-
-from bench import random_models  # noqa: E402
-from plic import codec, fileformat, sd15_configs  # noqa: E402
-from plic.image import load_rgb, to_working  # noqa: E402
-from scripts.comfy_server import ComfyServer  # noqa: E402
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree  # noqa: E402
 
-#: Printed by the launcher each time plic.reconstruct.load_pipeline reads the decoder from disk.
+from bench import random_models  # noqa: E402
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.decode import sd15_configs  # noqa: E402
+from plic.image import load_rgb, to_working  # noqa: E402
+from scripts.comfy_server import ComfyServer  # noqa: E402
+
+#: Printed by the launcher each time plic.decode.reconstruct.load_pipeline reads the decoder from disk.
 LOAD_MARK = "BENCH: PLIC decoder loaded from disk"
 LAUNCHER = '''import runpy, sys
 sys.path.insert(0, ".")
-from plic import reconstruct
+from plic.decode import reconstruct
 load = reconstruct.load_pipeline
 def counted(*args, **kwargs):
     print("{mark}", flush=True)
@@ -94,8 +96,8 @@ def tiny_plic() -> bytes:
     rgb = to_working(load_rgb(REPO / "plic" / "data" / "example.png"), 64)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[8:30, 20:44] = True
-    return fileformat.dumps(codec.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
-                                               settings=codec.EncodeSettings(max_side=64)))
+    return fileformat.dumps(pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
+                                               settings=pack.EncodeSettings(max_side=64)))
 
 
 def rss_mb(server: ComfyServer) -> float:

@@ -1,12 +1,12 @@
 """Decoder speed against the paper's configuration: SD1.5 UNet + two ControlNets + VAE + CLIP
 text encoder, random weights, every fast path of ``plic decode`` / PLIC Reconstruct.
 
-The models are built from PLIC's own SD1.5 configs (plic/sd15_configs.py, the default decoder
+The models are built from PLIC's own SD1.5 configs (plic/decode/sd15_configs.py, the default decoder
 family's record) with random weights: nothing is downloaded and the compute is the same as with
-real weights. Every variant is set up by ``plic.reconstruct.prepare`` and run by
-``plic.reconstruct.decode`` (generate, then the salient pixels restored), the code ``plic decode``
+real weights. Every variant is set up by ``plic.decode.reconstruct.prepare`` and run by
+``plic.decode.reconstruct.decode`` (generate, then the salient pixels restored), the code ``plic decode``
 runs, on a real encoded image. The few-step variants (lcm4, tcd4, tcd8) merge a random LoRA
-(bench/random_models.save_random_lora, read back by plic.lora.merge as ``plic decode --lora``
+(bench/random_models.save_random_lora, read back by plic.decode.lora.merge as ``plic decode --lora``
 does) and run its sampler at guidance 1: a merged LoRA costs nothing per step, so their speed is
 a real few-step LoRA's; their images are not (random weights), so the pixel difference they
 report says nothing of a real LoRA's quality (docs/method.md: measure that with ``plic eval``).
@@ -58,11 +58,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import random_models  # noqa: E402
-from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI  # noqa: E402
 from bench.timing import StepClock  # noqa: E402
-from plic import codec, fileformat, lora  # noqa: E402
-from plic import reconstruct as core  # noqa: E402
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.decode import lora  # noqa: E402
+from plic.decode import reconstruct as core  # noqa: E402
 from plic.image import load_rgb, resize  # noqa: E402
+from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "plic" / "data" / "example.png"
 FULL_SIZES = ("512x512", "1024x640")
@@ -138,7 +140,7 @@ class Sample:
     """The file every variant decodes: its bytes (ComfyUI reads the file) and its parts."""
 
     data: bytes
-    unpacked: codec.Unpacked
+    unpacked: pack.Unpacked
 
 
 def sample_file(size: tuple[int, int]) -> Sample:
@@ -146,9 +148,9 @@ def sample_file(size: tuple[int, int]) -> Sample:
     rgb = resize(load_rgb(EXAMPLE), size)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[size[1] // 4: size[1] // 2, size[0] // 4: size[0] // 2] = True
-    plic = codec.encode_image(rgb, prompt="a photograph, detailed, natural light",
-                              settings=codec.EncodeSettings(max_side=max(size)), salient_mask=mask)
-    return Sample(fileformat.dumps(plic), codec.unpack(plic))
+    plic = pack.encode_image(rgb, prompt="a photograph, detailed, natural light",
+                              settings=pack.EncodeSettings(max_side=max(size)), salient_mask=mask)
+    return Sample(fileformat.dumps(plic), pack.unpack(plic))
 
 
 def build_components(tiny: bool, dtype):
@@ -284,7 +286,7 @@ def warm_up(name: str, setup: Setup, sample: Sample) -> tuple[object, dict, list
     return runner, info, images
 
 
-def salient_difference(images: list[np.ndarray], unpacked: codec.Unpacked) -> int:
+def salient_difference(images: list[np.ndarray], unpacked: pack.Unpacked) -> int:
     """Max difference, in 8-bit levels, of every image from the file's stored salient pixels
     inside its salient mask: 0 when a variant restores them verbatim, as PLIC promises."""
     keep = unpacked.keep_mask()

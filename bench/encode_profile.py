@@ -7,7 +7,7 @@ run:
 
 1. The split by step: one `plic encode FOLDER` process per mode (default, `--salient none`) with
    a clock around each step `encode_one` runs (the functions are wrapped, the code path is the
-   real one): Python's start and exit, imports (`plic.cli`, what `python -m plic` loads), load,
+   real one): Python's start and exit, imports (`plic.cli.main`, what `python -m plic` loads), load,
    working image, faces, text (the pre-test and Tesseract), salient pixels (storing what is kept),
    edges + JBIG2, palette, and the rest of `encode_one` (container, notes, writing, waiting). A step
    that ran in a worker thread, beside the others, is marked so (its time overlaps theirs and is
@@ -38,13 +38,13 @@ SHARED_IMAGES = REPO.parent / "shared" / "images"
 MODES = {"default": [], "--salient none": ["--salient", "none"]}
 # (step, module, function): the functions encode_one reaches, in the order it runs them.
 STEPS = (
-    ("load", "plic.cli", "load_rgb"),
-    ("working image", "plic.codec", "working_image"),
-    ("faces", "plic.detect", "detect_faces"),
-    ("text", "plic.detect", "detect_text"),
-    ("salient pixels", "plic.salient", "store"),
-    ("edges + JBIG2", "plic.codec", "edges_part"),
-    ("palette", "plic.codec", "palette_part"),
+    ("load", "plic.cli.main", "load_rgb"),
+    ("working image", "plic.codec.pack", "working_image"),
+    ("faces", "plic.salient.detect", "detect_faces"),
+    ("text", "plic.salient.detect", "detect_text"),
+    ("salient pixels", "plic.codec.salient", "store"),
+    ("edges + JBIG2", "plic.codec.pack", "edges_part"),
+    ("palette", "plic.codec.pack", "palette_part"),
 )
 REST = "rest (container, notes, writing, waiting for a worker)"
 
@@ -61,7 +61,7 @@ def clocked_child(images: str, out: str, flags: list[str]) -> None:
     import importlib
     import threading
 
-    from plic import cli
+    from plic.cli import main as cli
     imported = time.perf_counter()
     calls: dict[str, list] = {name: [] for name, *_ in STEPS + ((REST, None, None),)}
     image = [-1]

@@ -1,4 +1,4 @@
-"""Benchmark plic.jbig2 on the Canny edge maps of the shared images.
+"""Benchmark plic.codec.jbig2 on the Canny edge maps of the shared images.
 
 For every image (longest side LANCZOS-scaled to 1024 px, cv2.Canny 100/200):
 our embedded-stream bytes and bpp for each effort ("fast", "default", "max")
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.timing import best_time  # noqa: E402
-from plic import jbig2  # noqa: E402
+from plic.codec import jbig2  # noqa: E402
 
 EFFORTS = jbig2.EFFORTS
 JBIG2ENC_LIKE = dict(template=0, tpgdon=True)  # what `jbig2 -d` (jbig2enc) codes

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from plic import families, sd15_configs
+from plic.decode import families, sd15_configs
 from plic.deps import require
 
 #: CLIP's special tokens; a tokenizer made here puts them first.
@@ -64,7 +64,7 @@ def load_tokenizer(folder: Path):
 
 def build(configs: dict[str, dict], tokenizer, seed: int = 0, device: str = "cpu",
           dtype=None) -> Components:
-    """Instantiate every component from ``configs`` (see :mod:`plic.sd15_configs`) with random
+    """Instantiate every component from ``configs`` (see :mod:`plic.decode.sd15_configs`) with random
     weights drawn from ``seed``, on ``device`` in ``dtype`` (default float32)."""
     import torch
 
@@ -154,7 +154,7 @@ def save_models_tree(components: Components, models_dir: Path, pipeline_name: st
 #: The layers a random LoRA changes: the attention projections of the UNet and the text encoder,
 #: as LCM-LoRA, TCD and most style LoRAs do (LCM-LoRA also changes convolutions).
 LORA_LAYERS = re.compile(r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|self_attn\.(q|k|v|out)_proj)$")
-#: The two layouts of :func:`save_random_lora`, as plic.lora reads them.
+#: The two layouts of :func:`save_random_lora`, as plic.decode.lora reads them.
 LORA_LAYOUTS = ("kohya", "diffusers")
 
 

@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.timing import best_time  # noqa: E402
-from plic import codec, detect, fileformat, ratecontrol  # noqa: E402
+from plic.codec import fileformat, ratecontrol
+from plic.codec import pack
 from plic.image import load_rgb  # noqa: E402
+from plic.salient import detect  # noqa: E402
 
 IMAGES = REPO.parent / "shared" / "images"
 
@@ -39,23 +41,23 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in sorted(p for p in IMAGES.iterdir() if p.suffix in (".png", ".jpg")):
         start = time.perf_counter()
-        original_size, work = codec.working_image(load_rgb(path))
+        original_size, work = pack.working_image(load_rgb(path))
         stored = detect.run_salient(work, detect.SalientSettings(detect.DEFAULT_SOURCES), strict=False)
         part = stored.part
-        fileformat.dumps(codec.encode_working(work, original_size, salient=part))
+        fileformat.dumps(pack.encode_working(work, original_size, salient=part))
         encode_s = time.perf_counter() - start
-        _, codec_s = best_time(lambda: fileformat.dumps(codec.encode_working(work, original_size, salient=part)),
+        _, codec_s = best_time(lambda: fileformat.dumps(pack.encode_working(work, original_size, salient=part)),
                                args.repeats)
         size = (work.shape[1], work.shape[0])
         target = ratecontrol.target_bytes(size, args.target_bpp)
         result, search_s = best_time(lambda: ratecontrol.fit(work, original_size, target, salient=part),
                                      args.repeats)
-        bpp = codec.bits_per_pixel(len(result.data), size)
+        bpp = pack.bits_per_pixel(len(result.data), size)
         changed = "; ".join(result.changes()) or "nothing (fits)"
         if result.reason:
             changed += f"; NOT met: {result.reason}"
         print(f"| {path.name} | {size[0]}x{size[1]} | {result.start_bytes} "
-              f"({codec.bits_per_pixel(result.start_bytes, size):.3f}) | {target} | {len(result.data)} "
+              f"({pack.bits_per_pixel(result.start_bytes, size):.3f}) | {target} | {len(result.data)} "
               f"({bpp:.4f}) | {len(result.data) / target:.2f} | {result.kept_share:.1%} | "
               f"{result.longest_removed} | {changed} | {encode_s * 1e3:.0f} | {codec_s * 1e3:.0f} | "
               f"{search_s * 1e3:.0f} | {search_s / encode_s:.0%} | {search_s / codec_s:.1f}x |")

@@ -45,10 +45,13 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from plic import codec, detect, fileformat, salient  # noqa: E402
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.codec import salient
+from plic.codec.salient import Candidate  # noqa: E402
 from plic.deps import require  # noqa: E402
 from plic.image import load_rgb, to_working  # noqa: E402
-from plic.salient import Candidate  # noqa: E402
+from plic.salient import detect  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "images"
 #: ../shared/images with neither a face nor text (motorcycle and rocket carry lettering).
@@ -330,7 +333,7 @@ def main(argv=None) -> None:
     settings = detect.SalientSettings.from_options({"min_face": args.min_face})  # auto sources
     stored = [detect.run_salient(s.rgb, settings, max_bytes=s.original_bytes) for s in plain]
     salient_bytes = sum(st.report.salient_bytes for st in stored)
-    file_bytes = sum(len(fileformat.dumps(codec.encode_working(s.rgb, (s.rgb.shape[1], s.rgb.shape[0]),
+    file_bytes = sum(len(fileformat.dumps(pack.encode_working(s.rgb, (s.rgb.shape[1], s.rgb.shape[0]),
                                                                prompt="a photo", salient=st.part)))
                      for s, st in zip(plain, stored))
     print(f"| {len(plain)} | {salient_bytes} | {file_bytes} | {salient_bytes / file_bytes:.2%} |")

@@ -16,8 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from plic import codec, detect, fileformat, salient  # noqa: E402
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.codec import salient
 from plic.image import load_rgb, to_working  # noqa: E402
+from plic.salient import detect  # noqa: E402
 
 IMAGES = REPO.parent / "shared" / "images"
 
@@ -49,7 +52,7 @@ def row(path: Path, sources, budget_bpp: float, models_dir) -> list[str]:
     started = time.perf_counter()
     result = detect.find_salient(work, detect.SalientSettings(sources, models_dir=models_dir), strict=False)
     seconds = time.perf_counter() - started
-    base = codec.encode_image(original, prompt="a photo")
+    base = pack.encode_image(original, prompt="a photo")
     plain = salient.store(work, result.candidates, budget=salient.UNLIMITED)
     budget = salient.Budget(max_bpp=budget_bpp, max_bytes=path.stat().st_size)
     limited = salient.store(work, result.candidates, budget=budget)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from plic import caption as cap
-from plic.prompt import MAX_PROMPT_CHARS
-
+from plic.codec.prompt import MAX_PROMPT_CHARS
 from plic.deps import resolve_device
 
 from . import memory

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from plic import models
+from plic import model_files
 from plic.errors import PlicInputError
 
 CATEGORY = "PLIC"
@@ -58,9 +58,9 @@ def comfy_model_dirs(key: str, subfolder: str | None = None) -> list[Path] | Non
 def model_dirs(key: str, subfolder: str | None = None) -> list[Path]:
     """The folders to search for the model kind ``key``: ComfyUI's (:func:`comfy_model_dirs`),
     outside ComfyUI ``<subfolder or key>`` under $PLIC_MODELS_DIR
-    (plic.models.search_dirs)."""
+    (plic.model_files.search_dirs)."""
     dirs = comfy_model_dirs(key, subfolder)
-    return models.search_dirs(subfolder or key) if dirs is None else dirs
+    return model_files.search_dirs(subfolder or key) if dirs is None else dirs
 
 
 def image_to_rgb_list(image) -> list[np.ndarray]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from plic import hints
-from plic.codec import DEFAULT_DECODE_HINTS
-from plic.reconstruct import DEFAULT_GUIDANCE, DecodeSettings
+from plic.codec import control_images
+from plic.codec.pack import DEFAULT_DECODE_HINTS
+from plic.decode.reconstruct import DEFAULT_GUIDANCE, DecodeSettings
 from plic.errors import PlicInputError
 
 from .common import CATEGORY, PAYLOAD, check_batch, image_to_rgb_list, mask_to_list
@@ -82,7 +82,7 @@ class PlicInpaintHint:
 
         pixels = image_to_rgb_list(salient_pixels)
         masks = mask_to_list(salient_mask, len(pixels))
-        return (torch.from_numpy(np.stack([hints.inpaint(p, m) for p, m in zip(pixels, masks)])),)
+        return (torch.from_numpy(np.stack([control_images.inpaint(p, m) for p, m in zip(pixels, masks)])),)
 
 
 class PlicDecodeSettings:

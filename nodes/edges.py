@@ -1,8 +1,8 @@
 """PLIC Canny Edges: the edge map of each image, packed losslessly as JBIG2."""
 
-from plic import codec
-from plic import edges as edges_mod
-from plic.fileformat import MAX_WORKING_SIDE
+from plic.codec import edges as edges_mod
+from plic.codec import pack
+from plic.codec.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
 
 from .common import CATEGORY, EDGES, image_to_rgb_list, map_batch, rgb_list_to_image
@@ -39,8 +39,8 @@ class PlicCannyEdges:
 
     def run(self, image, max_side, low_threshold, high_threshold):
         def one(rgb):
-            original_size, work = codec.working_image(rgb, max_side)
-            return codec.edges_part(work, original_size, low=low_threshold, high=high_threshold)
+            original_size, work = pack.working_image(rgb, max_side)
+            return pack.edges_part(work, original_size, low=low_threshold, high=high_threshold)
 
         parts = map_batch(image_to_rgb_list(image), one)
         return (parts, rgb_list_to_image([part.bitmap * 255 for part in parts]))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from plic import compare, evaluation, fileformat, metrics
+from plic.codec import fileformat
 from plic.errors import PlicInputError
-from plic.evaluation import Result
+from plic.eval import compare, evaluation, metrics
+from plic.eval.evaluation import Result
 from plic.image import resize
 
-from .common import CATEGORY, PAYLOAD, comfy_device, image_to_rgb_list, model_dirs, per_image, \
-    rgb_list_to_image
+from .common import CATEGORY, PAYLOAD, comfy_device, image_to_rgb_list, model_dirs, per_image, rgb_list_to_image
 
 #: First entry of the model lists: leave that metric out.
 NO_MODEL = "(none)"

@@ -7,7 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from plic import codec, fileformat
+from plic.atomic import write_atomic
+from plic.codec import fileformat, pack
 from plic.errors import PlicError, PlicInputError
 
 from .common import CATEGORY, PAYLOAD, comfy_directory
@@ -46,7 +47,7 @@ class PlicSave:
             path = write_numbered(output, filename_prefix, data)
             subfolder = path.parent.relative_to(output.resolve()).as_posix()
             saved.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
-                          "type": "output", **codec.size_report(len(data), payload)})
+                          "type": "output", **pack.size_report(len(data), payload)})
         return {"ui": {"plic": saved}}
 
 
@@ -67,7 +68,7 @@ def write_numbered(output: Path, prefix: str, data: bytes) -> Path:
     while True:
         path = folder / f"{name}_{counter:05}_{EXTENSION}"
         try:
-            return fileformat.write_atomic(path, data)
+            return write_atomic(path, data)
         except FileExistsError:  # another run took this number meanwhile
             counter += 1
 
@@ -112,7 +113,7 @@ def read_checked(name: str) -> fileformat.PlicFile:
     that a damaged payload behind right checksums is reported here, not by a later node."""
     path = input_path(name)
     plic = fileformat.load(path)
-    codec.unpack(plic, str(path))
+    pack.unpack(plic, str(path))
     return plic
 
 
@@ -133,7 +134,7 @@ def install_example_inputs(folder: Path) -> list[Path]:
         if target.exists():
             continue
         try:
-            written.append(fileformat.write_atomic(target, source.read_bytes()))
+            written.append(write_atomic(target, source.read_bytes()))
         except FileExistsError:  # another process wrote it meanwhile
             continue
     return written

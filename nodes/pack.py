@@ -1,11 +1,11 @@
 """PLIC Pack: a prompt, edges, palette and optional salient pixels into one PLIC payload,
-optionally brought to a size by rate control (plic.ratecontrol)."""
+optionally brought to a size by rate control (plic.codec.ratecontrol)."""
 
 import dataclasses
 
-from plic import codec, fileformat, ratecontrol
+from plic.codec import fileformat, pack, ratecontrol
+from plic.codec.prompt import MAX_PROMPT_CHARS, clean_prompt, split_prompts
 from plic.errors import PlicInputError
-from plic.prompt import MAX_PROMPT_CHARS, clean_prompt, split_prompts
 
 from .common import CATEGORY, EDGES, PALETTE, PAYLOAD, SALIENT, per_image, rgb_list_to_image
 
@@ -70,18 +70,18 @@ class PlicPack:
             sizes.append(size)
             previews.append(ratecontrol.removed_preview(edge.bitmap, after))
             notes += [f"image {index + 1}: {note}"] if note else []
-        reports = [codec.size_report(size, p) for size, p in zip(sizes, payloads)]
+        reports = [pack.size_report(size, p) for size, p in zip(sizes, payloads)]
         return {"ui": {"plic": reports, "text": ["\n".join(notes)] if notes else []},
                 "result": (payloads, rgb_list_to_image(previews))}
 
 
-def encode_part(prompt: str, edge: codec.EdgesPart, palette: codec.PalettePart | None,
-                salient: codec.SalientPart | None, goal: int | None) -> ratecontrol.Encoded:
+def encode_part(prompt: str, edge: pack.EdgesPart, palette: pack.PalettePart | None,
+                salient: pack.SalientPart | None, goal: int | None) -> ratecontrol.Encoded:
     """One image's payload from the parts PLIC Pack was given, at a target size when ``goal``."""
     if goal is not None and palette is None:
         raise PlicInputError("PLIC Pack: a target needs the edges from PLIC Canny Edges and a palette "
                              "from PLIC Palette (it searches their settings again)")
-    settings = codec.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1])
+    settings = pack.EncodeSettings(canny_low=edge.canny[0], canny_high=edge.canny[1])
     if palette is not None:
         settings = dataclasses.replace(settings, palette_size=palette.small.shape[0],
                                        palette_quality=palette.quality)

@@ -1,8 +1,8 @@
 """PLIC Palette: the colours of each image as a tiny square thumbnail stored as WebP."""
 
-from plic import codec
-from plic import palette as palette_mod
-from plic.fileformat import MAX_WORKING_SIDE
+from plic.codec import pack
+from plic.codec import palette as palette_mod
+from plic.codec.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
 
 from .common import CATEGORY, PALETTE, image_to_rgb_list, map_batch, rgb_list_to_image
@@ -37,7 +37,7 @@ class PlicPalette:
 
     def run(self, image, max_side, size, webp_quality):
         images = image_to_rgb_list(image)
-        parts = map_batch(images, lambda rgb: codec.palette_part(codec.working_image(rgb, max_side)[1],
+        parts = map_batch(images, lambda rgb: pack.palette_part(pack.working_image(rgb, max_side)[1],
                                                                    size, webp_quality))
         height, width = images[0].shape[:2]
         return (parts, rgb_list_to_image([palette_mod.upscale(p.small, (width, height)) for p in parts]))

@@ -3,13 +3,22 @@ pipeline with the inpaint and color+canny ControlNets) inside ComfyUI."""
 
 from __future__ import annotations
 
-from plic import codec, families, lora, models
-from plic import reconstruct as core
+from plic import model_files
+from plic.codec import pack
+from plic.decode import families, lora
+from plic.decode import reconstruct as core
 
 from . import memory
-from .common import (CATEGORY, PAYLOAD, PIPELINE, check_one_size, comfy_device, comfy_module, model_dirs,
-                     rgb_list_to_image)
-
+from .common import (
+    CATEGORY,
+    PAYLOAD,
+    PIPELINE,
+    check_one_size,
+    comfy_device,
+    comfy_module,
+    model_dirs,
+    rgb_list_to_image,
+)
 
 #: PLIC Diffusers Loader's LoRA inputs: lora_1, lora_1_strength, lora_2, lora_2_strength.
 LORA_SLOTS = (1, 2)
@@ -29,8 +38,8 @@ class PlicDiffusersLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        controlnets = models.list_models(model_dirs("controlnet"), "controlnet")
-        loras = ["none", *models.list_models(model_dirs("loras"), "loras")]
+        controlnets = model_files.list_models(model_dirs("controlnet"), "controlnet")
+        loras = ["none", *model_files.list_models(model_dirs("loras"), "loras")]
         lora_inputs = {}
         for slot in LORA_SLOTS:
             lora_inputs[f"lora_{slot}"] = (loras, {
@@ -39,9 +48,9 @@ class PlicDiffusersLoader:
             lora_inputs[f"lora_{slot}_strength"] = ("FLOAT", {
                 "default": lora.DEFAULT_WEIGHT, "min": -10.0, "max": 10.0, "step": 0.05,
                 "tooltip": "The LoRA's weight (1: as trained)."})
-        folders = models.list_models(model_dirs("diffusers"), "diffusers")
+        folders = model_files.list_models(model_dirs("diffusers"), "diffusers")
         return {"required": {
-            "model": (folders + models.list_models(model_dirs("checkpoints"), "checkpoints"), {
+            "model": (folders + model_files.list_models(model_dirs("checkpoints"), "checkpoints"), {
                 "tooltip": "An SD1.5-family diffusers folder in models/diffusers (model_index.json, "
                            "unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a fine-tune's "
                            "single .safetensors checkpoint in models/checkpoints (then set base_model)."}),
@@ -85,15 +94,15 @@ class PlicDiffusersLoader:
         chosen = families.get(family)
         net_dirs = model_dirs("controlnet")
         lora_dirs = model_dirs("loras")
-        pipeline, base = models.find_decoder_model(
+        pipeline, base = model_files.find_decoder_model(
             model, None if base_model == "none" else base_model, model_dirs("diffusers"),
             model_dirs("checkpoints"), chosen.pipeline_files)
         paths = core.ModelPaths(
             pipeline=pipeline, base=base,
-            controlnets=tuple(models.find_controlnet(inputs.get(control.input_name, ""), net_dirs,
+            controlnets=tuple(model_files.find_controlnet(inputs.get(control.input_name, ""), net_dirs,
                                                      control.title) for control in chosen.controls),
             family=chosen.name,
-            loras=tuple(lora.LoraSpec(models.find_lora(inputs[f"lora_{slot}"], lora_dirs),
+            loras=tuple(lora.LoraSpec(model_files.find_lora(inputs[f"lora_{slot}"], lora_dirs),
                                       float(inputs.get(f"lora_{slot}_strength", lora.DEFAULT_WEIGHT)))
                         for slot in LORA_SLOTS if inputs.get(f"lora_{slot}", "none") != "none"))
         options = core.LoadOptions(device=comfy_device(), precision=precision,
@@ -150,10 +159,10 @@ class PlicReconstruct:
             "plic": (PAYLOAD, {"tooltip": "Payloads from PLIC Load (or PLIC Pack); all of one size."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                               "tooltip": "Denoising steps; 0 takes the file's (default "
-                                         f"{codec.DEFAULT_DECODE_HINTS['steps']})."}),
+                                         f"{pack.DEFAULT_DECODE_HINTS['steps']})."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
                              "tooltip": "Random seed; -1 takes the file's (default "
-                                        f"{codec.DEFAULT_DECODE_HINTS['seed']})."}),
+                                        f"{pack.DEFAULT_DECODE_HINTS['seed']})."}),
             "guidance_scale": ("FLOAT", {"default": core.DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0,
                                          "step": 0.1,
                                          "tooltip": "Classifier-free guidance (default "
@@ -164,7 +173,7 @@ class PlicReconstruct:
         }, "optional": {  # the fast paths: optional, so workflows saved before them still queue
             "scheduler": (["file", *core.SCHEDULERS], {
                 "default": "file",
-                "tooltip": f"Sampler; file takes the file's (default {codec.DEFAULT_DECODE_HINTS['scheduler']}). "
+                "tooltip": f"Sampler; file takes the file's (default {pack.DEFAULT_DECODE_HINTS['scheduler']}). "
                            "Another sampler, like fewer steps, changes the image (e.g. dpmpp_2m or unipc "
                            "at 20 steps). "
                            "lcm (LCM-LoRA) and tcd (TCD, Hyper-SD LoRAs) are for a few-step LoRA "
@@ -179,7 +188,7 @@ class PlicReconstruct:
 
     def run(self, pipeline, plic, steps, seed, guidance_scale, keep_loaded=True, scheduler="file",
             batch_size=1, vae_tiling=False):
-        parts = [codec.unpack(item) for item in plic]
+        parts = [pack.unpack(item) for item in plic]
         check_one_size(parts, "PLIC Reconstruct", "decode")
         settings = core.DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
                                        guidance_scale=guidance_scale,

@@ -7,15 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from plic import codec as codec_mod
-from plic import detect
-from plic import salient as salient_mod
-from plic.fileformat import MAX_WORKING_SIDE
+from plic.codec import pack as codec_mod
+from plic.codec import salient as salient_mod
+from plic.codec.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
+from plic.salient import detect
 
 from . import memory
-from .common import (CATEGORY, SALIENT, comfy_model_dirs, comfy_module, image_to_rgb_list, map_batch, mask_to_list,
-                     masks_to_tensor, rgb_list_to_image)
+from .common import (
+    CATEGORY,
+    SALIENT,
+    comfy_model_dirs,
+    comfy_module,
+    image_to_rgb_list,
+    map_batch,
+    mask_to_list,
+    masks_to_tensor,
+    rgb_list_to_image,
+)
 
 #: Outline colours of the preview, by source.
 COLOURS = {"faces": (0, 255, 0), "text": (0, 160, 255), "dino+sam": (255, 0, 0), "user": (255, 255, 0)}
@@ -25,7 +34,7 @@ DROPPED_COLOUR = (128, 128, 128)
 def model_folders():
     """ComfyUI's grounding-dino / sams folders (registered here when missing), else the
     folders under $PLIC_MODELS_DIR."""
-    from plic.grounded_sam import DINO_FOLDER, SAM_FOLDER, TEXT_ENCODER_FOLDER, ModelFolders
+    from plic.salient.grounded_sam import DINO_FOLDER, SAM_FOLDER, TEXT_ENCODER_FOLDER, ModelFolders
 
     dino = comfy_model_dirs(DINO_FOLDER)
     if dino is None:
@@ -52,7 +61,7 @@ def outline(rgb: np.ndarray, report: salient_mod.Report, mask: np.ndarray) -> np
 
 
 def option_input(option: detect.Option) -> tuple:
-    """The input of a detector's tuning value (plic.detect.OPTIONS)."""
+    """The input of a detector's tuning value (plic.salient.detect.OPTIONS)."""
     spec = {"default": option.default, "tooltip": option.help}
     if isinstance(option.default, str):
         return "STRING", spec
@@ -148,7 +157,7 @@ class PlicSalientRegions:
 def load_managed_grounded_sam(folders) -> None:
     """Load Grounding DINO + SAM (cached; they run on the CPU) and list them among ComfyUI's
     loaded models, so that its memory accounting sees them."""
-    from plic.grounded_sam import GroundedSAM, release
+    from plic.salient.grounded_sam import GroundedSAM, release
 
     pair = GroundedSAM.load(folders)
     memory.use(pair, lambda: {"dino": pair.dino, "sam": pair.sam}, "cpu", release)

@@ -1,7 +1,7 @@
 """PLIC Unpack: a payload back to the images and text ComfyUI's ControlNet and inpaint nodes take."""
 
 
-from plic import codec
+from plic.codec import pack
 from plic.errors import PlicInputError
 
 from .common import CATEGORY, PAYLOAD, check_one_size, map_batch, masks_to_tensor, rgb_list_to_image
@@ -37,7 +37,7 @@ class PlicUnpack:
         }}
 
     def run(self, plic):
-        parts = map_batch(list(plic), codec.unpack)
+        parts = map_batch(list(plic), pack.unpack)
         check_one_size(parts, "PLIC Unpack", "unpack")
         first = parts[0]
         if any(p.prompt != first.prompt for p in parts):

@@ -6,7 +6,7 @@ import sys
 
 def run() -> int:
     try:
-        from .cli import main
+        from plic.cli.main import main
     except KeyboardInterrupt:
         print("plic: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ import re
 import secrets
 from pathlib import Path
 
-from .errors import OutputExistsError, PlicOutputError
+from plic.errors import OutputExistsError, PlicOutputError
 
 
 def write_atomic(path: Path, data: bytes, *, overwrite: bool = False) -> Path:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import PlicError, one_line, printable
+from plic.errors import PlicError, one_line, printable
 
 Job = tuple[Path, Path]  # (input file, output file)
 

@@ -11,7 +11,7 @@ cleaned prompt of at most ``limit`` characters):
 * :class:`ManualCaptioner` - text the user typed, cleaned the same way.
 
 :func:`make_captioner` builds one from a spec ("openai", "local:PATH", "none"); the command
-line's options are in plic.cli_encode.
+line's options are in plic.cli.encode.
 Nothing here imports ComfyUI; the node passes its model folders in.
 """
 
@@ -30,11 +30,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .deps import require, resolve_device
-from . import models
-from .errors import CaptionError, PlicInputError
-from .image import check_rgb, to_working
-from .prompt import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
+from plic import model_files
+from plic.codec.prompt import MAX_PROMPT_CHARS, check_prompt_limit, clean_prompt
+from plic.deps import require, resolve_device
+from plic.errors import CaptionError, PlicInputError
+from plic.image import check_rgb, to_working
 
 log = logging.getLogger("plic.caption")
 
@@ -302,8 +302,8 @@ _MODELS_LOCK = threading.Lock()
 def list_local_models(search_dirs: list[Path] | None = None) -> list[str]:
     """Names of the model folders (holding a config.json) directly inside ``search_dirs``
     (default, outside ComfyUI: ``$PLIC_MODELS_DIR/captioners`` and ``$PLIC_MODELS_DIR/LLM``)."""
-    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
-    return models.names_in(dirs, lambda entry: (entry / "config.json").is_file())
+    dirs = model_files.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
+    return model_files.names_in(dirs, lambda entry: (entry / "config.json").is_file())
 
 
 def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None = None) -> Path:
@@ -311,8 +311,8 @@ def resolve_local_model(name: str | os.PathLike, search_dirs: list[Path] | None 
     if not str(name).strip():
         raise CaptionError("local", f"no model folder is chosen: put an image-to-text model's "
                            f"folder in models/captioners and choose it in {setting('path')}")
-    dirs = models.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
-    candidates = models.candidate_paths(str(name).strip(), dirs)
+    dirs = model_files.search_dirs(LOCAL_MODEL_FOLDERS) if search_dirs is None else search_dirs
+    candidates = model_files.candidate_paths(str(name).strip(), dirs)
     for folder in candidates:
         if folder.is_dir():
             if not (folder / "config.json").is_file():

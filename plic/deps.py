@@ -3,7 +3,7 @@
 import importlib
 from types import ModuleType
 
-from .errors import MissingDependencyError, PlicInputError
+from plic.errors import MissingDependencyError, PlicInputError
 
 
 def require(module: str, *, package: str, purpose: str, install: str | None = None) -> ModuleType:

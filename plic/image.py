@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import safefs
-from .errors import PlicInputError
+from plic import safefs
+from plic.errors import PlicInputError
 
 #: Longest side of the working image in the reference pipeline.
 DEFAULT_MAX_SIDE = 1024

@@ -39,10 +39,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch import clash
-from .deps import require
-from .errors import PlicError, one_line
-from .fileformat import leftover_temporaries
+from plic.atomic import leftover_temporaries
+from plic.batch import clash
+from plic.deps import require
+from plic.errors import PlicError, one_line
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 #: The manifest's keys, in this order on every line.

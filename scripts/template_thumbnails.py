@@ -16,7 +16,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from plic import codec, fileformat  # noqa: E402
+from plic.codec import fileformat
+from plic.codec import pack  # noqa: E402
 from plic.image import load_rgb  # noqa: E402
 
 TILE = 256
@@ -33,7 +34,7 @@ def _grid(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> Image.I
 
 
 def main() -> None:
-    parts = codec.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
+    parts = pack.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
     edges = np.repeat((parts.edges * 255).astype(np.uint8)[..., None], 3, axis=-1)
     init = parts.init_image()
     original = load_rgb(REPO / "plic" / "data" / "example.png")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plic import metrics
+from plic.eval import metrics
 
 
 def build_metric_models(models_dir: Path) -> Path:

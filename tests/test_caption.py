@@ -17,14 +17,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import REPO, image_path, load_shared
 from PIL import Image
 
 from plic import caption as cap
-from plic import cli_encode, fileformat
+from plic.cli import encode as cli_encode
+from plic.codec import fileformat
+from plic.codec.prompt import split_prompts
 from plic.errors import CaptionError, PlicError, PlicInputError
-from plic.prompt import split_prompts
-
-from conftest import REPO, image_path, load_shared
 
 KEY = "sk-test-7f3a9c1e5b2d4f6a8c0e"
 KEY_ENV = "PLIC_TEST_CAPTION_KEY"
@@ -282,7 +282,7 @@ def test_bad_settings_are_refused_up_front(server, settings, match):
 # --- the key stays in the environment --------------------------------------------------------------
 
 def test_key_appears_in_no_log_message_or_file(server, key, image, caplog, tmp_path):
-    from plic.fileformat import PlicFile, save
+    from plic.codec.fileformat import PlicFile, save
 
     caplog.set_level(logging.DEBUG)
     for name in ("openai", "httpx", "httpcore", "plic"):
@@ -377,6 +377,7 @@ def test_node_declares_tooltips_and_outputs():
 
 def test_node_captions_a_batch_through_the_server(server, key, image):
     import torch
+
     from nodes.caption import PlicCaption
 
     batch = torch.from_numpy(np.stack([image, image[::-1]]).astype(np.float32) / 255.0)
@@ -389,6 +390,7 @@ def test_node_captions_a_batch_through_the_server(server, key, image):
 
 def test_node_manual_backend_and_errors_are_plic_errors(image):
     import torch
+
     from nodes.caption import PlicCaption
 
     one = torch.from_numpy(image[None].astype(np.float32) / 255.0)

@@ -7,11 +7,24 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import (
+    CORE_IMAGES,
+    DATA,
+    EXTENDED_IMAGES,
+    REPO,
+    SHARED_IMAGES,
+    image_path,
+    load_shared,
+    needs_shared,
+    read_pbm,
+    require_tool,
+)
 from PIL import Image
 
-from conftest import (CORE_IMAGES, DATA, EXTENDED_IMAGES, REPO, SHARED_IMAGES, image_path, load_shared,
-                      needs_shared, read_pbm, require_tool)
-from plic import batch, cli, cli_decode, edges, fileformat
+from plic import batch
+from plic.cli import decode as cli_decode
+from plic.cli import main as cli
+from plic.codec import edges, fileformat
 
 
 def plic(*args, check=True):
@@ -206,7 +219,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
 
 
 def test_encode_path_imports_no_torch(tmp_path):
-    code = ("import sys; from plic.cli import main; "
+    code = ("import sys; from plic.cli.main import main; "
             f"rc = main(['encode', {str(image_path('rocket.jpg'))!r}, '-o', {str(tmp_path)!r}]); "
             "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
             "assert rc == 0 and not heavy, heavy")

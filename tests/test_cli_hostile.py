@@ -7,10 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from plic import cli, codec, fileformat
+from plic.cli import main as cli
+from plic.codec import fileformat
+from plic.codec import pack
 
 
 def run_plic(*args, **kwargs):
@@ -24,7 +26,7 @@ def small_plic(tmp_path):
     rgb = np.zeros((48, 64, 3), np.uint8)
     rgb[10:30, 20:50] = (200, 40, 40)
     path = tmp_path / "small.plic"
-    fileformat.save(codec.encode_image(rgb, prompt="a red box"), path)
+    fileformat.save(pack.encode_image(rgb, prompt="a red box"), path)
     return path
 
 
@@ -65,7 +67,7 @@ def test_a_closed_pipe_ends_info_quietly(small_plic):
 
 def test_ctrl_c_while_the_command_line_loads_prints_one_line():
     """Item 12: a Ctrl-C during start-up printed a traceback. The interrupt is raised where
-    Python's SIGINT handler would raise it, inside an import of plic.cli, every time (a real
+    Python's SIGINT handler would raise it, inside an import of plic.cli.main, every time (a real
     signal sent from here raced the start-up and sometimes came after it)."""
     code = ("import importlib.abc, sys\n"
             "class CtrlC(importlib.abc.MetaPathFinder):\n"
@@ -113,7 +115,7 @@ def test_a_header_only_file_declaring_a_huge_image_is_refused_cheaply(tmp_path):
 
 def test_the_command_line_loads_without_numba():
     """`plic --help` spent ~270 ms importing numba, which only the JBIG2 coder needs."""
-    code = "import sys, plic.cli; assert 'numba' not in sys.modules, 'numba imported'"
+    code = "import sys, plic.cli.main; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
@@ -179,8 +181,8 @@ def test_info_export_and_preview_take_several_files(tmp_path, capsys):
     rgb[10:30, 20:50] = (200, 40, 40)
     mask = np.zeros((48, 64), bool)
     mask[12:20, 22:30] = True
-    fileformat.save(codec.encode_image(rgb, prompt="one", salient_mask=mask), tmp_path / "one.plic")
-    fileformat.save(codec.encode_image(rgb, prompt="two"), tmp_path / "two.plic")
+    fileformat.save(pack.encode_image(rgb, prompt="one", salient_mask=mask), tmp_path / "one.plic")
+    fileformat.save(pack.encode_image(rgb, prompt="two"), tmp_path / "two.plic")
     files = [str(tmp_path / "one.plic"), str(tmp_path / "two.plic")]
     assert cli.main(["info", "--json", *files]) == 0
     assert [(i["file"], i["prompt"]) for i in json.loads(capsys.readouterr().out)] == [

@@ -5,10 +5,13 @@ import io
 import cv2
 import numpy as np
 import pytest
+from conftest import EVERY_IMAGE, large_image, load_shared
 from PIL import Image
 
-from conftest import EVERY_IMAGE, large_image, load_shared
-from plic import codec, edges, fileformat, hints, palette, prompt, salient
+from plic.codec import control_images
+from plic.codec import edges, fileformat, palette, prompt
+from plic.codec import pack
+from plic.codec import salient
 from plic.errors import PlicFormatError, PlicInputError
 from plic.image import load_rgb, to_working, working_size
 
@@ -65,30 +68,30 @@ def test_color_canny_hint_paints_edges_white():
     full = np.full((4, 5, 3), 9, np.uint8)
     edge_map = np.zeros((4, 5), np.uint8)
     edge_map[1, 2] = 1
-    hint = hints.color_canny(full, edge_map)
+    hint = control_images.color_canny(full, edge_map)
     assert (hint[1, 2] == 255).all() and (hint[0, 0] == 9).all()
     with pytest.raises(PlicInputError, match="edges are"):
-        hints.color_canny(full, edge_map[:3])
+        control_images.color_canny(full, edge_map[:3])
 
 
 def test_inpaint_hint_marks_pixels_to_regenerate():
     kept = np.full((2, 3, 3), 255, np.uint8)
     keep = np.array([[1, 0, 0], [0, 0, 1]], bool)
-    hint = hints.inpaint(kept, keep)
+    hint = control_images.inpaint(kept, keep)
     assert hint.dtype == np.float32
     assert (hint[keep] == 1.0).all() and (hint[~keep] == -1.0).all()
-    assert (hints.inpaint(kept, None) == -1.0).all()
+    assert (control_images.inpaint(kept, None) == -1.0).all()
     with pytest.raises(PlicInputError, match="salient mask"):
-        hints.inpaint(kept, keep[:1])
+        control_images.inpaint(kept, keep[:1])
 
 
 def test_encode_and_unpack_a_large_image():
     rgb = large_image()
-    plic = codec.encode_image(rgb, prompt="cups of coffee")
+    plic = pack.encode_image(rgb, prompt="cups of coffee")
     assert plic.original_size == (rgb.shape[1], rgb.shape[0])
     assert max(plic.working_size) == 1024
     assert plic.decode_hints == {}  # defaults are not stored
-    parts = codec.unpack(fileformat.loads(fileformat.dumps(plic)))
+    parts = pack.unpack(fileformat.loads(fileformat.dumps(plic)))
     work = to_working(rgb)
     np.testing.assert_array_equal(parts.edges, edges.canny(work))
     assert parts.color_canny_hint.shape == work.shape
@@ -98,9 +101,9 @@ def test_encode_and_unpack_a_large_image():
 
 
 def test_non_default_decode_hints_are_stored():
-    plic = codec.encode_image(load_shared("rocket.jpg"), decode_hints={"seed": 1, "steps": 60})
+    plic = pack.encode_image(load_shared("rocket.jpg"), decode_hints={"seed": 1, "steps": 60})
     assert plic.decode_hints == {"seed": 1}
-    assert codec.unpack(plic).decode_hints["seed"] == 1
+    assert pack.unpack(plic).decode_hints["seed"] == 1
 
 
 def test_salient_pixels_are_kept_exactly():
@@ -108,9 +111,9 @@ def test_salient_pixels_are_kept_exactly():
     mask = np.zeros(rgb.shape[:2], bool)
     mask[100:180, 200:260] = True
     mask[400:410, 20:30] = True
-    plic = fileformat.loads(fileformat.dumps(codec.encode_image(rgb, salient_mask=mask)))
+    plic = fileformat.loads(fileformat.dumps(pack.encode_image(rgb, salient_mask=mask)))
     assert len(plic.salient_regions) == 2
-    parts = codec.unpack(plic)
+    parts = pack.unpack(plic)
     np.testing.assert_array_equal(parts.salient_mask, mask)
     np.testing.assert_array_equal(parts.salient_pixels[mask], rgb[mask])
     assert (parts.salient_pixels[~mask] == 0).all()
@@ -122,12 +125,12 @@ def test_salient_pixels_are_kept_exactly():
 def test_salient_mask_of_wrong_size_is_refused():
     rgb = load_shared("astronaut.png")
     with pytest.raises(PlicInputError, match="working image is 512x512"):
-        codec.encode_image(rgb, salient_mask=np.ones((10, 10), bool))
+        pack.encode_image(rgb, salient_mask=np.ones((10, 10), bool))
 
 
 def test_empty_salient_mask_stores_nothing():
     rgb = load_shared("astronaut.png")
-    plic = codec.encode_image(rgb, salient_mask=np.zeros(rgb.shape[:2], bool))
+    plic = pack.encode_image(rgb, salient_mask=np.zeros(rgb.shape[:2], bool))
     assert plic.salient_mask is None and plic.salient_regions == []
 
 
@@ -139,14 +142,14 @@ def test_region_boxes_merge_overlaps():
 
 
 def test_damaged_sections_raise_the_format_error():
-    plic = codec.encode_image(load_shared("rocket.jpg"))
+    plic = pack.encode_image(load_shared("rocket.jpg"))
     plic.palette = b"RIFF\x00\x00\x00\x00WEBPgarbage"
     with pytest.raises(PlicFormatError, match="rocket.plic"):
-        codec.unpack(plic, "rocket.plic")
-    plic = codec.encode_image(load_shared("rocket.jpg"))
+        pack.unpack(plic, "rocket.plic")
+    plic = pack.encode_image(load_shared("rocket.jpg"))
     plic.working_size = (plic.working_size[0] - 1, plic.working_size[1])
     with pytest.raises(PlicFormatError, match="rocket.plic: .*640x427"):
-        codec.unpack(plic, "rocket.plic")
+        pack.unpack(plic, "rocket.plic")
 
 
 def test_oversized_palette_is_refused_before_it_is_decoded():
@@ -154,26 +157,26 @@ def test_oversized_palette_is_refused_before_it_is_decoded():
     Image.new("RGB", (257, 257), (10, 20, 30)).save(buffer, format="WEBP", quality=0)
     plic = fileformat.PlicFile((64, 64), (64, 64), palette=buffer.getvalue())
     with pytest.raises(PlicFormatError, match="big.plic: .*palette is 257x257, at most 256x256"):
-        codec.unpack(plic, "big.plic")
+        pack.unpack(plic, "big.plic")
 
 
 def test_decompression_bombs_raise_the_format_error(monkeypatch):
     """PIL refuses an image header over twice MAX_IMAGE_PIXELS with its own exception, which is
     no OSError; lowering the limit lets small images stand in for huge ones."""
     rgb = load_shared("astronaut.png")
-    plic = codec.encode_image(rgb, salient_mask=np.ones((512, 512), bool))
+    plic = pack.encode_image(rgb, salient_mask=np.ones((512, 512), bool))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # the 32x32 palette stays below
     with pytest.raises(PlicFormatError, match="astronaut.plic: .*decompression bomb"):
-        codec.unpack(plic, "astronaut.plic")  # the 512x512 region image
+        pack.unpack(plic, "astronaut.plic")  # the 512x512 region image
     plic.salient_mask = None
     plic.palette = palette.encode(rgb, size=64)
     with pytest.raises(PlicFormatError, match="astronaut.plic: .*decompression bomb"):
-        codec.unpack(plic, "astronaut.plic")  # a 64x64 palette
+        pack.unpack(plic, "astronaut.plic")  # a 64x64 palette
 
 
 def test_empty_image_is_refused():
     with pytest.raises(PlicInputError, match="empty"):
-        codec.encode_image(np.zeros((0, 10, 3), np.uint8))
+        pack.encode_image(np.zeros((0, 10, 3), np.uint8))
 
 
 @pytest.mark.parametrize("text, limit, expected", [
@@ -188,15 +191,15 @@ def test_clean_prompt(text, limit, expected):
 
 def test_images_beyond_the_format_are_refused_before_encoding():
     with pytest.raises(PlicInputError, match="at most 65535 pixels a side"):
-        codec.encode_image(np.zeros((2, 70000, 3), np.uint8))
+        pack.encode_image(np.zeros((2, 70000, 3), np.uint8))
     with pytest.raises(PlicInputError, match="max side 20000"):
-        codec.encode_image(np.zeros((8, 8, 3), np.uint8), settings=codec.EncodeSettings(max_side=20000))
+        pack.encode_image(np.zeros((8, 8, 3), np.uint8), settings=pack.EncodeSettings(max_side=20000))
 
 
 def test_no_prompt_stores_no_prompt():
     """Issue 11 item 1: None (``plic encode`` without --prompt) is no prompt, not "None"."""
     assert prompt.clean_prompt(None) == ""
-    plic = codec.encode_image(np.full((32, 48, 3), 128, np.uint8), prompt=None)
+    plic = pack.encode_image(np.full((32, 48, 3), 128, np.uint8), prompt=None)
     assert plic.prompt == "" and "prompt" not in plic.section_sizes()
 
 

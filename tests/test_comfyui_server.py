@@ -17,11 +17,11 @@ import urllib.error
 
 import numpy as np
 import pytest
-
 from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
-from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 from test_caption_local import save_tiny_blip
 from tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
+
+from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 
 if not (COMFYUI / "main.py").is_file():
     _MISSING = f"{COMFYUI} is missing: the real-ComfyUI tests need the repository beside shared/"
@@ -45,14 +45,15 @@ def server(tmp_path_factory):
 
 def _tiny_plic(steps: int = 2) -> bytes:
     """A small real image with a rectangle of salient pixels, decoded in ``steps`` steps."""
-    from plic import codec, fileformat
+    from plic.codec import fileformat
+    from plic.codec import pack
 
     rgb = load_shared("astronaut.png", max_side=64)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[8:30, 20:44] = True
-    plic = codec.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
-                              settings=codec.EncodeSettings(max_side=64),
-                              decode_hints={**codec.DEFAULT_DECODE_HINTS, "steps": steps, "seed": 3})
+    plic = pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
+                              settings=pack.EncodeSettings(max_side=64),
+                              decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": steps, "seed": 3})
     return fileformat.dumps(plic)
 
 
@@ -115,7 +116,7 @@ def test_an_upload_never_replaces_a_file_and_is_listed_by_plic_load(server):
 
 
 def test_the_compress_api_workflow_runs_as_shipped(server):
-    from plic import fileformat
+    from plic.codec import fileformat
 
     workflow = _load_api("plic_compress.json")
     entry = server.run(workflow)
@@ -148,7 +149,8 @@ def test_the_reference_template_runs_with_the_tiny_models(server):
     Evaluate scores it against the example's original."""
     from PIL import Image
 
-    from plic import codec, fileformat
+    from plic.codec import fileformat
+    from plic.codec import pack
 
     workflow = _load_api("plic_decompress_reference.json")
     ids = {node["class_type"]: key for key, node in workflow.items()}
@@ -158,7 +160,7 @@ def test_the_reference_template_runs_with_the_tiny_models(server):
     entry = server.run(workflow)
     (image,) = entry["outputs"][ids["SaveImage"]]["images"]
     rgb = np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
-    unpacked = codec.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
+    unpacked = pack.unpack(fileformat.load(REPO / "workflows" / "input" / "plic_example.plic"))
     assert rgb.shape == (unpacked.height, unpacked.width, 3)
     keep = unpacked.salient_mask
     np.testing.assert_array_equal(rgb[keep], unpacked.salient_pixels[keep])
@@ -194,7 +196,8 @@ async def _collect_messages(server: ComfyServer, client_id: str, prompt: dict, u
 def test_decode_through_loader_and_reconstruct_restores_salient_pixels(server):
     from PIL import Image
 
-    from plic import codec, fileformat
+    from plic.codec import fileformat
+    from plic.codec import pack
 
     data = _tiny_plic(steps=3)
     name = server.upload("decode_me.plic", data)["name"]
@@ -204,7 +207,7 @@ def test_decode_through_loader_and_reconstruct_restores_salient_pixels(server):
     assert [(p["value"], p["max"]) for p in progress] == [(1, 3), (2, 3), (3, 3)]
     (image,) = server.wait(prompt_id)["outputs"]["4"]["images"]  # history is written after the message
     rgb = np.asarray(Image.open(io.BytesIO(server.view(image))).convert("RGB"))
-    unpacked = codec.unpack(fileformat.loads(data))
+    unpacked = pack.unpack(fileformat.loads(data))
     assert rgb.shape == (unpacked.height, unpacked.width, 3)
     keep = unpacked.salient_mask
     np.testing.assert_array_equal(rgb[keep], unpacked.salient_pixels[keep])
@@ -281,7 +284,7 @@ def test_queue_workflow_runs_a_folder_over_two_server_names_and_reports_the_bad_
     rerun queues only the bad one again."""
     from PIL import Image
 
-    from plic import fileformat
+    from plic.codec import fileformat
     from scripts import queue_workflow
 
     folder = tmp_path / "photos"

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import torch
+from conftest import REPO, image_path, load_shared
 
 import nodes
-from conftest import REPO, image_path, load_shared
-from plic import codec, fileformat
+from plic.codec import fileformat
+from plic.codec import pack
 from plic.image import load_rgb
 
 
@@ -50,9 +51,9 @@ def test_compress_workflow_writes_a_plic_with_caption_salient_edges_and_palette(
     plic = fileformat.load(tmp_path / "PLIC_00001_.plic")
     assert plic.prompt == workflow["2"]["inputs"]["manual_text"]
     assert plic.working_size == (512, 512)
-    parts = codec.unpack(plic)
+    parts = pack.unpack(plic)
     rgb = load_shared("astronaut.png")
-    from plic.edges import canny
+    from plic.codec.edges import canny
     np.testing.assert_array_equal(parts.edges, canny(rgb))
     assert parts.salient_mask is not None and parts.salient_mask.any()  # the face
     assert saved[0]["bytes"] == (tmp_path / "PLIC_00001_.plic").stat().st_size

@@ -12,15 +12,25 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from plic import codec, families, fileformat, lora, models
-from plic import reconstruct as core
-from plic.errors import ModelNotFoundError, PlicInputError
-
 from conftest import REPO, load_shared, needs_shared
+from tiny_models import (  # noqa: F401
+    COLOR_CANNY,
+    INPAINT,
+    LORAS,
+    PIPELINE,
+    astronaut_plic,
+    load_node,
+    save_a1111_checkpoint,
+    tiny_models_dir,
+)
+
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import (COLOR_CANNY, INPAINT, LORAS, PIPELINE, astronaut_plic, load_node,  # noqa: F401
-                         save_a1111_checkpoint, tiny_models_dir)
+from plic import model_files
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.decode import families, lora
+from plic.decode import reconstruct as core
+from plic.errors import ModelNotFoundError, PlicInputError
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +40,13 @@ def plic_file() -> fileformat.PlicFile:
 
 
 @pytest.fixture(scope="module")
-def unpacked(plic_file) -> codec.Unpacked:
-    return codec.unpack(plic_file)
+def unpacked(plic_file) -> pack.Unpacked:
+    return pack.unpack(plic_file)
 
 
 @pytest.fixture
 def models_env(tiny_models_dir, monkeypatch):
-    monkeypatch.setenv(models.MODELS_ENV, str(tiny_models_dir))
+    monkeypatch.setenv(model_files.MODELS_ENV, str(tiny_models_dir))
     return tiny_models_dir
 
 
@@ -73,8 +83,8 @@ def test_a_familys_record_gives_the_defaults_a_file_does_not_override():
 
 
 def test_hints_name_the_family_and_sampler_and_plic_info_shows_them(unpacked, tmp_path):
-    plic = codec.encode_image(load_shared("astronaut.png", max_side=32), prompt="x",
-                              settings=codec.EncodeSettings(max_side=32),
+    plic = pack.encode_image(load_shared("astronaut.png", max_side=32), prompt="x",
+                              settings=pack.EncodeSettings(max_side=32),
                               decode_hints={"family": "sd15", "scheduler": "tcd", "steps": 6})
     again = fileformat.loads(fileformat.dumps(plic))
     assert again.decode_hints == {"family": "sd15", "scheduler": "tcd", "steps": 6}
@@ -90,7 +100,7 @@ def test_hints_name_the_family_and_sampler_and_plic_info_shows_them(unpacked, tm
 def test_a_hint_naming_an_unknown_family_falls_back_with_a_warning(models_env, unpacked, caplog):
     decoder = load_node()
     other = dataclasses.replace(unpacked, decode_hints={**unpacked.decode_hints, "family": "sdxl"})
-    with caplog.at_level(logging.WARNING, logger="plic.families"):
+    with caplog.at_level(logging.WARNING, logger="plic.decode.families"):
         image = decoder.reconstruct(other, core.DecodeSettings(steps=1))
     assert "tuned for the decoder family 'sdxl' (a family this decoder does not know); decoding it with 'sd15'" \
         in caplog.text
@@ -127,7 +137,7 @@ def test_a_fine_tune_as_one_file_decodes_through_the_same_record(tiny_models_dir
     root.mkdir()
     for kind in ("diffusers", "controlnet"):
         (root / kind).symlink_to(tiny_models_dir / kind, target_is_directory=True)
-    monkeypatch.setenv(models.MODELS_ENV, str(root))
+    monkeypatch.setenv(model_files.MODELS_ENV, str(root))
     name = "tiny_finetune.safetensors"
     save_a1111_checkpoint(tiny_models_dir / "diffusers" / PIPELINE, root / "checkpoints" / name, COMFYUI)
     assert name in PlicDiffusersLoader.INPUT_TYPES()["required"]["model"][0]
@@ -188,10 +198,10 @@ def test_lora_names_are_listed_and_resolved_as_comfyui_keeps_them(models_env, tm
     with pytest.raises(PlicInputError, match="must be a finite number"):
         lora.parse("x.safetensors:nan")
     with pytest.raises(ModelNotFoundError, match="The LoRA 'lcm.safetensors' was not found; looked in: .*loras"):
-        models.find_lora("lcm.safetensors", models.search_dirs("loras"))
+        model_files.find_lora("lcm.safetensors", model_files.search_dirs("loras"))
     (tmp_path / "x.ckpt").write_bytes(b"0")
     with pytest.raises(ModelNotFoundError, match="is not a .safetensors file"):
-        models.find_lora(str(tmp_path / "x.ckpt"), [])
+        model_files.find_lora(str(tmp_path / "x.ckpt"), [])
 
 
 def test_a_lora_of_another_family_is_refused_naming_the_file(models_env, tmp_path):

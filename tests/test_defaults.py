@@ -6,7 +6,6 @@ then fails here until the workflows follow it (or the difference is given its re
 import json
 
 import pytest
-
 from conftest import OBJECT_INFO, REPO
 from workflow_schema import load_schemas, widget_entries
 
@@ -111,12 +110,15 @@ def _docs_defaults() -> dict:
     the constants: a changed default fails here until the docs say it."""
     from math import isqrt
 
-    from plic import caption, detect, edges, palette, ratecontrol, salient
-    from plic.codec import DEFAULT_DECODE_HINTS as HINTS
-    from plic.codec import EncodeSettings
-    from plic.fileformat import MAX_WORKING_PIXELS
+    from plic import caption
+    from plic.codec import edges, palette, ratecontrol
+    from plic.codec import salient
+    from plic.codec.fileformat import MAX_WORKING_PIXELS
+    from plic.codec.pack import DEFAULT_DECODE_HINTS as HINTS
+    from plic.codec.pack import EncodeSettings
+    from plic.codec.prompt import MAX_PROMPT_CHARS
     from plic.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-    from plic.prompt import MAX_PROMPT_CHARS
+    from plic.salient import detect
 
     side, size, quality = isqrt(MAX_WORKING_PIXELS), palette.DEFAULT_SIZE, palette.DEFAULT_QUALITY
     low, high = edges.DEFAULT_LOW, edges.DEFAULT_HIGH

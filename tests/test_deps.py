@@ -17,7 +17,7 @@ def test_missing_package_names_the_pip_command():
 
 
 def test_grounding_dino_hint_installs_it_without_its_pinned_dependencies(monkeypatch):
-    from plic import grounded_sam
+    from plic.salient import grounded_sam
 
     monkeypatch.setitem(sys.modules, "groundingdino", None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match="pip install addict yapf timm && pip install "

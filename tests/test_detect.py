@@ -5,13 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import load_shared, needs_shared, require_tool, rss_mb
-from plic import detect
-from plic.detect import SalientSettings
-from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
-from plic.salient import Candidate
 
+from plic.codec.salient import Candidate
+from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
+from plic.salient import detect
+from plic.salient.detect import SalientSettings
 
 
 @pytest.fixture
@@ -288,7 +287,7 @@ def write_tiny_dino(folder: Path, text_encoder: Path) -> Path:
     """A few-layer Grounding DINO built from a config file and saved as users' checkpoints are."""
     import torch
 
-    from plic.grounded_sam import _import_groundingdino
+    from plic.salient.grounded_sam import _import_groundingdino
 
     groundingdino = _import_groundingdino()  # before groundingdino.models (see its docstring)
     from groundingdino.models import build_model
@@ -312,7 +311,7 @@ def write_tiny_sam(folder: Path) -> Path:
     """A Segment Anything of a made-up small size: only its shapes say what it is."""
     import torch
 
-    from plic.grounded_sam import build_sam
+    from plic.salient.grounded_sam import build_sam
 
     torch.manual_seed(0)
     model = build_sam({
@@ -338,7 +337,7 @@ def tiny_models(tmp_path_factory) -> Path:
 def test_sam_architecture_is_read_from_the_checkpoint(tiny_models):
     import torch
 
-    from plic.grounded_sam import load_sam, sam_architecture
+    from plic.salient.grounded_sam import load_sam, sam_architecture
 
     state = torch.load(tiny_models / "sams" / "tiny_sam.pth", weights_only=True)
     arch = sam_architecture(state)
@@ -351,7 +350,7 @@ def test_sam_architecture_is_read_from_the_checkpoint(tiny_models):
 def test_sam_architecture_of_the_official_vit_b():
     from segment_anything import build_sam_vit_b
 
-    from plic.grounded_sam import sam_architecture
+    from plic.salient.grounded_sam import sam_architecture
 
     arch = sam_architecture(build_sam_vit_b().state_dict())
     assert (arch["embed_dim"], arch["depth"], arch["num_heads"], arch["img_size"]) == (768, 12, 12, 1024)
@@ -359,7 +358,7 @@ def test_sam_architecture_of_the_official_vit_b():
 
 
 def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
-    from plic.grounded_sam import GroundedSAM, ModelFolders
+    from plic.salient.grounded_sam import GroundedSAM, ModelFolders
 
     rgb = load_shared("chelsea.png")
     loose = detect.PromptSettings(prompt="face . cat", box_threshold=0.0, text_threshold=0.0, dino_size=128)

@@ -12,13 +12,15 @@ import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO
 from metric_models import metric_models_dir  # noqa: F401  (fixture)
-from plic import compare, fileformat, report
-from plic.image import load_rgb
+from PIL import Image
 from test_cli import plic  # the `plic` command as a subprocess
+
+from plic.codec import fileformat
+from plic.eval import compare
+from plic.eval import summary
+from plic.image import load_rgb
 
 EXAMPLE = REPO / "plic" / "data" / "example.png"
 METHODS = ["original", "plic", "jpeg", "webp", "avif"]
@@ -128,10 +130,10 @@ def test_the_html_report_shows_the_thumbnails_and_plots_in_headless_chromium(eva
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
     root, _ = eval_set
-    shot = tmp_path / "report.png"
+    shot = tmp_path / "results.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--force-device-scale-factor=1", "--window-size=1500,3000",
-                    f"--screenshot={shot}", (root / "out" / "report.html").as_uri()],
+                    f"--screenshot={shot}", (root / "out" / "results.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     screenshot = np.asarray(Image.open(shot).convert("RGB"))
     plot_tops = []
@@ -142,8 +144,8 @@ def test_the_html_report_shows_the_thumbnails_and_plots_in_headless_chromium(eva
     thumb_tops = []
     for picture in (load_rgb(root / "originals" / "crop.png"), load_rgb(root / "reconstructions" / "crop.jpg")):
         h, w = picture.shape[:2]
-        thumb = np.asarray(Image.fromarray(picture).resize((round(w * report.THUMB_HEIGHT / h),
-                                                            report.THUMB_HEIGHT), Image.LANCZOS))
+        thumb = np.asarray(Image.fromarray(picture).resize((round(w * summary.THUMB_HEIGHT / h),
+                                                            summary.THUMB_HEIGHT), Image.LANCZOS))
         score, (_, y) = _find(screenshot, thumb)
         assert score > 0.95, f"a thumbnail is not on the page ({score:.3f})"
         thumb_tops.append(y)

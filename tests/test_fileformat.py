@@ -12,9 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plic import codec, fileformat
+from plic.atomic import write_atomic
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.codec.fileformat import PlicFile, SalientRegion
 from plic.errors import OutputExistsError, PlicError, PlicFormatError, PlicOutputError
-from plic.fileformat import PlicFile, SalientRegion
 
 
 def sample() -> PlicFile:
@@ -220,10 +222,10 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_write_failures_name_the_file_and_what_to_do(tmp_path):
     (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(PlicOutputError, match="a-file/sub/x.plic: cannot be written: .*a-file is a file, not a folder"):
-        fileformat.write_atomic(tmp_path / "a-file" / "sub" / "x.plic", b"data")
-    fileformat.write_atomic(tmp_path / "x.plic", b"first")
+        write_atomic(tmp_path / "a-file" / "sub" / "x.plic", b"data")
+    write_atomic(tmp_path / "x.plic", b"first")
     with pytest.raises(OutputExistsError, match="x.plic: already exists; choose another name") as info:
-        fileformat.write_atomic(tmp_path / "x.plic", b"second")
+        write_atomic(tmp_path / "x.plic", b"second")
     assert isinstance(info.value, FileExistsError) and isinstance(info.value, PlicError)
     assert (tmp_path / "x.plic").read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "x.plic"]  # no temporary left
@@ -267,7 +269,7 @@ def test_writing_never_changes_the_process_umask(tmp_path):
 
     sys.setprofile(watch)
     try:
-        fileformat.write_atomic(tmp_path / "x.plic", b"data")
+        write_atomic(tmp_path / "x.plic", b"data")
         fileformat.save(sample(), tmp_path / "y.plic")
     finally:
         sys.setprofile(None)
@@ -285,14 +287,14 @@ def test_a_failed_write_closes_its_file_and_leaves_nothing(tmp_path):
     code = f"""
 import os, resource, signal
 from pathlib import Path
-from plic import fileformat
+from plic.atomic import write_atomic
 from plic.errors import PlicOutputError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
 before = len(os.listdir("/proc/self/fd"))
 for _ in range(3):
     try:
-        fileformat.write_atomic(Path({str(tmp_path)!r}) / "big.plic", b"x" * 100000)
+        write_atomic(Path({str(tmp_path)!r}) / "big.plic", b"x" * 100000)
     except PlicOutputError as exc:
         assert "big.plic: cannot be written (File too large)" in str(exc), exc
     else:
@@ -369,6 +371,6 @@ def test_unknown_sections_buy_no_pixels_and_the_working_size_has_a_limit():
                                               "pixels allowed .plic: --max-working-pixels"):
         fileformat.loads(data)
     with pytest.raises(ValueError, match="more than the 16777216 pixels allowed"):
-        codec.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192)
-    assert codec.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192,
+        pack.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192)
+    assert pack.working_image(np.zeros((4096, 8192, 3), np.uint8), 8192,
                                max_working_pixels=1 << 25)[1].shape == (4096, 8192, 3)

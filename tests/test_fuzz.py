@@ -14,10 +14,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import REPO, load_shared
 from PIL import Image, features
 
-from conftest import REPO, load_shared
-from plic import codec, fileformat
+from plic.codec import fileformat
+from plic.codec import pack
 
 #: What one file may cost: CPU seconds (an alarm, far above the milliseconds these take) and
 #: bytes of address space for the whole reading process.
@@ -34,9 +35,10 @@ class Slow(Exception):
 def alarm(*_):
     raise Slow()
 signal.signal(signal.SIGPROF, alarm)
-from plic import codec, fileformat, image
+from plic.codec import pack, fileformat
+from plic import image
 from plic.errors import PlicError
-read = {{"plic": lambda p: codec.unpack(fileformat.load(p), p), "image": image.load_rgb}}["{kind}"]
+read = {{"plic": lambda p: pack.unpack(fileformat.load(p), p), "image": image.load_rgb}}["{kind}"]
 for path in sys.argv[1:]:
     signal.setitimer(signal.ITIMER_PROF, {seconds})
     try:
@@ -122,7 +124,7 @@ def full_plic() -> bytes:
     mask = np.zeros(rgb.shape[:2], bool)
     mask[20:60, 40:90] = True
     mask[120:150, 10:40] = True
-    plic = codec.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
+    plic = pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
                               decode_hints={"seed": 5, "negative_prompt": "blur"})
     regions = plic.salient_regions
     buffer = io.BytesIO()
@@ -206,7 +208,7 @@ def test_damaged_images_are_read_or_refused(kind, tmp_path):
 
 
 def test_a_damaged_image_is_one_failed_file_of_a_folder_run(tmp_path, capsys):
-    from plic import cli
+    from plic.cli import main as cli
 
     images = tmp_path / "images"
     images.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for plic.jbig2: conformance with jbig2dec, round trips, robustness."""
+"""Tests for plic.codec.jbig2: conformance with jbig2dec, round trips, robustness."""
 from __future__ import annotations
 
 import os
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORE_IMAGES, EVERY_IMAGE, EXTENDED_IMAGES, image_path, needs_shared, read_pbm, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CORE_IMAGES, EVERY_IMAGE, EXTENDED_IMAGES, image_path, needs_shared, read_pbm, require_tool
-from plic import jbig2
-from plic.jbig2 import JBIG2Error
+from plic.codec import jbig2
+from plic.codec.jbig2 import JBIG2Error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,7 +355,7 @@ def test_unsupported_segments_are_reported():
 # --- pure-Python fallback ----------------------------------------------------------
 FALLBACK_SCRIPT = """
 import sys, numpy as np
-from plic import jbig2
+from plic.codec import jbig2
 assert not jbig2.NUMBA
 rng = np.random.default_rng(7)
 img = (rng.random((19, 37)) < 0.15).astype(np.uint8)

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
-from PIL import Image, ImageFilter
-
 from conftest import DATA, SHARED_IMAGES, needs_shared
 from metric_models import metric_models_dir  # noqa: F401  (fixture)
-from plic import metrics, models, quality
+from PIL import Image, ImageFilter
+
+from plic import model_files
 from plic.errors import ModelNotFoundError
+from plic.eval import metrics
+from plic.eval import no_reference
 from plic.image import load_rgb, to_working
 
 SHARED_REFERENCE = SHARED_IMAGES / "metric_reference.json"
@@ -38,63 +40,63 @@ def _reference_images():
 def test_brisque_and_cpbd_reproduce_the_authors_packages(path, expected):
     """brisque 0.2.0 and cpbd 1.0.7 (numpy 1.26) on the image scaled to 1024 px with Lanczos;
     we must be within 0.1 BRISQUE and 0.01 CPBD on every image, flat graphics and JPEG blocks
-    (whose BRISQUE hangs on round-off, see plic.quality.mscn) included."""
+    (whose BRISQUE hangs on round-off, see plic.eval.no_reference.mscn) included."""
     rgb = to_working(load_rgb(path), 1024)
     assert (rgb.shape[1], rgb.shape[0]) == (expected["width"], expected["height"])
-    assert quality.brisque(rgb) == pytest.approx(expected["brisque"], abs=0.1)
-    assert quality.cpbd(rgb) == pytest.approx(expected["cpbd"], abs=0.01)
+    assert no_reference.brisque(rgb) == pytest.approx(expected["brisque"], abs=0.1)
+    assert no_reference.cpbd(rgb) == pytest.approx(expected["cpbd"], abs=0.01)
 
 
 def test_brisques_window_and_convolution_are_the_gaussian_and_convolve2d():
-    """The window's last bits and the summation order are the package's (plic.quality.mscn);
+    """The window's last bits and the summation order are the package's (plic.eval.no_reference.mscn);
     the values are a 7x7 Gaussian of sigma 7/6 and scipy's zero-padded "same" convolution."""
     y, x = np.indices((7, 7)) - 3
     gaussian = np.exp(-(x ** 2 + y ** 2) / (2 * (7 / 6) ** 2))
-    window = quality.brisque_window()
+    window = no_reference.brisque_window()
     assert np.abs(window - gaussian / gaussian.sum()).max() < 1e-16
-    gray = quality.gray_float(EXAMPLE)
+    gray = no_reference.gray_float(EXAMPLE)
     expected = scipy.signal.convolve2d(gray, window, "same")
-    assert np.abs(quality.convolve_same(gray, window) - expected).max() < 1e-14
+    assert np.abs(no_reference.convolve_same(gray, window) - expected).max() < 1e-14
 
 
 def test_brisque_of_a_single_colour_is_nan_as_the_packages():
     """No texture at all leaves one side of the fits empty: the package scores NaN."""
     for value in (0, 128, 255):
-        assert math.isnan(quality.brisque(np.full((32, 48, 3), value, dtype=np.uint8)))
+        assert math.isnan(no_reference.brisque(np.full((32, 48, 3), value, dtype=np.uint8)))
 
 
 def test_brisque_and_cpbd_of_the_bundled_example_are_pinned():
     """plic/data/example.png is astronaut.png of the shared set, whose reference values are
     brisque 10.7995 and cpbd 0.3837; pinned here so the check runs without ../shared."""
-    assert quality.brisque(EXAMPLE) == pytest.approx(10.7995, abs=0.05)
-    assert quality.cpbd(EXAMPLE) == pytest.approx(0.3837, abs=0.001)
+    assert no_reference.brisque(EXAMPLE) == pytest.approx(10.7995, abs=0.05)
+    assert no_reference.cpbd(EXAMPLE) == pytest.approx(0.3837, abs=0.001)
 
 
 def test_blur_lowers_cpbd_and_noise_raises_brisque():
     image = Image.fromarray(EXAMPLE)
     blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(2)))
-    assert quality.cpbd(blurred) < quality.cpbd(EXAMPLE) - 0.1
+    assert no_reference.cpbd(blurred) < no_reference.cpbd(EXAMPLE) - 0.1
     noise = np.random.default_rng(0).normal(0, 25, EXAMPLE.shape)
     noisy = np.clip(EXAMPLE + noise, 0, 255).astype(np.uint8)
-    assert quality.brisque(noisy) > quality.brisque(EXAMPLE) + 10
+    assert no_reference.brisque(noisy) > no_reference.brisque(EXAMPLE) + 10
 
 
 def test_the_svr_model_is_read_as_libsvm_writes_it():
     text = ("svm_type epsilon_svr\nkernel_type rbf\ngamma 0.5\nnr_class 2\ntotal_sv 2\nrho 1.5\n"
             "SV\n2 1:1 3:-1 \n-0.5 2:2 \n")
-    header, vectors, coefficients = quality.parse_libsvm_model(text)
+    header, vectors, coefficients = no_reference.parse_libsvm_model(text)
     assert header["gamma"] == "0.5" and header["rho"] == "1.5"
     assert vectors.tolist() == [[1, 0, -1], [0, 2, 0]] and coefficients.tolist() == [2, -0.5]
-    model = quality.BrisqueModel(vectors, coefficients, 0.5, 1.5, np.full(3, -1.0), np.full(3, 1.0))
+    model = no_reference.BrisqueModel(vectors, coefficients, 0.5, 1.5, np.full(3, -1.0), np.full(3, 1.0))
     x = np.array([1.0, 0.0, 0.0])  # scaling maps [-1, 1] onto itself
     by_hand = 2 * math.exp(-0.5 * 1) - 0.5 * math.exp(-0.5 * 5) - 1.5
     assert model.predict(x) == pytest.approx(by_hand)
 
 
 def test_the_brisque_model_is_the_packages_bundled_one():
-    svm, scale = quality.brisque_model_files()
+    svm, scale = no_reference.brisque_model_files()
     assert svm.parent.name == "models" and svm.parent.parent.name == "brisque"
-    model = quality.load_brisque_model()
+    model = no_reference.load_brisque_model()
     assert model.support_vectors.shape == (770, 36) and model.feature_min.shape == (36,)
 
 
@@ -156,9 +158,9 @@ def test_lpips_uses_the_packages_linear_layers_and_the_users_trunk(evaluator, me
 
 def test_missing_models_name_the_file_and_the_folders_searched(tmp_path, metric_models_dir):  # noqa: F811
     with pytest.raises(ModelNotFoundError, match=r"dinov2-large.*looked in: .*dinov2"):
-        metrics.find_dino("dinov2-large", models.search_dirs(metrics.DINO_FOLDER, metric_models_dir))
+        metrics.find_dino("dinov2-large", model_files.search_dirs(metrics.DINO_FOLDER, metric_models_dir))
     with pytest.raises(ModelNotFoundError, match=r"alexnet.pth.*looked in: .*lpips"):
-        metrics.find_lpips("alexnet.pth", models.search_dirs(metrics.LPIPS_FOLDER, metric_models_dir))
+        metrics.find_lpips("alexnet.pth", model_files.search_dirs(metrics.LPIPS_FOLDER, metric_models_dir))
     incomplete = tmp_path / "dinov2" / "half"
     incomplete.mkdir(parents=True)
     (incomplete / "config.json").write_text("{}")

@@ -10,12 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, load_shared
-from plic import codec, fileformat
-from plic.errors import PlicError, PlicInputError
-from plic.image import resize
-from plic.prompt import MAX_PROMPT_CHARS
 
 import nodes
 from nodes.edges import PlicCannyEdges
@@ -23,6 +18,11 @@ from nodes.files import PlicLoad, PlicSave, input_files
 from nodes.pack import PlicPack
 from nodes.palette import PlicPalette
 from nodes.unpack import PlicUnpack
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.codec.prompt import MAX_PROMPT_CHARS
+from plic.errors import PlicError, PlicInputError
+from plic.image import resize
 
 
 def as_image(*arrays) -> torch.Tensor:
@@ -131,7 +131,7 @@ def test_the_pack_refuses_another_plic_imported_before_it(tmp_path):
 def test_edges_node_matches_the_codec_for_a_batch(batch, astronaut):
     edges, preview = PlicCannyEdges().run(batch, 128, 100, 200)
     assert len(edges) == 2 and preview.shape == (2, 128, 128, 3)
-    expected = codec.edges_part(codec.working_image(astronaut, 128)[1], (256, 256))
+    expected = pack.edges_part(pack.working_image(astronaut, 128)[1], (256, 256))
     assert edges[0].stream == expected.stream and edges[0].original_size == (256, 256)
     assert set(np.unique(preview.numpy())) <= {0.0, 1.0}
     assert np.array_equal(preview[0, ..., 0].numpy() > 0.5, expected.bitmap.astype(bool))
@@ -145,7 +145,7 @@ def test_edges_node_rejects_crossed_thresholds(batch):
 def test_palette_node_stores_the_reference_palette(batch, astronaut):
     palettes, preview = PlicPalette().run(batch, 1024, 32, 80)
     assert len(palettes) == 2 and preview.shape == batch.shape
-    assert palettes[0].data == codec.palette_part(astronaut).data
+    assert palettes[0].data == pack.palette_part(astronaut).data
     assert palettes[0].small.shape == (32, 32, 3)
 
 
@@ -154,7 +154,7 @@ def test_pack_reports_size_and_matches_encode_image(astronaut):
     (payload,) = packed["result"][0]
     (report,) = packed["ui"]["plic"]
     assert fileformat.dumps(payload) == fileformat.dumps(
-        codec.encode_image(astronaut, prompt="an astronaut", settings=codec.EncodeSettings(max_side=256)))
+        pack.encode_image(astronaut, prompt="an astronaut", settings=pack.EncodeSettings(max_side=256)))
     assert report["bytes"] == len(fileformat.dumps(payload))
     assert report["bpp"] == pytest.approx(report["bytes"] * 8 / (256 * 256))
     assert report["ratio"] == pytest.approx(256 * 256 * 3 / report["bytes"])
@@ -165,12 +165,12 @@ def test_pack_takes_salient_parts_and_checks_their_size(astronaut):
     edges, _, palette, _, _ = compress(image)
     mask = np.zeros((256, 256), bool)
     mask[60:120, 80:150] = True
-    salient = [codec.salient_part(astronaut, mask)]
+    salient = [pack.salient_part(astronaut, mask)]
     (payload,) = PlicPack().run("an astronaut", edges, palette, salient)["result"][0]
-    unpacked = codec.unpack(payload)
+    unpacked = pack.unpack(payload)
     assert np.array_equal(unpacked.salient_mask, mask)
     assert np.array_equal(unpacked.salient_pixels[mask], astronaut[mask])
-    wrong = [codec.salient_part(load_shared("astronaut.png", 128), mask[:128, :128])]
+    wrong = [pack.salient_part(load_shared("astronaut.png", 128), mask[:128, :128])]
     with pytest.raises(PlicInputError, match="salient mask is 128x128"):
         PlicPack().run("an astronaut", edges, palette, wrong)
 
@@ -207,7 +207,7 @@ def test_save_load_unpack_round_trip_is_bit_exact(folders, batch):
     (loaded,) = PlicLoad().run("test_00002_.plic")
     assert fileformat.dumps(loaded[0]) == fileformat.dumps(payloads[1])
     prompt, hint, edges, palette, pixels, mask, width, height, regenerate = PlicUnpack().run(loaded)
-    expected = codec.unpack(payloads[1])
+    expected = pack.unpack(payloads[1])
     assert (prompt, width, height) == ("an astronaut", 256, 256)
     assert torch.equal(hint, torch.from_numpy(expected.color_canny_hint[None]).float() / 255)
     assert torch.equal(edges[0, ..., 0], torch.from_numpy(expected.edges).float())
@@ -329,8 +329,8 @@ def test_palette_node_uses_the_working_image_of_every_other_part(batch, astronau
     PLIC Pack refuses a palette made from another working size."""
     edges, _, palette, _, packed = compress(batch, max_side=128)
     (payload, _) = packed["result"][0]
-    expected = codec.encode_image(astronaut, prompt="an astronaut",
-                                  settings=codec.EncodeSettings(max_side=128))
+    expected = pack.encode_image(astronaut, prompt="an astronaut",
+                                  settings=pack.EncodeSettings(max_side=128))
     assert fileformat.dumps(payload) == fileformat.dumps(expected)
     other, _ = PlicPalette().run(batch, 256, 32, 80)
     with pytest.raises(PlicInputError, match="palette was made from a 256x256 working image but "

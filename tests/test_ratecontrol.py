@@ -1,4 +1,4 @@
-"""Rate control (plic.ratecontrol, `plic encode --target-bpp`, PLIC Pack's target): the file
+"""Rate control (plic.codec.ratecontrol, `plic encode --target-bpp`, PLIC Pack's target): the file
 reaches its target or says why, long lines go last, and the result is a normal .plic."""
 
 import subprocess
@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import EVERY_IMAGE, REPO, image_path, load_shared, read_pbm
-from plic import codec, edges, fileformat, jbig2, ratecontrol, salient
+
+from plic.codec import edges, fileformat, jbig2, ratecontrol
+from plic.codec import pack
+from plic.codec import salient
 from plic.errors import PlicInputError
 
 #: Photos and a drawing of the core set, all well over 0.05 bpp at the paper's settings.
@@ -26,7 +28,7 @@ def test_the_target_is_met_and_the_file_decodes_as_a_normal_plic(name, tmp_path)
     work, result = fit_shared(name, prompt="a test prompt")
     assert result.start_bytes > result.target >= len(result.data)
     assert result.met and result.reason is None and 0 < result.kept_share < 1
-    parts = codec.unpack(fileformat.loads(result.data), name)  # the ordinary reader
+    parts = pack.unpack(fileformat.loads(result.data), name)  # the ordinary reader
     np.testing.assert_array_equal(parts.edges, result.after)
     assert parts.prompt == "a test prompt"
     # the edges are a standard JBIG2 stream: jbig2dec reads exactly the stored map
@@ -47,7 +49,7 @@ def test_every_shared_image_meets_the_target_or_says_why(name):
 
 def test_a_file_already_small_enough_is_left_at_the_paper_settings():
     work, result = fit_shared("rocket.jpg", bpp=0.2)  # 0.150 bpp at the paper's settings
-    plain = fileformat.dumps(codec.encode_working(work, (work.shape[1], work.shape[0])))
+    plain = fileformat.dumps(pack.encode_working(work, (work.shape[1], work.shape[0])))
     assert result.data == plain and not result.searched and result.kept_share == 1.0
     assert result.changes() == [] and "already fit" in result.summary()
 
@@ -81,7 +83,7 @@ def test_long_lines_survive_and_short_fragments_go_first():
     labels, lengths = edges.fragments(before)
     long_ones = np.isin(labels, np.nonzero(lengths >= 400)[0])
     assert long_ones.sum() > 2000 and (before & ~long_ones).sum() > 2000
-    plain = codec.encode_working(image, size)
+    plain = pack.encode_working(image, size)
     target = len(fileformat.dumps(plain)) // 2
     result = ratecontrol.fit(image, size, target)
     assert result.met and result.canny == (100, 200)  # dropping texture was enough
@@ -123,11 +125,11 @@ def test_a_target_below_what_the_salient_regions_take_is_refused_with_the_reason
     mask = np.zeros((512, 512), bool)
     mask[40:300, 150:360] = True  # a large region: far more than 600 bytes at any quality
     stream, regions = salient.pack(work, mask)
-    result = ratecontrol.fit(work, size, 600, salient=codec.SalientPart(stream, tuple(regions), size))
+    result = ratecontrol.fit(work, size, 600, salient=pack.SalientPart(stream, tuple(regions), size))
     assert not result.met and "salient regions alone take" in result.reason
     assert "NOT met" in result.summary() and "cannot reach the target" in result.summary()
     # still a normal file, salient pixels stored more cheaply but all of them kept
-    parts = codec.unpack(fileformat.loads(result.data))
+    parts = pack.unpack(fileformat.loads(result.data))
     np.testing.assert_array_equal(parts.salient_mask, mask)
     assert result.salient_codec.startswith("webp q") and "salient pixels png -> webp" in result.summary()
 
@@ -172,10 +174,11 @@ def test_plic_encode_target_bpp_reports_what_changed_and_preview_shows_it(tmp_pa
 
 
 def test_the_pack_node_takes_a_target_and_shows_the_removed_edges():
+    import torch
+
     from nodes.edges import PlicCannyEdges
     from nodes.pack import PlicPack
     from nodes.palette import PlicPalette
-    import torch
 
     work = load_shared("coffee.png")
     image = torch.from_numpy(work.astype(np.float32) / 255)[None]
@@ -189,4 +192,4 @@ def test_the_pack_node_takes_a_target_and_shows_the_removed_edges():
     assert packed["ui"]["plic"][0]["bytes"] <= 1500 and "rate control:" in packed["ui"]["text"][0]
     picture = (removed[0].numpy() * 255).round().astype(np.uint8)
     assert picture.shape == work.shape and ((picture == (230, 0, 0)).all(axis=-1)).sum() > 1000
-    np.testing.assert_array_equal(codec.unpack(payload).edges, (picture == 0).all(axis=-1))
+    np.testing.assert_array_equal(pack.unpack(payload).edges, (picture == 0).all(axis=-1))

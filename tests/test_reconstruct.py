@@ -12,16 +12,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from plic import codec, fileformat, models
-from plic import reconstruct as core
-from plic.errors import ModelNotFoundError, PlicInputError
-
 from conftest import REPO, load_shared, needs_shared
+from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
+
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from tiny_models import (COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node,  # noqa: F401
-                         tiny_models_dir)
+from plic import model_files
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.decode import reconstruct as core
+from plic.errors import ModelNotFoundError, PlicInputError
 
 STEPS = 2
 
@@ -30,12 +30,12 @@ STEPS = 2
 def plic_file() -> fileformat.PlicFile:
     """A small real image (not a multiple of 8) with a rectangle of salient pixels."""
     return astronaut_plic(90, np.s_[10:40, 30:60], "an astronaut in a white suit",
-                          {**codec.DEFAULT_DECODE_HINTS, "steps": STEPS, "seed": 5})
+                          {**pack.DEFAULT_DECODE_HINTS, "steps": STEPS, "seed": 5})
 
 
 @pytest.fixture
 def models_env(tiny_models_dir, monkeypatch):
-    monkeypatch.setenv(models.MODELS_ENV, str(tiny_models_dir))
+    monkeypatch.setenv(model_files.MODELS_ENV, str(tiny_models_dir))
     return tiny_models_dir
 
 
@@ -47,7 +47,7 @@ def loaded(models_env):
 
 def test_reconstruct_node_restores_salient_pixels_at_working_size(loaded, plic_file):
     (image,) = PlicReconstruct().run(loaded, [plic_file], 0, -1, 7.5)
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     width, height = plic_file.working_size
     assert tuple(image.shape) == (1, height, width, 3)
     rgb = np.rint(image[0].numpy() * 255).astype(np.uint8)
@@ -67,7 +67,7 @@ def test_reconstruct_node_gives_memory_back_unless_kept_loaded(loaded, plic_file
 
 
 def test_same_seed_same_image_other_seed_other_image(loaded, plic_file):
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     first = loaded.reconstruct(unpacked, core.DecodeSettings(seed=11))
     again = loaded.reconstruct(unpacked, core.DecodeSettings(seed=11))
     other = loaded.reconstruct(unpacked, core.DecodeSettings(seed=12))
@@ -86,7 +86,7 @@ def test_steps_and_seed_come_from_the_file_and_cancel_stops(loaded, plic_file):
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        loaded.reconstruct(codec.unpack(plic_file), on_step=on_step)
+        loaded.reconstruct(pack.unpack(plic_file), on_step=on_step)
     assert seen == [(1, STEPS)]
     assert core.DecodeSettings().resolve(plic_file.decode_hints).seed == 5
 
@@ -106,8 +106,8 @@ def test_single_file_controlnet_loads(loaded, models_env, plic_file):
     reconstructor = load_node(color_canny_controlnet=COLOR_CANNY_FILE, precision="fp32")
     assert reconstructor.pipeline is not loaded.pipeline
     settings = core.DecodeSettings(steps=1)
-    image = reconstructor.reconstruct(codec.unpack(plic_file), settings)
-    np.testing.assert_array_equal(image, loaded.reconstruct(codec.unpack(plic_file), settings))
+    image = reconstructor.reconstruct(pack.unpack(plic_file), settings)
+    np.testing.assert_array_equal(image, loaded.reconstruct(pack.unpack(plic_file), settings))
 
 
 def test_half_precision_is_never_used_on_cpu():
@@ -123,14 +123,14 @@ def _max_diff(first: np.ndarray, second: np.ndarray) -> int:
 
 
 @pytest.fixture(scope="module")
-def small_file() -> codec.Unpacked:
+def small_file() -> pack.Unpacked:
     """A file no larger than the tiny VAE's 64-pixel tile."""
-    return codec.unpack(codec.encode_image(load_shared("astronaut.png", max_side=56), prompt="a suit",
-                                           settings=codec.EncodeSettings(max_side=56)))
+    return pack.unpack(pack.encode_image(load_shared("astronaut.png", max_side=56), prompt="a suit",
+                                           settings=pack.EncodeSettings(max_side=56)))
 
 
 def test_scheduler_option_switches_sampler_and_back(loaded, plic_file):
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     unipc = loaded.reconstruct(unpacked, core.DecodeSettings(steps=3))
     dpm = loaded.reconstruct(unpacked, core.DecodeSettings(steps=3, scheduler="dpmpp_2m"))
     scheduler = loaded.pipeline.scheduler
@@ -149,7 +149,7 @@ def test_scheduler_option_switches_sampler_and_back(loaded, plic_file):
 
 
 def test_a_batch_matches_each_file_decoded_alone(loaded, plic_file):
-    first = codec.unpack(plic_file)
+    first = pack.unpack(plic_file)
     second = dataclasses.replace(first, decode_hints={**first.decode_hints, "seed": 6})
     batch = loaded.reconstruct_batch([first, second])
     alone = [loaded.reconstruct(first), loaded.reconstruct(second)]
@@ -161,7 +161,7 @@ def test_a_batch_matches_each_file_decoded_alone(loaded, plic_file):
 
 
 def test_batches_hold_neighbours_that_can_share_a_call(plic_file, small_file):
-    big = codec.unpack(plic_file)
+    big = pack.unpack(plic_file)
     other_steps = dataclasses.replace(big, decode_hints={**big.decode_hints, "steps": 9})
     parts = [big, big, big, small_file, big, other_steps]
     groups = core.batches(parts, core.DecodeSettings(), 2)
@@ -175,7 +175,7 @@ def test_batches_hold_neighbours_that_can_share_a_call(plic_file, small_file):
 
 
 def test_vae_tiling_changes_only_images_larger_than_the_tile(loaded, plic_file, small_file):
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     assert max(unpacked.width, unpacked.height) > loaded.pipeline.vae.tile_sample_min_size == 64
     plain = loaded.reconstruct(unpacked)
     tiled = loaded.reconstruct(unpacked, core.DecodeSettings(vae_tiling=True))
@@ -191,7 +191,7 @@ def test_channels_last_loads_through_the_node_and_changes_rounding_only(loaded, 
     pipe = fast.pipeline
     for conv in (pipe.unet.conv_in, pipe.vae.encoder.conv_in, *(n.conv_in for n in pipe.controlnet.nets)):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     assert _max_diff(fast.reconstruct(unpacked), loaded.reconstruct(unpacked)) <= 2  # measured: 1
 
 
@@ -224,7 +224,7 @@ def test_missing_model_file_names_file_and_folder(tiny_models_dir, tmp_path, mon
     broken = tmp_path / "models"
     shutil.copytree(tiny_models_dir, broken)
     (broken / "diffusers" / PIPELINE / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    monkeypatch.setenv(models.MODELS_ENV, str(broken))
+    monkeypatch.setenv(model_files.MODELS_ENV, str(broken))
     with pytest.raises(ModelNotFoundError) as err:
         load_node()
     message = str(err.value)
@@ -268,7 +268,7 @@ def test_restore_salient_node_rejects_a_batch_that_fits_no_image():
 
 
 def test_inpaint_hint_node_marks_pixels_to_regenerate(plic_file):
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     pixels = torch.from_numpy(unpacked.salient_pixels[None] / 255.0).float()
     mask = torch.from_numpy(unpacked.salient_mask[None].astype(np.float32))
     (hint,) = PlicInpaintHint().run(pixels, mask)
@@ -279,14 +279,14 @@ def test_inpaint_hint_node_marks_pixels_to_regenerate(plic_file):
 def test_decode_settings_node_reads_the_file(plic_file):
     seed, steps, negative, strength, cfg = PlicDecodeSettings().run([plic_file])
     assert (seed, steps, strength, cfg) == (5, STEPS, 1.0, core.DEFAULT_GUIDANCE)
-    assert negative == codec.DEFAULT_DECODE_HINTS["negative_prompt"]
+    assert negative == pack.DEFAULT_DECODE_HINTS["negative_prompt"]
 
 
 def test_decode_settings_node_overrides_what_is_set(plic_file):
     seed, steps, negative, strength, cfg = PlicDecodeSettings().run(
         [plic_file], steps=3, seed=11, controlnet_strength=0.6, cfg=4.0)
     assert (seed, steps, strength, cfg) == (11, 3, 0.6, 4.0)
-    assert negative == codec.DEFAULT_DECODE_HINTS["negative_prompt"]
+    assert negative == pack.DEFAULT_DECODE_HINTS["negative_prompt"]
     assert PlicDecodeSettings().run([plic_file], steps=3)[:2] == (5, 3)  # the rest stays the file's
 
 
@@ -309,7 +309,7 @@ def test_plic_decode_command_writes_png(loaded, tiny_models_dir, plic_file, tmp_
     out = tmp_path / "out.png"
     result = _run_cli("decode", source, "-o", out, *_model_args(tiny_models_dir), "--size", "original")
     assert result.returncode == 0, result.stderr
-    unpacked = codec.unpack(plic_file)
+    unpacked = pack.unpack(plic_file)
     expected = loaded.reconstruct(unpacked, core.DecodeSettings(steps=1))
     written = load_rgb(out)
     assert written.shape == expected.shape
@@ -331,14 +331,14 @@ def test_plic_decode_fast_paths_match_the_library(tiny_models_dir, plic_file, sm
     folder = tmp_path / "in"
     for name in ("a", "b"):
         fileformat.save(plic_file, folder / f"{name}.plic")
-    fileformat.save(codec.encode_image(load_shared("astronaut.png", max_side=56), prompt="x",
-                                       settings=codec.EncodeSettings(max_side=56)), folder / "c.plic")
+    fileformat.save(pack.encode_image(load_shared("astronaut.png", max_side=56), prompt="x",
+                                       settings=pack.EncodeSettings(max_side=56)), folder / "c.plic")
     result = _run_cli("decode", folder, "-o", tmp_path / "out", *_model_args(tiny_models_dir),
                       "--batch-size", 2, "--scheduler", "dpmpp_2m", "--vae-tiling", "--channels-last")
     assert result.returncode == 0, result.stderr
     from plic.image import load_rgb
 
-    expected = loaded.reconstruct(codec.unpack(plic_file), core.DecodeSettings(
+    expected = loaded.reconstruct(pack.unpack(plic_file), core.DecodeSettings(
         steps=1, scheduler="dpmpp_2m", vae_tiling=True))
     for name in ("a", "b"):
         assert _max_diff(load_rgb(tmp_path / "out" / f"{name}.png"), expected) <= 2
@@ -348,7 +348,7 @@ def test_plic_decode_fast_paths_match_the_library(tiny_models_dir, plic_file, sm
 def test_reconstruct_node_batches_with_the_chosen_sampler(loaded, plic_file):
     (image,) = PlicReconstruct().run(loaded, [plic_file, plic_file], 0, -1, 7.5, True,
                                      "dpmpp_2m", 2, True)
-    expected = loaded.reconstruct(codec.unpack(plic_file), core.DecodeSettings(
+    expected = loaded.reconstruct(pack.unpack(plic_file), core.DecodeSettings(
         scheduler="dpmpp_2m", vae_tiling=True))
     for item in image:
         assert _max_diff(np.rint(item.numpy() * 255).astype(np.uint8), expected) <= 1

@@ -5,10 +5,12 @@ import argparse
 
 import numpy as np
 import pytest
-
 from conftest import EVERY_IMAGE, image_path, load_shared
-from plic import cli_encode, fileformat, salient
-from plic.salient import Candidate
+
+from plic.cli import encode as cli_encode
+from plic.codec import fileformat
+from plic.codec import salient
+from plic.codec.salient import Candidate
 from plic.errors import PlicInputError
 
 
@@ -197,9 +199,9 @@ def test_node_keeps_the_face_and_a_painted_mask_and_packs_with_the_edges():
 
 
 def codec_unpack(payload):
-    from plic import codec
+    from plic.codec import pack
 
-    return codec.unpack(fileformat.loads(fileformat.dumps(payload)))
+    return pack.unpack(fileformat.loads(fileformat.dumps(payload)))
 
 
 def test_node_refuses_a_mask_of_another_shape_and_reports_missing_models(tmp_path, monkeypatch):
@@ -222,7 +224,7 @@ def test_a_new_detector_is_a_record_and_its_options(monkeypatch):
     from dataclasses import dataclass
 
     from nodes.salient import PlicSalientRegions
-    from plic import detect
+    from plic.salient import detect
 
     @dataclass(frozen=True)
     class CornerSettings:

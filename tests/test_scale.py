@@ -18,12 +18,14 @@ import time
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
-
 from conftest import CORE_IMAGES, DATA, REPO, load_shared
-from plic import codec, fileformat, runner
-from plic.errors import MissingDependencyError
+from PIL import Image
 from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
+
+from plic import runner
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.errors import MissingDependencyError
 
 PROMPT = "a test prompt"
 IMAGES = [DATA / name for name in CORE_IMAGES]
@@ -230,8 +232,8 @@ def _plic_folder(folder) -> None:
     """Three small .plic files of two sizes, each with its own seed."""
     for index, (name, side) in enumerate((("astronaut.png", 48), ("coffee.png", 64), ("chelsea.png", 48))):
         work = load_shared(name, max_side=side)
-        fileformat.save(codec.encode_image(work, prompt=f"image {index}", settings=codec.EncodeSettings(max_side=side),
-                                           decode_hints={**codec.DEFAULT_DECODE_HINTS, "steps": 1, "seed": 3 + index}),
+        fileformat.save(pack.encode_image(work, prompt=f"image {index}", settings=pack.EncodeSettings(max_side=side),
+                                           decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": 1, "seed": 3 + index}),
                         folder / f"{index}.plic")
 
 
@@ -284,7 +286,7 @@ def test_two_inputs_for_one_output_are_one_failed_row(tmp_path):
 
 
 def test_a_restartable_encode_imports_neither_ray_nor_torch(tmp_path):
-    code = ("import sys; from plic.cli import main; "
+    code = ("import sys; from plic.cli.main import main; "
             f"rc = main(['encode', {str(DATA / 'rocket.jpg')!r}, '-o', {str(tmp_path)!r}, '--jobs', '1']); "
             "heavy = [m for m in ('ray', 'torch') if m in sys.modules]; assert rc == 0 and not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
@@ -293,7 +295,7 @@ def test_a_restartable_encode_imports_neither_ray_nor_torch(tmp_path):
 def test_without_ray_the_ray_option_says_what_to_install(tmp_path, monkeypatch):
     """Where ray cannot be imported (a None in sys.modules makes `import ray` fail), --ray is
     one line naming the extra, and nothing else needs ray."""
-    code = ("import sys; sys.modules['ray'] = None; from plic.cli import main; "
+    code = ("import sys; sys.modules['ray'] = None; from plic.cli.main import main; "
             f"sys.exit(main(['encode', {str(IMAGES[0])!r}, '-o', {str(tmp_path)!r}, '--ray', 'auto']))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

@@ -10,10 +10,13 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from plic import cli, codec, fileformat, jbig2, safefs
+from plic import safefs
+from plic.cli import main as cli
+from plic.codec import fileformat, jbig2
+from plic.codec import pack
 
 #: Input names that must never lead an output out of -o: dots, dashes, separators' look-alikes
 #: and control characters (a newline, an escape sequence).
@@ -27,7 +30,7 @@ def small_plic():
     rgb[10:30, 20:50] = (200, 40, 40)
     mask = np.zeros((48, 64), bool)
     mask[12:20, 22:30] = True
-    return fileformat.dumps(codec.encode_image(rgb, prompt="a red box", salient_mask=mask))
+    return fileformat.dumps(pack.encode_image(rgb, prompt="a red box", salient_mask=mask))
 
 
 def tree(folder):
@@ -72,7 +75,7 @@ def test_encode_and_decode_targets_of_odd_names(tmp_path):
     assert cli.main(["encode", str(images), "-o", str(tmp_path / "out"), "--prompt", "x",
                      "--salient", "none"]) == 0
     assert tree(tmp_path / "out") == ["__.plic", "a_b.plic"]
-    from plic.cli_decode import targets
+    from plic.cli.decode import targets
     (tmp_path / "out" / "...plic").write_bytes((tmp_path / "out" / "__.plic").read_bytes())
     assert {t.parent for _, t in targets([tmp_path / "out"], tmp_path / "png")} == {tmp_path / "png"}
 
@@ -190,7 +193,7 @@ def test_an_original_size_no_encoder_read_is_refused_before_decoding(tmp_path):
     """Issue 24 item 4: a 478-byte file declaring 20000x20000 wrote a 20000x20000 PNG."""
     import argparse
 
-    from plic import cli_decode
+    from plic.cli import decode as cli_decode
 
     path = tmp_path / "tall.plic"
     fileformat.save(fileformat.PlicFile((20000, 20000), (64, 64), prompt="x"), path)

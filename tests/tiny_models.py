@@ -106,12 +106,12 @@ def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an a
     """A small real file for the decoders: the astronaut at ``max_side`` with the pixels under
     ``keep`` (rows, columns) stored as salient."""
     import numpy as np
-
     from conftest import load_shared
-    from plic import codec
+
+    from plic.codec import pack
 
     rgb = load_shared("astronaut.png", max_side=max_side)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[keep] = True
-    return codec.encode_image(rgb, prompt=prompt, salient_mask=mask, decode_hints=decode_hints,
-                              settings=codec.EncodeSettings(max_side=max_side))
+    return pack.encode_image(rgb, prompt=prompt, salient_mask=mask, decode_hints=decode_hints,
+                              settings=pack.EncodeSettings(max_side=max_side))

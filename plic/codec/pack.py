@@ -12,15 +12,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import edges as edges_mod
-from . import hints
-from . import palette as palette_mod
-from . import salient as salient_mod
-from .errors import PlicFormatError, PlicInputError
-from .fileformat import MAX_ORIGINAL_SIDE, MAX_WORKING_PIXELS, MAX_WORKING_SIDE, PlicFile, check_working_pixels
-from .image import DEFAULT_MAX_SIDE, check_rgb, to_working, working_size
-from .prompt import clean_prompt
-from .salient import SalientPart  # one of the parts pack_parts takes, with EdgesPart and PalettePart
+from plic.codec import control_images
+from plic.codec import edges as edges_mod
+from plic.codec import palette as palette_mod
+from plic.codec import salient as salient_mod
+from plic.codec.fileformat import (
+    MAX_ORIGINAL_SIDE,
+    MAX_WORKING_PIXELS,
+    MAX_WORKING_SIDE,
+    PlicFile,
+    check_working_pixels,
+)
+from plic.codec.prompt import clean_prompt
+from plic.codec.salient import SalientPart  # one of the parts pack_parts takes, with EdgesPart and PalettePart
+from plic.errors import PlicFormatError, PlicInputError
+from plic.image import DEFAULT_MAX_SIDE, check_rgb, to_working, working_size
 
 #: How the reference decoded. These are the format's version-1 defaults (docs/format.md): a file
 #: stores only the hints that differ from them, so the usual file carries no HINT section.
@@ -56,7 +62,7 @@ class EdgesPart:
     working_size: tuple[int, int]
     stream: bytes
     bitmap: np.ndarray
-    #: What rate control (plic.ratecontrol) needs to search again: the working image the edges
+    #: What rate control (plic.codec.ratecontrol) needs to search again: the working image the edges
     #: were found in and the Canny thresholds used.
     work: np.ndarray
     canny: tuple[int, int]
@@ -114,7 +120,7 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = salient_mod
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
                salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
-    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.prompt.clean_prompt`);
+    """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.codec.prompt.clean_prompt`);
     the palette and a salient part must be made from a working image of the edges' size
     (PlicInputError otherwise)."""
     if palette is not None and palette.working_size != tuple(edges.working_size):
@@ -221,7 +227,7 @@ class Unpacked:
 
     def inpaint_hint(self) -> np.ndarray:
         """Float32 (H, W, 3): kept pixels in 0..1, pixels to regenerate at -1."""
-        return hints.inpaint(self.salient_pixels, self.salient_mask)
+        return control_images.inpaint(self.salient_pixels, self.salient_mask)
 
 
 def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
@@ -237,7 +243,7 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
             else palette_mod.upscale(small, (width, height)))
     return Unpacked(
         prompt=plic.prompt, width=width, height=height, edges=edge_map, palette=small,
-        palette_full=full, color_canny_hint=hints.color_canny(full, edge_map),
+        palette_full=full, color_canny_hint=control_images.color_canny(full, edge_map),
         salient_mask=mask, salient_pixels=kept,
         decode_hints={**DEFAULT_DECODE_HINTS, **plic.decode_hints},
     )

@@ -3,9 +3,9 @@
 The reference (shared reference, "Decoding") ran diffusers' ``StableDiffusionControlNetInpaintPipeline``
 with ``control_v11p_sd15_inpaint`` and a color+canny ControlNet, UniPC, 60 steps, ControlNet scale
 1.0, a fixed negative prompt and a fixed seed. :class:`Reconstructor` does the same from the
-models on disk (offline, see :mod:`plic.models`), then puts the stored salient pixels back
+models on disk (offline, see :mod:`plic.model_files`), then puts the stored salient pixels back
 exactly. What the decoder is made of (pipeline class, ControlNets and their images, default
-sampler, steps, guidance and negative prompt) is its family's record (:mod:`plic.families`;
+sampler, steps, guidance and negative prompt) is its family's record (:mod:`plic.decode.families`;
 SD1.5 by default). One loaded pipeline is cached: loading other models, or the same ones with
 other :class:`LoadOptions`, replaces it.
 
@@ -21,7 +21,7 @@ against the reference (same file, same seed):
 * ``DecodeSettings.scheduler`` and ``steps``: another sampler or step count changes it (a
   different image of the same content, not a rounding difference).
 * ``ModelPaths.loras`` with the few-step samplers ``lcm`` and ``tcd``: a consistency LoRA
-  (LCM-LoRA, TCD, Hyper-SD) merged into the UNet (:mod:`plic.lora`) makes 4-8 steps enough, and
+  (LCM-LoRA, TCD, Hyper-SD) merged into the UNet (:mod:`plic.decode.lora`) makes 4-8 steps enough, and
   their guidance of 1 runs the UNet once per step instead of twice. A different image again; how
   far it is from the reference's can only be judged with the real weights (``plic eval``).
 * several files in one call (:func:`generate` with a list, ``batch_size`` in the node and the
@@ -45,13 +45,13 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .codec import DEFAULT_DECODE_HINTS, Unpacked, non_default_hints
-from .deps import require, resolve_device
-from .errors import ModelNotFoundError, PlicInputError
-from .families import Family
-from .fileformat import SCHEDULERS, check_decode_hints
-from .image import resize
-from . import families, lora
+from plic.codec.fileformat import SCHEDULERS, check_decode_hints
+from plic.codec.pack import DEFAULT_DECODE_HINTS, Unpacked, non_default_hints
+from plic.decode import families, lora
+from plic.decode.families import Family
+from plic.deps import require, resolve_device
+from plic.errors import ModelNotFoundError, PlicInputError
+from plic.image import resize
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ FEW_STEP_SAMPLERS = {"lcm": Sampler(steps=4, guidance=1.0), "tcd": Sampler(steps
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Resolved model locations (see :func:`plic.models.find_pipeline` / ``find_controlnet`` /
+    """Resolved model locations (see :func:`plic.model_files.find_pipeline` / ``find_controlnet`` /
     ``find_lora``): the pipeline folder or single-file checkpoint, the family's ControlNets in
     its order, the LoRAs merged into it, and for a single file ``base``: a diffusers folder of
     the family whose configurations, tokenizer and scheduler it is read with (its weights are

@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import batch, cli_scale, compare, evaluation, fileformat, image, metrics, models, report
-from .cli_args import MAX_SIDE, add_pixel_limits, device, int_in
-from .errors import ModelNotFoundError, PlicInputError, printable
-from .fileformat import write_atomic
-from .image import load_rgb, resize, to_working
-from .safefs import output_path
+from plic import batch, image
+from plic import model_files
+from plic.atomic import write_atomic
+from plic.cli import scale as cli_scale
+from plic.cli.args import MAX_SIDE, add_pixel_limits, device, int_in
+from plic.codec import fileformat
+from plic.errors import ModelNotFoundError, PlicInputError, printable
+from plic.eval import compare, evaluation, metrics
+from plic.eval import summary
+from plic.image import load_rgb, resize, to_working
+from plic.safefs import output_path
 
 #: What ``plic encode`` reads, plus AVIF (a reconstruction or codec output may be one).
 IMAGE_SUFFIXES = image.IMAGE_SUFFIXES | {".avif"}
@@ -65,14 +70,14 @@ def add_eval_parsers(subparsers) -> None:
     p.add_argument("--plic", type=Path, metavar="DIR",
                    help="folder of the .plic files (<name>.plic): gives bpp and the same-size codecs")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                   help="folder for results.csv, results.json, report.html, plots/")
+                   help="folder for results.csv, results.json, results.html, plots/")
     p.add_argument("--metrics", type=lambda v: _names(v, metrics.METRIC_NAMES, "metric"),
                    default=metrics.METRIC_NAMES, metavar="LIST",
                    help=f"default {','.join(metrics.METRIC_NAMES)}")
     p.add_argument("--codecs", type=lambda v: _names(v, compare.CODEC_NAMES, "codec"),
                    default=compare.CODEC_NAMES, metavar="LIST", help=f"default {codecs}")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
-                   help=f"ComfyUI-style models folder (default: ${models.MODELS_ENV})")
+                   help=f"ComfyUI-style models folder (default: ${model_files.MODELS_ENV})")
     p.add_argument("--dinov2", default=metrics.DINO_DEFAULT, metavar="NAME",
                    help="DINOv2 folder: path, or name under MODELS/dinov2 (default %(default)s)")
     p.add_argument("--lpips", default=metrics.LPIPS_DEFAULT, metavar="FILE",
@@ -133,7 +138,7 @@ def pair_files(args) -> list[tuple[Path, Path, Path | None]]:
 
 def run_eval(args) -> int:
     pairs = pair_files(args)
-    for name in report.FILES:
+    for name in summary.FILES:
         batch.refuse_existing(args.output / name, args.overwrite)
     status = 0
     if cli_scale.requested(args):
@@ -147,7 +152,7 @@ def run_eval(args) -> int:
                                     evaluate_pair(evaluator, original, recon, plics[original], args)))
     if not results:
         return 1
-    written = report.write_report(results, args.output, overwrite=args.overwrite)
+    written = summary.write_report(results, args.output, overwrite=args.overwrite)
     print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
     return status
 
@@ -165,7 +170,7 @@ def load_evaluator(args) -> metrics.Evaluator:
 
 def evaluate_pair(evaluator: metrics.Evaluator, original: Path, reconstruction: Path,
                   plic_path: Path | None, args) -> list[evaluation.Result]:
-    """The rows of one original (see :func:`plic.evaluation.evaluate_image`), each printed;
+    """The rows of one original (see :func:`plic.eval.evaluation.evaluate_image`), each printed;
     a reconstruction a metric cannot take (too small...) is a PlicInputError naming it."""
     plic_bytes = size = None
     if plic_path is not None:

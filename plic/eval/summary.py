@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .deps import require
-from .evaluation import Result
-from .fileformat import write_atomic
-from .image import resize_to_height
-from .metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from plic.atomic import write_atomic
+from plic.deps import require
+from plic.eval.evaluation import Result
+from plic.eval.metrics import HIGHER_IS_BETTER, METRIC_NAMES
+from plic.image import resize_to_height
 
 THUMB_HEIGHT = 192
 #: Plot colour of each method (matplotlib's tab10), so every plot and the page agree.

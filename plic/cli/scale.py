@@ -15,11 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import codec, fileformat, runner
-from .deps import resolve_device
-from .errors import PlicError, one_line
-from .runner import FAILED, Task
-from .safefs import output_path
+from plic import runner
+from plic.atomic import write_atomic
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.deps import resolve_device
+from plic.errors import PlicError, one_line
+from plic.runner import FAILED, Task
+from plic.safefs import output_path
 
 MANIFEST_NAME = "manifest.jsonl"
 #: Where ``plic eval`` keeps each image's scores (see :class:`EvalWork`).
@@ -84,22 +87,22 @@ def _plic_size(path: Path) -> tuple[int, float, None]:
     """(bytes, bpp, None) of a ``.plic`` file, read back with every CRC checked."""
     plic = fileformat.load(path)
     size = path.stat().st_size
-    return size, codec.bits_per_pixel(size, plic.working_size), None
+    return size, pack.bits_per_pixel(size, plic.working_size), None
 
 
 class EncodeWork(runner.Work):
-    """``plic encode``: :func:`plic.cli.encode_one` per image."""
+    """``plic encode``: :func:`plic.cli.main.encode_one` per image."""
 
-    def __init__(self, args, settings: codec.EncodeSettings, decode_hints: dict):
+    def __init__(self, args, settings: pack.EncodeSettings, decode_hints: dict):
         self.args, self.settings, self.decode_hints = args, settings, decode_hints
 
     def open(self, device):
-        from .cli_encode import captioner_from_args
+        from plic.cli.encode import captioner_from_args
 
         return (None if self.args.prompt is not None else captioner_from_args(self.args)), set()
 
     def run_one(self, opened, task):
-        from .cli import encode_one
+        from plic.cli.main import encode_one
 
         captioner, shown_notes = opened
         encode_one(task.source, task.target, self.args, self.settings, captioner, shown_notes,
@@ -112,8 +115,8 @@ class EncodeWork(runner.Work):
 
 class DecodeWork(runner.Work):
     """``plic decode``: one pipeline per worker (on its device), ``--batch-size`` files at a time
-    through :func:`plic.cli_decode.read_one`, one pipeline call per run of one size
-    (:func:`plic.reconstruct.batches`) and :func:`plic.cli_decode.write_png`. Workers on the
+    through :func:`plic.cli.decode.read_one`, one pipeline call per run of one size
+    (:func:`plic.decode.reconstruct.batches`) and :func:`plic.cli.decode.write_png`. Workers on the
     CPU compute with as many threads as this process (the same images, at the price of sharing
     the cores when several run on one machine)."""
 
@@ -128,7 +131,7 @@ class DecodeWork(runner.Work):
         self.cpu_threads = torch.get_num_threads()
 
     def open(self, device):
-        from . import reconstruct as core
+        from plic.decode import reconstruct as core
 
         a = self.args
         if resolve_device(device or a.device).startswith("cpu"):
@@ -143,8 +146,8 @@ class DecodeWork(runner.Work):
         return reconstructor
 
     def run(self, reconstructor, tasks):
-        from . import reconstruct as core
-        from .cli_decode import read_one
+        from plic.cli.decode import read_one
+        from plic.decode import reconstruct as core
 
         rows, read = {}, {}  # read: id(unpacked) -> (task, item of read_one, its row)
         for task in tasks:
@@ -170,7 +173,7 @@ class DecodeWork(runner.Work):
 
     def _write(self, rgb, task, item):
         """Write the PNG of ``item`` (from :func:`read_one`), or raise what its batch raised."""
-        from .cli_decode import write_png
+        from plic.cli.decode import write_png
 
         if isinstance(rgb, Exception):
             raise rgb
@@ -187,7 +190,7 @@ class DecodeWork(runner.Work):
 
 
 class EvalWork(runner.Work):
-    """``plic eval``: one evaluator per worker, :func:`plic.cli_eval.evaluate_pair` per
+    """``plic eval``: one evaluator per worker, :func:`plic.cli.eval.evaluate_pair` per
     original, its rows (without pictures) kept as ``<output>/images/<name>.json``: what a
     rerun reads back instead of evaluating the image again (its thumbnails are then left out
     of report.html). The rows go back to the command for the report."""
@@ -202,21 +205,21 @@ class EvalWork(runner.Work):
                 for original, recon, plic in pairs]
 
     def open(self, device):
-        from .cli_eval import load_evaluator
+        from plic.cli.eval import load_evaluator
 
         return load_evaluator(self.args)
 
     def run_one(self, evaluator, task):
-        from .cli_eval import evaluate_pair
+        from plic.cli.eval import evaluate_pair
 
         reconstruction, plic = task.extra
         results = evaluate_pair(evaluator, task.source, reconstruction, plic, self.args)
         rows = [{key: value for key, value in vars(r).items() if key != "picture"} for r in results]
-        fileformat.write_atomic(task.target, json.dumps(rows).encode("utf-8"), overwrite=self.args.overwrite)
+        write_atomic(task.target, json.dumps(rows).encode("utf-8"), overwrite=self.args.overwrite)
         return results[1].bytes, results[1].bpp, results
 
     def check(self, task):
-        from .evaluation import Result
+        from plic.eval.evaluation import Result
 
         try:
             results = [Result(**row) for row in json.loads(task.target.read_text(encoding="utf-8"))]

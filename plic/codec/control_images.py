@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import PlicInputError
+from plic.errors import PlicInputError
 
 
 def color_canny(palette_full: np.ndarray, edges: np.ndarray) -> np.ndarray:

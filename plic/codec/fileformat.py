@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import PlicFormatError
-from .safefs import read_regular
+from plic.atomic import write_atomic
+from plic.errors import PlicFormatError
+from plic.safefs import read_regular
 
 MAGIC = b"\x89PLIC\r\n\x1a"
 #: The ending of a .plic file's name.
@@ -353,7 +353,7 @@ def _unpack_regions(payload: bytes, working_size: tuple[int, int]) -> list[Salie
 
 
 def _as_is(data: bytes, _working_size=None) -> bytes:
-    """The payload of a section whose contents the codec checks (plic.codec.unpack)."""
+    """The payload of a section whose contents the codec checks (plic.codec.pack.unpack)."""
     return data
 
 

@@ -4,8 +4,8 @@ Layout (ComfyUI's): an SD1.5 diffusers pipeline folder under ``models/diffusers/
 ControlNets under ``models/controlnet/`` (each a diffusers folder or a single checkpoint file).
 Inside ComfyUI the nodes pass ``folder_paths``' folders; outside it the ``plic`` command and
 scripts pass a models folder or set ``PLIC_MODELS_DIR``. Nothing here touches the network.
-The local captioners (:mod:`plic.caption`), the metrics' models (:mod:`plic.metrics`) and
-Grounding DINO / SAM (:mod:`plic.detect`) find their folders with :func:`search_dirs` /
+The local captioners (:mod:`plic.caption`), the metrics' models (:mod:`plic.eval.metrics`) and
+Grounding DINO / SAM (:mod:`plic.salient.detect`) find their folders with :func:`search_dirs` /
 :func:`models_roots` and list and look up their models with :func:`names_in` and
 :func:`candidate_paths`.
 """
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import ModelNotFoundError
+from plic.errors import ModelNotFoundError
 
 #: Environment variable naming a ComfyUI-style ``models`` folder outside ComfyUI.
 MODELS_ENV = "PLIC_MODELS_DIR"

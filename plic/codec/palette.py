@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from .errors import PlicInputError
-from .image import check_rgb, resize
+from plic.errors import PlicInputError
+from plic.image import check_rgb, resize
 
 #: Reference settings: 32x32 bicubic, WebP quality 80.
 DEFAULT_SIZE = 32

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
-from .deps import require
-from .errors import ModelNotFoundError, PlicInputError
-from .image import resize
+from plic import model_files
+from plic.deps import require
+from plic.errors import ModelNotFoundError, PlicInputError
+from plic.image import resize
 
 #: The folder names under a models directory (and ComfyUI's folder_paths keys).
 DINO_FOLDER = "grounding-dino"
@@ -78,7 +78,7 @@ class Detection:
 
 def list_models(folders: tuple[Path, ...]) -> list[str]:
     """Model file names found in ``folders`` (sorted, no duplicates)."""
-    return models.names_in(folders, lambda entry: entry.suffix in MODEL_SUFFIXES and entry.is_file())
+    return model_files.names_in(folders, lambda entry: entry.suffix in MODEL_SUFFIXES and entry.is_file())
 
 
 def find_model(folders: tuple[Path, ...], name: str | None, what: str, url: str) -> Path:
@@ -250,8 +250,7 @@ def build_sam(arch: dict):
     """An (untrained) Sam of the given architecture (see :func:`sam_architecture`)."""
     require("segment_anything", package="segment-anything", purpose="Salient regions with Segment Anything")
     import torch
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     grid = arch["img_size"] // arch["patch_size"]
     return Sam(

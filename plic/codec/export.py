@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import codec, fileformat, jbig2, ratecontrol
-from .salient import encode_crop  # PNG by default, as salient regions are stored
+from plic.codec import fileformat, jbig2, ratecontrol
+from plic.codec import pack
+from plic.codec.salient import encode_crop  # PNG by default, as salient regions are stored
 
 
 def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     """Every part of ``plic`` as a standard file, name -> bytes (decoded first, so a damaged
     file fails before anything is written)."""
-    parts = codec.unpack(plic, source)
+    parts = pack.unpack(plic, source)
     files = {"prompt.txt": (parts.prompt + "\n").encode("utf-8"),
              "hint.png": encode_crop(parts.color_canny_hint),
              "decode_hints.json": json.dumps(parts.decode_hints, indent=2).encode("utf-8")}
@@ -59,7 +60,7 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
                   before: np.ndarray | None = None) -> Image.Image:
     """Hint, palette, edges and salient mask side by side, each labelled with its size; with
     ``before`` (the edge map the encoder started from) also the edges rate control removed."""
-    parts = codec.unpack(plic, source)
+    parts = pack.unpack(plic, source)
     sizes = plic.section_sizes()
     edges = np.repeat(((1 - parts.edges) * 255).astype(np.uint8)[..., None], 3, axis=-1)
     mask = parts.salient_mask if parts.salient_mask is not None else np.zeros(edges.shape[:2], bool)
@@ -83,7 +84,7 @@ def preview_image(plic: fileformat.PlicFile, source: str, total_bytes: int,
         x = pad + i * (tile[0] + pad)
         canvas.paste(Image.fromarray(array).resize(tile, Image.NEAREST), (x, label_h + pad))
         draw.text((x, 2), label, fill="black")
-    bpp = codec.bits_per_pixel(total_bytes, (width, height))
+    bpp = pack.bits_per_pixel(total_bytes, (width, height))
     footer = (f"{total_bytes} bytes, {bpp:.4f} bpp, working {width}x{height}, original "
               f"{plic.original_size[0]}x{plic.original_size[1]}; prompt: {plic.prompt[:80]}")
     draw.text((pad, label_h + 2 * pad + tile[1]), footer, fill="black")

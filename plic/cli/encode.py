@@ -1,5 +1,5 @@
 """Options of ``plic encode`` that belong to steps of their own: the prompt from the image
-(plic.caption) and the salient regions (plic.detect), each an argument group and the call it
+(plic.caption) and the salient regions (plic.salient.detect), each an argument group and the call it
 makes from the parsed options."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import caption, detect, salient
-from .cli_args import SCORE, float_in, int_in
-from .codec import EncodeSettings
-from .prompt import MAX_PROMPT_CHARS
+from plic import caption
+from plic.cli.args import SCORE, float_in, int_in
+from plic.codec import salient
+from plic.codec.pack import EncodeSettings
+from plic.codec.prompt import MAX_PROMPT_CHARS
+from plic.salient import detect
 
 
 def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +83,7 @@ def add_salient_arguments(parser) -> None:
 
 
 def add_option(group, option: detect.Option) -> None:
-    """A detector's tuning value as ``--NAME`` (see plic.detect.OPTIONS)."""
+    """A detector's tuning value as ``--NAME`` (see plic.salient.detect.OPTIONS)."""
     kind = type(option.default)
     parse = {float: SCORE, int: int_in(option.low, option.high), str: str}[kind]
     group.add_argument("--" + option.name.replace("_", "-"), type=parse, default=option.default,
@@ -92,7 +94,7 @@ def add_option(group, option: detect.Option) -> None:
 def salient_from_args(args: argparse.Namespace, rgb_working: np.ndarray,
                       image_path: str | os.PathLike | None = None) -> salient.Stored:
     """The salient step for one image as the options of :func:`add_salient_arguments` say
-    (:func:`plic.detect.run_salient`; ``image_path``, the original file, caps the bytes)."""
+    (:func:`plic.salient.detect.run_salient`; ``image_path``, the original file, caps the bytes)."""
     settings = detect.SalientSettings.from_options(
         vars(args), sources=args.salient, max_bpp=args.salient_budget, max_fraction=args.salient_max_fraction,
         codec=args.salient_codec, quality=args.salient_quality, models_dir=args.models_dir)

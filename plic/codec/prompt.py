@@ -1,10 +1,10 @@
 """The prompt of a ``.plic`` file: its one length limit, how text is cleaned into a prompt, and
-how one text is split into the prompts of a batch. The encoder (plic.codec), the captioners
+how one text is split into the prompts of a batch. The encoder (plic.codec.pack), the captioners
 (plic.caption) and PLIC Pack all use these."""
 
 from __future__ import annotations
 
-from .errors import PlicInputError
+from plic.errors import PlicInputError
 
 #: Prompts are cut to this many characters before use (reference).
 MAX_PROMPT_CHARS = 240

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .errors import PlicInputError
-from .image import check_rgb
+from plic.errors import PlicInputError
+from plic.image import check_rgb
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from . import models, sd15_configs
-from .codec import DEFAULT_DECODE_HINTS, Unpacked
-from .errors import PlicInputError
+from plic import model_files
+from plic.codec.pack import DEFAULT_DECODE_HINTS, Unpacked
+from plic.decode import sd15_configs
+from plic.errors import PlicInputError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ SD15 = Family(
     name="sd15",
     title="Stable Diffusion 1.5 (or a fine-tune of it) with the inpaint and colour+canny ControlNets",
     pipeline_class="StableDiffusionControlNetInpaintPipeline",
-    pipeline_files=models.PIPELINE_FILES,
+    pipeline_files=model_files.PIPELINE_FILES,
     configs=sd15_configs.full,
     controls=(
         Control("inpaint", "inpaint ControlNet", "control_v11p_sd15_inpaint", _inpaint_image),

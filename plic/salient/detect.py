@@ -2,7 +2,7 @@
 
 Each detector returns :class:`Candidate` regions of the working image with a score (0..1);
 :func:`find_salient` runs the chosen ones, rejects every candidate under its detector's threshold
-(each with its reason) and :mod:`plic.salient` stores the rest within a byte budget, dropping
+(each with its reason) and :mod:`plic.codec.salient` stores the rest within a byte budget, dropping
 the least important first (lowest ``score``, then largest area). The detectors are records in
 DETECTORS, each with a settings class of its own; their user-facing tuning values are OPTIONS;
 :class:`SalientSettings` holds a whole step's settings and :func:`run_salient` runs it for
@@ -30,8 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +39,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import salient
-from .deps import require
-from .errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
-from .fileformat import MAX_WORKING_SIDE
-from .grounded_sam import DINO_SHORT_SIDE, GroundedSAM, ModelFolders, find_text_encoder, list_models
-from .image import check_rgb, load_rgb, resize
-from .models import models_roots
-from .salient import Candidate, check_mask, count_sources, union_mask, user_candidates
+from plic.codec import salient
+from plic.codec.fileformat import MAX_WORKING_SIDE
+from plic.codec.salient import Candidate, check_mask, count_sources, union_mask, user_candidates
+from plic.deps import require
+from plic.errors import MissingDependencyError, ModelNotFoundError, PlicError, PlicInputError
+from plic.image import check_rgb, load_rgb, resize
+from plic.model_files import models_roots
+from plic.salient.grounded_sam import DINO_SHORT_SIDE, GroundedSAM, ModelFolders, find_text_encoder, list_models
 
 #: The sources value that runs what can run (:func:`auto_sources`).
 AUTO = "auto"
@@ -538,7 +538,7 @@ def detect_prompt(rgb: np.ndarray, folders, *, prompt: str = DEFAULT_DINO_PROMPT
                   box_threshold: float = DEFAULT_BOX_THRESHOLD,
                   text_threshold: float = DEFAULT_TEXT_THRESHOLD, dino_model: str | None = None,
                   sam_model: str | None = None, dino_size: int = DINO_SHORT_SIDE) -> list[Candidate]:
-    """Grounding DINO boxes for ``prompt``, masked by Segment Anything (see plic.grounded_sam)."""
+    """Grounding DINO boxes for ``prompt``, masked by Segment Anything (see plic.salient.grounded_sam)."""
     model = GroundedSAM.load(folders, dino_model, sam_model)
     found = []
     for det in model.detect(rgb, prompt, box_threshold=box_threshold, text_threshold=text_threshold,
@@ -619,7 +619,7 @@ class Detector:
     name: str
     settings: type
     #: ``run(rgb, settings, folders)``: the candidates, scored 0..1; ``folders()`` gives the
-    #: model folders (plic.grounded_sam.ModelFolders) for a detector that loads models.
+    #: model folders (plic.salient.grounded_sam.ModelFolders) for a detector that loads models.
     run: Callable[[np.ndarray, Any, Callable[[], ModelFolders]], list[Candidate]]
     #: What ran, for the report (a function: Tesseract's engine is known when it runs).
     describe: Callable[[], str]
@@ -781,10 +781,10 @@ def run_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
                 user_mask: np.ndarray | None = None, *, folders: ModelFolders | None = None,
                 strict: bool | tuple[str, ...] | None = None, max_bytes: int | None = None) -> salient.Stored:
     """The salient step on a working image, as ``plic encode`` and PLIC Salient Regions run it:
-    detect (:func:`find_salient`), then store within the budget (:func:`plic.salient.store`):
+    detect (:func:`find_salient`), then store within the budget (:func:`plic.codec.salient.store`):
     ``settings.max_bpp``, ``settings.max_fraction`` and ``max_bytes`` (the original file's
     size, when there is one); a user's mask with no detector and no ``max_bpp`` is capped only
-    at the raw image size (and ``max_fraction``). Returns the plic.salient.Stored; its report
+    at the raw image size (and ``max_fraction``). Returns the plic.codec.salient.Stored; its report
     lists which detectors ran, what each found, what was rejected and why, what was kept, and
     the detectors skipped."""
     found = find_salient(rgb, settings, user_mask, folders=folders, strict=strict)

@@ -11,7 +11,7 @@ Full-reference (original vs reconstruction):
   folder (nothing is downloaded). Lower is better, 0 for identical.
 - ``psnr`` (dB, RGB) and ``ssim`` (luma, 11x11 Gaussian window, sigma 1.5), for reference.
 
-No-reference (the reconstruction alone): ``brisque`` and ``cpbd``, see :mod:`plic.quality`.
+No-reference (the reconstruction alone): ``brisque`` and ``cpbd``, see :mod:`plic.eval.no_reference`.
 
 Models live in ComfyUI-style folders: ``models/dinov2/<folder>`` and ``models/lpips/<file>``
 (inside ComfyUI its own models folder; outside it ``--models-dir`` or ``PLIC_MODELS_DIR``).
@@ -29,10 +29,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import models, quality
-from .deps import require, resolve_device
-from .errors import ModelNotFoundError, PlicInputError
-from .image import check_rgb, resize
+from plic import model_files
+from plic.deps import require, resolve_device
+from plic.errors import ModelNotFoundError, PlicInputError
+from plic.eval import no_reference
+from plic.image import check_rgb, resize
 
 DINO_FOLDER = "dinov2"
 DINO_DEFAULT = "dinov2-base"
@@ -72,8 +73,8 @@ def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """Mean SSIM (Wang et al. 2004) of the luma (ITU-R 601), Gaussian window sigma 1.5 (11x11),
     K1 = 0.01, K2 = 0.03, over the pixels whose window lies inside the image."""
     ndimage = require("scipy", package="scipy", purpose="SSIM").ndimage
-    a = quality.gray_uint8(reference_for(original, reconstruction)).astype(np.float64)
-    b = quality.gray_uint8(reconstruction).astype(np.float64)
+    a = no_reference.gray_uint8(reference_for(original, reconstruction)).astype(np.float64)
+    b = no_reference.gray_uint8(reconstruction).astype(np.float64)
     blur = functools.partial(ndimage.gaussian_filter, sigma=1.5, truncate=3.5)
     mu_a, mu_b = blur(a), blur(b)
     var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
@@ -160,24 +161,24 @@ def load_alexnet_features(path: Path, torch) -> dict:
 
 def find_dino(name: str, dirs: Sequence[Path]) -> Path:
     """The DINOv2 folder ``name`` (a path or a folder under ``dirs``), checked complete."""
-    for folder in models.candidate_paths(name, dirs):
+    for folder in model_files.candidate_paths(name, dirs):
         if folder.is_dir():
-            missing = models.missing_files(folder, DINO_FILES)
+            missing = model_files.missing_files(folder, DINO_FILES)
             if missing:
                 raise ModelNotFoundError(f"The DINOv2 folder {folder} is incomplete: missing "
                                          f"{', '.join(missing)}. Copy the whole facebook/dinov2-base "
                                          "folder (weights, config, preprocessor_config.json).")
             return folder
-    raise models.not_found("The DINOv2 model", name, dirs,
+    raise model_files.not_found("The DINOv2 model", name, dirs,
                            "Put the facebook/dinov2-base folder into models/dinov2.")
 
 
 def find_lpips(name: str, dirs: Sequence[Path]) -> Path:
     """The AlexNet trunk checkpoint ``name`` (a path or a file under ``dirs``)."""
-    for path in models.candidate_paths(name, dirs):
+    for path in model_files.candidate_paths(name, dirs):
         if path.is_file():
             return path
-    raise models.not_found("The LPIPS AlexNet checkpoint", name, dirs,
+    raise model_files.not_found("The LPIPS AlexNet checkpoint", name, dirs,
                            "Put torchvision's ImageNet AlexNet weights (alexnet-owt-7be5be79.pth) "
                            "into models/lpips.")
 
@@ -197,8 +198,8 @@ class Evaluator:
             raise PlicInputError(f"unknown metric(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(METRIC_NAMES)}")
         self._functions = {"dinov2": self.dino, "lpips": self.lpips, "psnr": psnr, "ssim": ssim,
-                           "brisque": lambda _, rec: quality.brisque(rec),
-                           "cpbd": lambda _, rec: quality.cpbd(rec)}
+                           "brisque": lambda _, rec: no_reference.brisque(rec),
+                           "cpbd": lambda _, rec: no_reference.cpbd(rec)}
         for name in MODEL_METRICS:
             if name in self.metrics and self._functions[name] is None:
                 raise PlicInputError(f"the metric {name} needs its model; load it or leave {name} out")
@@ -213,10 +214,10 @@ class Evaluator:
         dino = lpips = None
         if "dinov2" in metrics:
             dino = DinoSimilarity(find_dino(dino_name, dino_search if dino_search is not None
-                                            else models.search_dirs(DINO_FOLDER, models_dir)), device)
+                                            else model_files.search_dirs(DINO_FOLDER, models_dir)), device)
         if "lpips" in metrics:
             lpips = Lpips(find_lpips(lpips_name, lpips_search if lpips_search is not None
-                                     else models.search_dirs(LPIPS_FOLDER, models_dir)), device)
+                                     else model_files.search_dirs(LPIPS_FOLDER, models_dir)), device)
         return cls(metrics, dino, lpips)
 
     def __call__(self, original: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:

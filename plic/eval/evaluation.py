@@ -1,7 +1,7 @@
 """One image's evaluation: the reconstruction's metrics and bpp, and beside them the same-size
 JPEG, WebP and AVIF of the original (when the .plic's byte count is known) with theirs.
 
-Shared by ``plic eval`` (:mod:`plic.cli_eval`) and the PLIC Evaluate node.
+Shared by ``plic eval`` (:mod:`plic.cli.eval`) and the PLIC Evaluate node.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import compare
-from .codec import bits_per_pixel
-from .image import check_rgb, resize_to_height
-from .metrics import Evaluator, reference_for
+from plic.codec.pack import bits_per_pixel
+from plic.eval import compare
+from plic.eval.metrics import Evaluator, reference_for
+from plic.image import check_rgb, resize_to_height
 
 PLIC_METHOD = "plic"
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFoundError, PlicInputError
+from plic.errors import ModelNotFoundError, PlicInputError
 
 #: The weight a LoRA is merged with unless told otherwise.
 DEFAULT_WEIGHT = 1.0

@@ -1,12 +1,12 @@
-"""Canny edges of the working image, packed losslessly as JBIG2 (see :mod:`plic.jbig2`)."""
+"""Canny edges of the working image, packed losslessly as JBIG2 (see :mod:`plic.codec.jbig2`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import jbig2
-from .errors import PlicInputError
-from .image import check_rgb
+from plic.codec import jbig2
+from plic.errors import PlicInputError
+from plic.image import check_rgb
 
 #: Hysteresis thresholds of the reference pipeline: ``cv2.Canny(rgb, 100, 200)``.
 DEFAULT_LOW = 100
@@ -30,7 +30,7 @@ def canny(rgb: np.ndarray, low: int = DEFAULT_LOW, high: int = DEFAULT_HIGH) -> 
 
 def pack(bitmap: np.ndarray, effort: str = "default") -> bytes:
     """Encode a binary map (1 = edge) as a JBIG2 embedded stream, losslessly; ``effort`` is
-    how hard the coder looks for its best parameters (see plic.jbig2.choose_parameters)."""
+    how hard the coder looks for its best parameters (see plic.codec.jbig2.choose_parameters)."""
     return jbig2.encode_embedded(bitmap, effort=effort)
 
 

@@ -9,10 +9,10 @@
 Model arguments are paths, or names looked up in ``<models-dir>/diffusers``,
 ``<models-dir>/controlnet`` and ``<models-dir>/loras`` (``--models-dir`` or
 ``PLIC_MODELS_DIR``). Nothing is downloaded. ``--family`` picks the decoder family's record
-(:mod:`plic.families`): which ControlNet options it needs and its default sampler, steps and
+(:mod:`plic.decode.families`): which ControlNet options it needs and its default sampler, steps and
 guidance. The fast paths (--precision, --channels-last, --compile, --scheduler with --steps,
 a few-step LoRA with --scheduler lcm|tcd, --batch-size, --vae-tiling) and how each changes the
-output are described in :mod:`plic.reconstruct`.
+output are described in :mod:`plic.decode.reconstruct`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import batch, cli_scale, codec, families, fileformat, lora, models
-from . import reconstruct as core
-from .cli_args import add_pixel_limits, device, float_in, int_in
-from .errors import PlicError, one_line, printable
-from .image import resize
-from .safefs import output_path
+from plic import batch
+from plic import model_files
+from plic.atomic import write_atomic
+from plic.cli import scale as cli_scale
+from plic.cli.args import add_pixel_limits, device, float_in, int_in
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.decode import families, lora
+from plic.decode import reconstruct as core
+from plic.errors import PlicError, one_line, printable
+from plic.image import resize
+from plic.safefs import output_path
 
 
 def add_decode_parser(subparsers) -> argparse.ArgumentParser:
@@ -59,11 +65,11 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         f"MODELS/loras) at WEIGHT (default {lora.DEFAULT_WEIGHT:g}); repeatable. A few-step LoRA wants "
                         "its sampler: LCM-LoRA --scheduler lcm, TCD and Hyper-SD --scheduler tcd")
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
-                   help=f"ComfyUI-style models folder for names (default: ${models.MODELS_ENV})")
+                   help=f"ComfyUI-style models folder for names (default: ${model_files.MODELS_ENV})")
     p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
-                   help=f"denoising steps (default: the file's, {codec.DEFAULT_DECODE_HINTS['steps']})")
+                   help=f"denoising steps (default: the file's, {pack.DEFAULT_DECODE_HINTS['steps']})")
     p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S",
-                   help=f"random seed (default: the file's, {codec.DEFAULT_DECODE_HINTS['seed']})")
+                   help=f"random seed (default: the file's, {pack.DEFAULT_DECODE_HINTS['seed']})")
     p.add_argument("--cfg", "--guidance", dest="guidance", type=float_in(0, core.MAX_GUIDANCE), metavar="G",
                    help=f"classifier-free guidance scale (default: 1 with lcm and tcd, which is none and "
                         f"halves the work; else the family's, {core.DEFAULT_GUIDANCE:g} for sd15)")
@@ -79,7 +85,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
                         "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
-                   help=f"sampler (default: the file's, {codec.DEFAULT_DECODE_HINTS['scheduler']}); another sampler "
+                   help=f"sampler (default: the file's, {pack.DEFAULT_DECODE_HINTS['scheduler']}); another sampler "
                         "or --steps changes the image; "
                         "lcm and tcd are for few-step LoRAs (default 4 steps)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=1, metavar="N",
@@ -99,21 +105,21 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
 def model_paths(args) -> core.ModelPaths:
     """Resolve the model arguments the family needs, and the LoRAs (paths or names), offline."""
     family = families.get(args.family)
-    nets = models.search_dirs("controlnet", args.models_dir)
+    nets = model_files.search_dirs("controlnet", args.models_dir)
     controlnets = []
     for control in family.controls:
         name = getattr(args, control.input_name)
         if name is None:
             raise PlicError(f"{control.option} is needed by the {family.name} decoder family: give "
                             f"{control.expects} (a path, or a name under MODELS/controlnet)")
-        controlnets.append(models.find_controlnet(name, nets, control.title))
+        controlnets.append(model_files.find_controlnet(name, nets, control.title))
     loras = []
     for text in args.lora:
         name, weight = lora.parse(text)
-        loras.append(lora.LoraSpec(models.find_lora(name, models.search_dirs("loras", args.models_dir)), weight))
-    pipeline, base = models.find_decoder_model(
-        args.model, args.base_model, models.search_dirs("diffusers", args.models_dir),
-        models.search_dirs("checkpoints", args.models_dir), family.pipeline_files)
+        loras.append(lora.LoraSpec(model_files.find_lora(name, model_files.search_dirs("loras", args.models_dir)), weight))
+    pipeline, base = model_files.find_decoder_model(
+        args.model, args.base_model, model_files.search_dirs("diffusers", args.models_dir),
+        model_files.search_dirs("checkpoints", args.models_dir), family.pipeline_files)
     return core.ModelPaths(pipeline=pipeline, controlnets=tuple(controlnets), family=family.name,
                            loras=tuple(loras), base=base)
 
@@ -161,7 +167,7 @@ def read_one(settings: core.DecodeSettings, source: Path, target: Path, args) ->
         raise PlicError(f"{source}: declares an original size of {width}x{height}, more than the "
                         f"{args.max_pixels} pixels --max-pixels allows (no encoder with that limit "
                         "read such an image); decode it at --size working, or raise --max-pixels")
-    unpacked = codec.unpack(plic, str(source))
+    unpacked = pack.unpack(plic, str(source))
     chosen = settings.resolve(unpacked.decode_hints, families.get(args.family))
     print(f"{printable(str(source))}: {chosen.scheduler} {chosen.steps} steps, cfg "
           f"{chosen.guidance_scale:g}, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
@@ -192,5 +198,5 @@ def write_png(rgb, item: tuple, args) -> None:
         rgb = resize(rgb, tuple(plic.original_size))
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="PNG")
-    fileformat.write_atomic(target, buffer.getvalue(), overwrite=args.overwrite)
+    write_atomic(target, buffer.getvalue(), overwrite=args.overwrite)
     print(f"{target}: {rgb.shape[1]}x{rgb.shape[0]}")

@@ -8,9 +8,9 @@ import argparse
 import math
 import re
 
-from . import edges
-from .fileformat import MAX_WORKING_PIXELS, MAX_WORKING_SIDE
-from .image import DEFAULT_MAX_PIXELS
+from plic.codec import edges
+from plic.codec.fileformat import MAX_WORKING_PIXELS, MAX_WORKING_SIDE
+from plic.image import DEFAULT_MAX_PIXELS
 
 
 def int_in(low: int, high: int):

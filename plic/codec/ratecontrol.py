@@ -4,12 +4,12 @@
 over the target, changes them in this order (docs/ratecontrol.md gives the reasons and sources):
 
 1. drop the shortest edge fragments (8-connected components of the Canny map, see
-   :func:`plic.edges.fragments`): texture a diffusion model redraws anyway. Fragments of
+   :func:`plic.codec.edges.fragments`): texture a diffusion model redraws anyway. Fragments of
    :data:`STRUCTURE_SHARE` of the image's longer side or more are structure lines and stay;
 2. raise the Canny thresholds along :data:`THRESHOLD_LADDER`, which stays inside the range the
    ControlNets were used with (high <= 255), doing step 1 again at each;
 3. lower the palette's WebP quality along :data:`PALETTE_QUALITIES`;
-4. store the salient pixels more cheaply (:func:`plic.salient.quality_ladder`; none is dropped);
+4. store the salient pixels more cheaply (:func:`plic.codec.salient.quality_ladder`; none is dropped);
 5. only then drop longer fragments as well, still shortest first.
 
 The first step at which the file can fit wins, and within it the fewest fragments are dropped.
@@ -26,10 +26,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, features
 
-from . import codec, fileformat
-from . import edges as edges_mod
-from . import salient as salient_mod
-from .errors import PlicInputError
+from plic.codec import edges as edges_mod
+from plic.codec import fileformat
+from plic.codec import pack
+from plic.codec import salient as salient_mod
+from plic.errors import PlicInputError
 
 #: Canny (low, high) thresholds rate control may raise to, in order. The ControlNet authors'
 #: demos (gradio_canny.py of ControlNet 1.0 and 1.1) offer 1..255 with defaults 100/200; the
@@ -68,8 +69,8 @@ class _Step:
     (None: any)."""
 
     canny: tuple[int, int]
-    palette: codec.PalettePart
-    salient: codec.SalientPart | None
+    palette: pack.PalettePart
+    salient: pack.SalientPart | None
     salient_codec: str | None
     max_drop: int | None
 
@@ -133,7 +134,7 @@ class Result:
         """Two or three lines for the command line or a node's text."""
         size = self.plic.working_size
         head = (f"rate control: {self.start_bytes} -> {len(self.data)} bytes for a target of "
-                f"{self.target} ({codec.bits_per_pixel(self.target, size):.4f} bpp)")
+                f"{self.target} ({pack.bits_per_pixel(self.target, size):.4f} bpp)")
         if not self.searched:
             return head + "; the starting settings already fit"
         lines = [head + ("" if self.met else " (NOT met)"),
@@ -182,8 +183,8 @@ class _Pricer:
         ``stream`` is the coded map when already made (the quick one otherwise)."""
         bitmap = self.edge_map(step.canny, min_length)
         stream = stream or self.stream(step.canny, min_length)
-        edges = codec.EdgesPart(self.original_size, self.size, stream, bitmap, self.work, step.canny)
-        plic = codec.pack_parts(prompt=self.prompt, edges=edges, palette=step.palette,
+        edges = pack.EdgesPart(self.original_size, self.size, stream, bitmap, self.work, step.canny)
+        plic = pack.pack_parts(prompt=self.prompt, edges=edges, palette=step.palette,
                                 salient=step.salient, decode_hints=self.decode_hints)
         return plic, fileformat.dumps(plic)
 
@@ -196,9 +197,9 @@ class _Pricer:
 
 
 def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt: str = "",
-        settings: codec.EncodeSettings = codec.EncodeSettings(),
-        salient: codec.SalientPart | None = None, decode_hints: dict | None = None,
-        palette: codec.PalettePart | None = None) -> Result:
+        settings: pack.EncodeSettings = pack.EncodeSettings(),
+        salient: pack.SalientPart | None = None, decode_hints: dict | None = None,
+        palette: pack.PalettePart | None = None) -> Result:
     """Encode the working image ``work`` (with its packed ``salient`` part) at most ``target``
     bytes long, as the module's docstring says. ``palette`` is the palette at the starting
     settings when already made. When nothing fits, the result is the smallest file that keeps
@@ -206,10 +207,10 @@ def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt
     if target < 1:
         raise PlicInputError(f"the target must be at least 1 byte, got {target}")
     if salient is not None:
-        codec.check_salient_fits(salient, (work.shape[1], work.shape[0]))
+        pack.check_salient_fits(salient, (work.shape[1], work.shape[0]))
     pricer = _Pricer(work, original_size, prompt, decode_hints)
     start_canny = (settings.canny_low, settings.canny_high)
-    palette = palette or codec.palette_part(work, settings.palette_size, settings.palette_quality)
+    palette = palette or pack.palette_part(work, settings.palette_size, settings.palette_quality)
     structure = max(2, round(max(pricer.size) * STRUCTURE_SHARE))
     first = _Step(start_canny, palette, salient, _salient_codec(salient), structure)
     start_plic, start_data = pricer.assemble(first, 0, edges_mod.pack(pricer.edge_map(start_canny, 0)))
@@ -236,7 +237,7 @@ def _cutoffs(pricer: _Pricer, step: _Step) -> np.ndarray:
     return np.array([0] + [int(u) + 1 for u in lengths if u + 1 < limit] + [limit])
 
 
-def _first_fitting(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings, target: int):
+def _first_fitting(first: _Step, pricer: _Pricer, settings: pack.EncodeSettings, target: int):
     """(the first step of the search that fits once it drops all it may, the last step tried);
     the step is None when none fits. Each step of a stage removes more than the one before, so
     a stage whose last step does not fit is passed over after that one trial."""
@@ -313,27 +314,27 @@ def _why(done: Result, step: _Step) -> str:
             f"framing); the structure lines kept take {edges} bytes")
 
 
-def _salient_codec(part: codec.SalientPart | None) -> str | None:
+def _salient_codec(part: pack.SalientPart | None) -> str | None:
     if part is None or part.mask_stream is None or not part.regions:
         return None
     kinds = sorted({r.codec for r in part.regions})
     return "+".join(kinds)
 
 
-def _stages(first: _Step, pricer: _Pricer, settings: codec.EncodeSettings):
+def _stages(first: _Step, pricer: _Pricer, settings: pack.EncodeSettings):
     """The stages of the search after ``first`` (module docstring): (options, make) pairs, where
     make(base, option) is the step of that option on top of ``base``, the previous stage's last
     step. Options are worked out only when the search reaches their stage."""
     yield ([t for t in THRESHOLD_LADDER if t[1] > first.canny[1] and t[0] >= first.canny[0]],
            lambda base, canny: replace(base, canny=canny))
     yield ([q for q in PALETTE_QUALITIES if q < first.palette.quality],
-           lambda base, quality: replace(base, palette=codec.palette_part(pricer.work, settings.palette_size,
+           lambda base, quality: replace(base, palette=pack.palette_part(pricer.work, settings.palette_size,
                                                                           quality)))
     yield _cheaper_salient(first.salient)
     yield [None], lambda base, _: replace(base, max_drop=None)
 
 
-def _cheaper_salient(part: codec.SalientPart | None):
+def _cheaper_salient(part: pack.SalientPart | None):
     """(options, make) of the salient stage: the cheaper steps of the salient quality ladder
     and the step that stores the pixels of ``part`` at one of them, every region kept."""
     if part is None or part.mask_stream is None:
@@ -345,7 +346,7 @@ def _cheaper_salient(part: codec.SalientPart | None):
         kind, quality = option
         stream, regions = salient_mod.pack(pixels, mask, codec=kind, quality=quality)
         label = kind if kind in salient_mod.LOSSLESS_CODECS else f"{kind} q{quality}"
-        return replace(base, salient=codec.SalientPart(stream, tuple(regions), part.working_size),
+        return replace(base, salient=pack.SalientPart(stream, tuple(regions), part.working_size),
                        salient_codec=label)
 
     return salient_mod.quality_ladder("png" if lossless else "webp", 90)[1:], make
@@ -395,9 +396,9 @@ class Encoded:
 
 
 def encode_to(work: np.ndarray, original_size: tuple[int, int], target: int | None, *,
-              prompt: str, settings: codec.EncodeSettings, how: str,
-              parts: tuple[codec.EdgesPart, codec.PalettePart | None] | None = None,
-              salient: codec.SalientPart | None = None, decode_hints: dict | None = None) -> Encoded:
+              prompt: str, settings: pack.EncodeSettings, how: str,
+              parts: tuple[pack.EdgesPart, pack.PalettePart | None] | None = None,
+              salient: pack.SalientPart | None = None, decode_hints: dict | None = None) -> Encoded:
     """The file of the working image ``work`` at the paper's settings (``target`` None; then
     with a note when it is larger than the image as WebP at quality 0, ``how`` naming the
     option that sets a target), or brought to at most ``target`` bytes by :func:`fit`.
@@ -407,8 +408,8 @@ def encode_to(work: np.ndarray, original_size: tuple[int, int], target: int | No
         fitted = fit(work, original_size, target, prompt=prompt, settings=settings, salient=salient,
                      decode_hints=decode_hints, palette=parts[1] if parts else None)
         return Encoded(fitted.plic, fitted.data, fitted.summary(), fitted.after)
-    edges, palette = parts or codec.image_parts(work, original_size, settings)
-    plic = codec.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
+    edges, palette = parts or pack.image_parts(work, original_size, settings)
+    plic = pack.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
                             decode_hints=decode_hints)
     data = fileformat.dumps(plic)
     return Encoded(plic, data, webp_warning(len(data), work, how), edges.bitmap)

@@ -18,18 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, batch, cli_scale, codec, fileformat, palette, ratecontrol
-from .cli_args import BPP, CANNY, MAX_SIDE, add_pixel_limits, int_in
-from .cli_decode import add_decode_parser, targets
-from .cli_encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
-from .cli_eval import add_eval_parsers
-from .edges import canny as canny_map
-from .errors import PlicError, one_line, printable
-from .fileformat import write_atomic, write_atomic_all
-from .image import IMAGE_SUFFIXES, load_rgb
-from .parts import EXPORT_LISTING, export_files, exported_before, preview_image
-from .prompt import MAX_PROMPT_CHARS
-from .safefs import output_path
+from plic import __version__, batch
+from plic.atomic import write_atomic, write_atomic_all
+from plic.cli import scale as cli_scale
+from plic.cli.args import BPP, CANNY, MAX_SIDE, add_pixel_limits, int_in
+from plic.cli.decode import add_decode_parser, targets
+from plic.cli.encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
+from plic.cli.eval import add_eval_parsers
+from plic.codec import fileformat, palette, ratecontrol
+from plic.codec import pack
+from plic.codec.edges import canny as canny_map
+from plic.codec.export import EXPORT_LISTING, export_files, exported_before, preview_image
+from plic.codec.prompt import MAX_PROMPT_CHARS
+from plic.errors import PlicError, one_line, printable
+from plic.image import IMAGE_SUFFIXES, load_rgb
+from plic.safefs import output_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,15 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder for the .plic files")
     p.add_argument("--prompt", default=None,
                    help=f"prompt stored in every file (cut to {MAX_PROMPT_CHARS} characters); overrides --caption")
-    p.add_argument("--max-side", type=MAX_SIDE, default=codec.EncodeSettings.max_side, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=pack.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
     p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
-                   default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
+                   default=(pack.EncodeSettings.canny_low, pack.EncodeSettings.canny_high),
                    help="Canny hysteresis thresholds (default %(default)s)")
-    p.add_argument("--palette-size", type=int_in(1, palette.MAX_SIZE), default=codec.EncodeSettings.palette_size,
+    p.add_argument("--palette-size", type=int_in(1, palette.MAX_SIZE), default=pack.EncodeSettings.palette_size,
                    metavar="N",
                    help="palette side in pixels (default %(default)s)")
-    p.add_argument("--palette-quality", type=int_in(0, 100), default=codec.EncodeSettings.palette_quality,
+    p.add_argument("--palette-quality", type=int_in(0, 100), default=pack.EncodeSettings.palette_quality,
                    metavar="Q",
                    help="palette WebP quality 0-100 (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
@@ -113,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the image the file was made from: adds a panel of the edges rate control "
                         "removed (red) from the Canny map at --canny")
     p.add_argument("--canny", type=CANNY, nargs=2, metavar=("LOW", "HIGH"),
-                   default=(codec.EncodeSettings.canny_low, codec.EncodeSettings.canny_high),
+                   default=(pack.EncodeSettings.canny_low, pack.EncodeSettings.canny_high),
                    help="thresholds the encode started from (default %(default)s)")
     add_pixel_limits(p)
     p.set_defaults(run=run_preview)
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "next to JPEG, WebP and AVIF at their lowest quality")
     p.add_argument("folder", type=Path, metavar="DIR")
     p.add_argument("--csv", type=Path, metavar="FILE.csv", help="also write the table as CSV")
-    p.add_argument("--max-side", type=MAX_SIDE, default=codec.EncodeSettings.max_side, metavar="N",
+    p.add_argument("--max-side", type=MAX_SIDE, default=pack.EncodeSettings.max_side, metavar="N",
                    help="longest side of the working image (default %(default)s; never upscales)")
     p.add_argument("--target-bpp", type=BPP, default=ratecontrol.SUGGESTED_BPP, metavar="BPP",
                    help="target of the 'target' column (default %(default)s)")
@@ -141,7 +144,7 @@ def _fail(source: Path | str, reason: str) -> PlicError:
 # -- encode ------------------------------------------------------------------------------------
 
 def run_encode(args) -> int:
-    settings = codec.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
+    settings = pack.EncodeSettings(max_side=args.max_side, canny_low=args.canny[0],
                                     canny_high=args.canny[1], palette_size=args.palette_size,
                                     palette_quality=args.palette_quality,
                                     max_working_pixels=args.max_working_pixels)
@@ -162,14 +165,14 @@ def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decode settings stored in the file (a decoder uses them "
                                       "unless told otherwise; nothing is stored for the defaults)")
     group.add_argument("--decode-steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
-                       help=f"denoising steps (default {codec.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
+                       help=f"denoising steps (default {pack.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
     group.add_argument("--decode-seed", type=int_in(0, fileformat.MAX_SEED), metavar="N",
-                       help=f"random seed (default {codec.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
+                       help=f"random seed (default {pack.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
     group.add_argument("--decode-scheduler", choices=fileformat.SCHEDULERS,
-                       help=f"sampler (default {codec.DEFAULT_DECODE_HINTS['scheduler']}, the reference's; "
+                       help=f"sampler (default {pack.DEFAULT_DECODE_HINTS['scheduler']}, the reference's; "
                             "lcm or tcd for a file tuned with a few-step LoRA)")
     group.add_argument("--decode-family", metavar="NAME",
-                       help="the decoder family the file was tuned for (plic.families; a decoder "
+                       help="the decoder family the file was tuned for (plic.decode.families; a decoder "
                             "of another family decodes it with a warning)")
 
 
@@ -181,14 +184,14 @@ def decode_hints_from_args(args) -> dict:
     return {key: value for key, value in hints.items() if value is not None}
 
 
-def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, captioner,
+def encode_one(path: Path, target: Path, args, settings: pack.EncodeSettings, captioner,
                shown_notes: set[str] | None = None, decode_hints: dict | None = None) -> None:
     """Compress the image ``path`` to ``target`` (storing ``decode_hints``) and print its sizes
     and what the salient step kept; a note in ``shown_notes`` (such as a detector that cannot
     run) is not repeated."""
     batch.refuse_existing(target, args.overwrite)
     rgb = load_rgb(path, args.max_pixels)
-    original_size, work = codec.working_image(rgb, settings.max_side,
+    original_size, work = pack.working_image(rgb, settings.max_side,
                                               max_working_pixels=settings.max_working_pixels)
     size = (work.shape[1], work.shape[0])
     goal = ratecontrol.target_bytes(size, args.target_bpp, args.target_bytes)
@@ -196,7 +199,7 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
         # Edges and palette are coded beside the salient step and the caption (JBIG2, Canny and
         # WebP release the GIL, and so do the face detector and libtesseract, called through
         # ctypes); rate control codes its own.
-        parts = pool.submit(codec.image_parts, work, original_size, settings) if goal is None else None
+        parts = pool.submit(pack.image_parts, work, original_size, settings) if goal is None else None
         stored = salient_from_args(args, work, path)
         prompt = captioner.caption(rgb) if captioner is not None else args.prompt
         salient, report = stored.part, stored.report
@@ -209,7 +212,7 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
             raise _fail(path, str(exc)) from None
     plic, data, notes = encoded.plic, encoded.data, [encoded.note] if encoded.note else []
     write_atomic(target, data, overwrite=args.overwrite)
-    bpp = codec.bits_per_pixel(len(data), plic.working_size)
+    bpp = pack.bits_per_pixel(len(data), plic.working_size)
     ratio = path.stat().st_size / len(data)
     compared = f"{ratio:.1f}x smaller than" if ratio >= 1 else f"{1 / ratio:.1f}x larger than"
     print(f"{target}: {len(data)} bytes, {bpp:.4f} bpp at {plic.working_size[0]}x"
@@ -224,7 +227,7 @@ def encode_one(path: Path, target: Path, args, settings: codec.EncodeSettings, c
 
 
 def add_target_arguments(parser) -> None:
-    """The rate control options of `plic encode` (see plic.ratecontrol)."""
+    """The rate control options of `plic encode` (see plic.codec.ratecontrol)."""
     group = parser.add_argument_group("rate control (default: the paper's fixed settings)")
     group.add_argument("--target-bpp", type=BPP, metavar="BPP",
                        help="bring each whole file to at most BPP bits per working-image pixel: "
@@ -240,7 +243,7 @@ def add_target_arguments(parser) -> None:
 def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
     """Sizes of a file and of each section, in bytes and bpp of the working image."""
     size = plic.working_size
-    sections = {name: {"bytes": n, "bpp": codec.bits_per_pixel(n, size)}
+    sections = {name: {"bytes": n, "bpp": pack.bits_per_pixel(n, size)}
                 for name, n in plic.section_sizes().items()}
     return {
         "original_size": list(plic.original_size),
@@ -250,7 +253,7 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
         "salient_regions": len(plic.salient_regions),
         "unknown_sections": [kind.decode("latin-1") for kind, _ in plic.extra_sections],
         "total_bytes": total_bytes,
-        "total_bpp": codec.bits_per_pixel(total_bytes, size),
+        "total_bpp": pack.bits_per_pixel(total_bytes, size),
         "decode_hints": plic.decode_hints,
     }
 
@@ -271,7 +274,7 @@ def info_one(source: Path, args) -> tuple[Path, dict]:
     """``source`` and what :func:`describe` says of it, printed as a table unless ``--json``."""
     plic = fileformat.load(source, max_working_pixels=args.max_working_pixels)
     if not args.no_check:
-        codec.unpack(plic, str(source))
+        pack.unpack(plic, str(source))
     info = describe(plic, source.stat().st_size)
     if not args.json:
         print_info(source, info)
@@ -342,7 +345,7 @@ def preview_one(source: Path, target: Path, args) -> None:
 def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int],
                    max_pixels: int) -> np.ndarray:
     """The Canny map of ``image`` at the working size of ``plic``: what its encoder started from."""
-    _, work = codec.working_image(load_rgb(image, max_pixels), max(plic.working_size))
+    _, work = pack.working_image(load_rgb(image, max_pixels), max(plic.working_size))
     if (work.shape[1], work.shape[0]) != tuple(plic.working_size):
         raise _fail(image, f"is {work.shape[1]}x{work.shape[0]} at the working size, but the file "
                            f"is {plic.working_size[0]}x{plic.working_size[1]}: give the image it was made from")
@@ -353,17 +356,17 @@ def starting_edges(image: Path, plic: fileformat.PlicFile, canny: tuple[int, int
 
 def run_bench(args) -> int:
     images = batch.expand([args.folder], IMAGE_SUFFIXES, "images")
-    settings = codec.EncodeSettings(max_side=args.max_side)
+    settings = pack.EncodeSettings(max_side=args.max_side)
     columns = ["image", "width", "height", "paper", "paper_bpp", "target", "target_bpp", "edges_kept",
                "jpeg_q1", "webp_q0", "avif_q0", "ratio_to_file"]
     rows = []
     for index, path in enumerate(images, 1):
         batch.show_progress(index, len(images), path)
-        original_size, work = codec.working_image(load_rgb(path, args.max_pixels), settings.max_side)
+        original_size, work = pack.working_image(load_rgb(path, args.max_pixels), settings.max_side)
         size = (work.shape[1], work.shape[0])
         fitted = ratecontrol.fit(work, original_size, ratecontrol.target_bytes(size, args.target_bpp),
                                  settings=settings)
-        bpp = lambda n: round(codec.bits_per_pixel(n, size), 4)
+        bpp = lambda n: round(pack.bits_per_pixel(n, size), 4)
         rows.append({"image": path.name, "width": size[0], "height": size[1],
                      "paper": fitted.start_bytes, "paper_bpp": bpp(fitted.start_bytes),
                      "target": len(fitted.data), "target_bpp": bpp(len(fitted.data)),
@@ -377,7 +380,7 @@ def run_bench(args) -> int:
     for column in ("paper_bpp", "target_bpp"):
         bpps = sorted(r[column] for r in rows)
         print(f"median {column} {bpps[len(bpps) // 2]:.4f} over {len(rows)} images (prompt not included)")
-    paper = codec.EncodeSettings()
+    paper = pack.EncodeSettings()
     print(f"target: --target-bpp {args.target_bpp}; paper: Canny {paper.canny_low}/{paper.canny_high}, "
           f"palette {paper.palette_size}x{paper.palette_size} WebP q{paper.palette_quality}")
     if not ratecontrol.avif_available():

@@ -1,7 +1,7 @@
 """Salient regions: the few pixels (faces, small text, logos) stored verbatim, within a budget.
 
 A salient selection is a binary mask of the working image. It is stored as the mask itself
-(JBIG2, see :mod:`plic.jbig2`) plus the pixels of the boxes that cover it, each box an image
+(JBIG2, see :mod:`plic.codec.jbig2`) plus the pixels of the boxes that cover it, each box an image
 file (PNG by default: lossless, as the reference pipeline). Nearby boxes are merged (pixels
 outside the mask are zeroed, so a merged box costs little more) to save per-region overhead.
 
@@ -11,7 +11,7 @@ the least important candidates (lowest score first; among equal scores the large
 until the bytes fit, and reports what it kept. Whatever the settings, the salient bytes never
 exceed the raw size of the working image (W x H x 3) nor ``Budget.max_bytes``.
 
-What may be kept arrives as :class:`Candidate` regions: from the detectors of :mod:`plic.detect`
+What may be kept arrives as :class:`Candidate` regions: from the detectors of :mod:`plic.salient.detect`
 or, for a user's mask, from :func:`user_candidates`.
 """
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from . import jbig2
-from .errors import PlicInputError
-from .fileformat import MAX_REGIONS, REGION_CODECS, SalientRegion
-from .image import check_rgb
+from plic.codec import jbig2
+from plic.codec.fileformat import MAX_REGIONS, REGION_CODECS, SalientRegion
+from plic.errors import PlicInputError
+from plic.image import check_rgb
 
 #: Default salient share: 0.5 bits per pixel of the working image. A lossless face of a 512x512
 #: portrait costs about 1.1 bpp, so by default it is stored as WebP (see :func:`quality_ladder`).
@@ -361,7 +361,7 @@ class _Selection:
 
 @dataclass(frozen=True)
 class SalientPart:
-    """The salient pixels of one image as PLIC Pack and :func:`plic.codec.pack_parts` take them:
+    """The salient pixels of one image as PLIC Pack and :func:`plic.codec.pack.pack_parts` take them:
     the JBIG2 ``mask_stream`` (None when nothing is kept), the stored ``regions`` and the
     ``working_size`` (width, height) of the image they were taken from."""
 
@@ -460,7 +460,7 @@ def pack(rgb: np.ndarray, mask: np.ndarray, *, codec: str = DEFAULT_CODEC, quali
     """Store the pixels of ``rgb`` under ``mask`` within ``budget``: the JBIG2 mask stream and
     the regions (each connected part of the mask is a candidate; see :func:`store`). A mask
     given explicitly is only capped at the raw size of the image by default; the detectors'
-    path (:func:`plic.detect.run_salient`) applies :class:`Budget`'s default.
+    path (:func:`plic.salient.detect.run_salient`) applies :class:`Budget`'s default.
 
     Pixels inside a box but outside the mask are zeroed, which costs almost nothing to store
     and is never shown (the decoder regenerates them). An empty mask stores nothing."""

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .deps import require
-from .errors import MissingDependencyError, ModelNotFoundError, PlicInputError
+from plic.deps import require
+from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
 
 BRISQUE_PACKAGE = "brisque"
 BRISQUE_INSTALL = "--no-deps brisque==0.2.0"

@@ -1,0 +1,1 @@
+"""The ``plic`` command line."""

@@ -1,0 +1,1 @@
+"""Reconstruction with diffusers: the decoder families, LoRAs and the pipeline."""
