@@ -130,10 +130,14 @@ def test_the_html_report_shows_the_thumbnails_and_plots_in_headless_chromium(eva
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it)")
     root, _ = eval_set
-    shot = tmp_path / "results.png"
+    shot = tmp_path / "report.png"
+    # its own profile: a Chromium already running on the default one would take the page over
+    # and this one would exit with no screenshot
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
                     "--force-device-scale-factor=1", "--window-size=1500,3000",
-                    f"--screenshot={shot}", (root / "out" / "results.html").as_uri()],
+                    f"--screenshot={shot}", (root / "out" / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     screenshot = np.asarray(Image.open(shot).convert("RGB"))
     plot_tops = []
