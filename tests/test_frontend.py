@@ -15,7 +15,6 @@ import pytest
 
 from conftest import REPO, REQUIRE_SHARED, require_tool
 from scripts.comfy_server import COMFYUI
-from scripts.workflow_layout import LINKS_BEHIND_NODES
 
 if not (COMFYUI / "main.py").is_file():
     _MISSING = f"{COMFYUI} is missing: the real-frontend tests need the repository beside shared/"
@@ -47,9 +46,7 @@ def test_each_template_at_fit_to_view_has_every_node_in_its_group(drawn, name):
     assert layout["groups"] and layout["outside"] == [] and layout["undrawn"] == []
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(
-    strict=True, reason="links still run behind a node (scripts/workflow_layout.py LINKS_BEHIND_NODES)"))
-    if name in LINKS_BEHIND_NODES else name for name in TEMPLATES])
+@pytest.mark.parametrize("name", TEMPLATES)
 def test_no_link_is_drawn_through_a_node(drawn, name):
     behind = drawn[0]["layout"][name]["behind"]
     assert behind == [], json.dumps(behind, indent=1)

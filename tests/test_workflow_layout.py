@@ -29,31 +29,16 @@ def _node(workflow, node_type):
     return next(n for n in workflow["nodes"] if n["type"] == node_type)
 
 
-def _unless_known(paths):
-    """``paths`` with those layout.LINKS_BEHIND_NODES lists as expected failures (strict, so
-    that the test fails, and the entry goes, once a layout without such links is found)."""
-    return [pytest.param(p, marks=pytest.mark.xfail(
-        strict=True, reason=f"{layout.LINKS_BEHIND_NODES[p.name]} links still run behind a node"))
-        if p.name in layout.LINKS_BEHIND_NODES else p for p in paths]
-
-
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
 def test_groups_are_readable_and_no_nodes_overlap(path):
     workflow = json.loads(path.read_text())
     assert layout.node_overlaps(workflow) + layout.group_problems(workflow) == []
 
 
-@pytest.mark.parametrize("path", _unless_known(UI_WORKFLOWS), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
 def test_no_link_runs_behind_a_node(path, widget_orders):
     workflow = json.loads(path.read_text())
     assert layout.links_behind_nodes(workflow, layout.link_paths(workflow, widget_orders)) == []
-
-
-@pytest.mark.parametrize("name", sorted(layout.LINKS_BEHIND_NODES))
-def test_the_known_links_behind_nodes_are_no_more(name, widget_orders):
-    workflow = json.loads((REPO / "workflows" / name).read_text())
-    found = layout.links_behind_nodes(workflow, layout.link_paths(workflow, widget_orders))
-    assert len(found) <= layout.LINKS_BEHIND_NODES[name], found
 
 
 def test_the_layout_script_lays_out_the_templates_as_shipped(widget_orders):
