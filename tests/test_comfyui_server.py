@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
 from test_caption_local import save_tiny_blip
-from tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
 
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 

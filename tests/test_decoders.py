@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, load_shared, needs_shared
-from tiny_models import (  # noqa: F401
+from tests.support.tiny_models import (  # noqa: F401
     COLOR_CANNY,
     INPAINT,
     LORAS,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import OBJECT_INFO, REPO
-from workflow_schema import load_schemas, widget_entries
+from tests.support.workflow_schema import load_schemas, widget_entries
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, load_shared, needs_shared
-from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
+from tests.support.tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
 
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
@@ -359,7 +359,7 @@ def test_reconstruct_node_batches_with_the_chosen_sampler(loaded, plic_file):
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/decode_gpu.py", "--models", "tiny", "--steps", "1", "--repeats", "2",
+    command = [sys.executable, "-m", "bench.decode_gpu", "--models", "tiny", "--steps", "1", "--repeats", "2",
                "--variants", "unipc20", "batch2", "lcm4", "--sizes", "64x64", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -383,7 +383,7 @@ def test_bench_times_the_shipped_decode_workflow_through_comfyui(tmp_path):
     only ones ComfyUI recognises), after the paper's configuration; one model set at a time, in
     bf16 (--low-memory: both fp32 sets held 15.5 GB)."""
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/decode_gpu.py", "--models", "sd15", "--steps", "2", "--repeats",
+    command = [sys.executable, "-m", "bench.decode_gpu", "--models", "sd15", "--steps", "2", "--repeats",
                "1", "--variants", "comfyui", "--sizes", "64x64", "--low-memory", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]

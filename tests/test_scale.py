@@ -20,7 +20,7 @@ import psutil
 import pytest
 from conftest import CORE_IMAGES, DATA, REPO, load_shared
 from PIL import Image
-from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
 
 from plic import runner
 from plic.codec import fileformat

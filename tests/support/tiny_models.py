@@ -30,7 +30,7 @@ def build_models_tree(models_dir: Path) -> Path:
     """Write the tiny models under ``models_dir`` and return it."""
     from safetensors.torch import save_file
 
-    from bench import random_models
+    from tests.support import random_models
 
     components = random_models.build_sd15(models_dir.parent / "tokenizer-src", tiny=True, seed=0)
     random_models.save_models_tree(components, models_dir, PIPELINE, (INPAINT, COLOR_CANNY))
