@@ -53,7 +53,7 @@ def _tiny_plic(steps: int = 2) -> bytes:
     mask[8:30, 20:44] = True
     plic = pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
                               settings=pack.EncodeSettings(max_side=64),
-                              decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": steps, "seed": 3})
+                              decode_settings={**pack.DEFAULT_DECODE_SETTINGS, "steps": steps, "seed": 3})
     return fileformat.dumps(plic)
 
 

@@ -233,7 +233,7 @@ def _plic_folder(folder) -> None:
     for index, (name, side) in enumerate((("astronaut.png", 48), ("coffee.png", 64), ("chelsea.png", 48))):
         work = load_shared(name, max_side=side)
         fileformat.save(pack.encode_image(work, prompt=f"image {index}", settings=pack.EncodeSettings(max_side=side),
-                                           decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": 1, "seed": 3 + index}),
+                                           decode_settings={**pack.DEFAULT_DECODE_SETTINGS, "steps": 1, "seed": 3 + index}),
                         folder / f"{index}.plic")
 
 
