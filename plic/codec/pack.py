@@ -187,7 +187,7 @@ def image_parts(work: np.ndarray, original_size: tuple[int, int],
             palette_part(work, settings.palette_size, settings.palette_quality))
 
 
-def size_report(n_bytes: int, plic: PlicFile) -> dict:
+def size_breakdown(n_bytes: int, plic: PlicFile) -> dict:
     """What a file of ``n_bytes`` costs: ``bytes``, ``bpp`` over the working image (reference
     accounting) and ``ratio``, the uncompressed 24-bit RGB original's size over ``n_bytes``."""
     width, height = plic.original_size
