@@ -96,6 +96,7 @@ class ComfyUI:
             args.bf16_unet = bf16_unet
             import comfy.utils
             import execution
+
             import nodes
         except ImportError as exc:
             raise ImportError(f"ComfyUI in {source} does not import ({exc}): install its "
@@ -111,7 +112,7 @@ class ComfyUI:
 
     def write_models(self, components) -> None:
         """``components`` where the graph's loaders read them, replacing the previous ones."""
-        from bench import random_models
+        from tests.support import random_models
 
         shutil.rmtree(self.base / "models", ignore_errors=True)
         random_models.save_models_tree(components, self.base / "models", PIPELINE, (INPAINT, COLOR_CANNY))
@@ -121,9 +122,8 @@ class ComfyGraphRunner:
     """The ``comfyui`` variant: same interface as decode_gpu.Runner (``call``, ``times``...)."""
 
     def __init__(self, variant, components, device: str, steps: int, comfyui: ComfyUI):
-        import torch
-
         import comfy.ldm.modules.attention as attention
+        import torch
 
         self.variant = variant
         self.cuda = device.startswith("cuda")

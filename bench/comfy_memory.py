@@ -6,32 +6,27 @@ earlier commit (the peer), in the same run, on the CPU with random-weight models
 SD1.5's layout at half the UNet/ControlNet width (the decoder ~2.4 GB in fp32, ComfyUI's model
 ~1.7 GB), "tiny" the test models.
 
-  python bench/comfy_memory.py --peer d3c2f74 --rounds 3 [--size tiny] [--cache-lru 8]
+  python -m bench.comfy_memory --peer d3c2f74 --rounds 3 [--size tiny] [--cache-lru 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from plic.codec import fileformat, pack
+from plic.decode import sd15_configs
+from plic.image import load_rgb, to_working
+from scripts.comfy_server import ComfyServer
+from tests.support import random_models
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-import numpy as np  # noqa: E402
-from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, build_models_tree  # noqa: E402
-
-from bench import random_models  # noqa: E402
-from plic.codec import fileformat
-from plic.codec import pack
-from plic.decode import sd15_configs  # noqa: E402
-from plic.image import load_rgb, to_working  # noqa: E402
-from scripts.comfy_server import ComfyServer  # noqa: E402
-
 #: Printed by the launcher each time plic.decode.reconstruct.load_pipeline reads the decoder from disk.
 LOAD_MARK = "BENCH: PLIC decoder loaded from disk"
 LAUNCHER = '''import runpy, sys

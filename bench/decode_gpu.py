@@ -6,17 +6,17 @@ family's record) with random weights: nothing is downloaded and the compute is t
 real weights. Every variant is set up by ``plic.decode.reconstruct.prepare`` and run by
 ``plic.decode.reconstruct.decode`` (generate, then the salient pixels restored), the code ``plic decode``
 runs, on a real encoded image. The few-step variants (lcm4, tcd4, tcd8) merge a random LoRA
-(bench/random_models.save_random_lora, read back by plic.decode.lora.merge as ``plic decode --lora``
+(tests/support/random_models.save_random_lora, read back by plic.decode.lora.merge as ``plic decode --lora``
 does) and run its sampler at guidance 1: a merged LoRA costs nothing per step, so their speed is
 a real few-step LoRA's; their images are not (random weights), so the pixel difference they
 report says nothing of a real LoRA's quality (docs/method.md: measure that with ``plic eval``).
 
-    python bench/decode_gpu.py                          # GPU: 512x512 and 1024x640, every variant
-    python bench/decode_gpu.py --variants paper fp16 unipc20 --repeats 5
-    python bench/decode_gpu.py --models tiny --steps 2  # CPU run with tiny models
-    python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui  # CPU
-    python bench/decode_gpu.py --models sd15 --sizes 64x64 --steps 2 --variants comfyui --low-memory
-    python bench/decode_gpu.py --variants lcm4 tcd4 tcd8 lcm4_compile --repeats 5    # few steps, GPU
+    python -m bench.decode_gpu                          # GPU: 512x512 and 1024x640, every variant
+    python -m bench.decode_gpu --variants paper fp16 unipc20 --repeats 5
+    python -m bench.decode_gpu --models tiny --steps 2  # CPU run with tiny models
+    python -m bench.decode_gpu --models sd15 --sizes 64x64 --steps 2 --variants comfyui  # CPU
+    python -m bench.decode_gpu --models sd15 --sizes 64x64 --steps 2 --variants comfyui --low-memory
+    python -m bench.decode_gpu --variants lcm4 tcd4 tcd8 lcm4_compile --repeats 5    # few steps, GPU
 
 The ``comfyui`` variant runs the shipped decompress workflow through ComfyUI's own executor and
 nodes in this process (bench/comfy_graph.py; ComfyUI's source from ``--comfyui``); ComfyUI
@@ -55,16 +55,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import random_models  # noqa: E402
-from bench.timing import StepClock  # noqa: E402
-from plic.codec import fileformat
-from plic.codec import pack
-from plic.decode import lora  # noqa: E402
-from plic.decode import reconstruct as core  # noqa: E402
-from plic.image import load_rgb, resize  # noqa: E402
-from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI  # noqa: E402
+from bench.timing import StepClock
+from plic.codec import fileformat, pack
+from plic.decode import lora
+from plic.decode import reconstruct as core
+from plic.image import load_rgb, resize
+from scripts.comfy_server import COMFYUI as DEFAULT_COMFYUI
+from tests.support import random_models
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "plic" / "data" / "example.png"
 FULL_SIZES = ("512x512", "1024x640")

@@ -1,6 +1,6 @@
 """Where `plic encode` spends its time, and the default against `--salient none`.
 
-    python bench/encode_profile.py [--images DIR] [--repeats 3]
+    python -m bench.encode_profile [--images DIR] [--repeats 3]
 
 Two measurements of `plic encode` on the images of a folder (default ../shared/images), in one
 run:
@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED_IMAGES = REPO.parent / "shared" / "images"
 MODES = {"default": [], "--salient none": ["--salient", "none"]}
 # (step, module, function): the functions encode_one reaches, in the order it runs them.

@@ -12,7 +12,7 @@ dictionary).  Tools are timed as whole processes (start included); the
 start cost of each, measured on an 8x8 blank PBM, is printed so it can be taken
 off.  Every tool's output is decoded back with jbig2dec and compared.
 
-    python bench/jbig2_bench.py [--runs 5] [--images DIR]
+    python -m bench.jbig2_bench [--runs 5] [--images DIR]
 """
 from __future__ import annotations
 
@@ -20,17 +20,15 @@ import argparse
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.timing import best_time
+from plic.codec import jbig2
 
-from bench.timing import best_time  # noqa: E402
-from plic.codec import jbig2  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 EFFORTS = jbig2.EFFORTS
 JBIG2ENC_LIKE = dict(template=0, tpgdon=True)  # what `jbig2 -d` (jbig2enc) codes

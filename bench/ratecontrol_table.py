@@ -2,7 +2,7 @@
 share of the edge pixels was kept, the longest fragment removed, and how long the search took
 next to encoding the image, all in the same run.
 
-    python bench/ratecontrol_table.py [--target-bpp 0.05] [--repeats 3]
+    python -m bench.ratecontrol_table [--target-bpp 0.05] [--repeats 3]
 
 "encode" is what `plic encode --salient auto` does for one image without writing it: load,
 working image, salient detection (faces; text where Tesseract is installed), encode at the
@@ -14,18 +14,15 @@ plic.ratecontrol.fit given the same working image and salient part. Times are th
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.timing import best_time
+from plic.codec import fileformat, pack, ratecontrol
+from plic.image import load_rgb
+from plic.salient import detect
 
-from bench.timing import best_time  # noqa: E402
-from plic.codec import fileformat, ratecontrol
-from plic.codec import pack
-from plic.image import load_rgb  # noqa: E402
-from plic.salient import detect  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGES = REPO.parent / "shared" / "images"
 

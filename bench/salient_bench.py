@@ -1,6 +1,6 @@
 """Salient detectors on a labelled set: precision, recall, box coverage, salient bytes, time.
 
-    python bench/salient_bench.py [--cache DIR] [--peers] [--face-threshold S] [--word-threshold S]
+    python -m bench.salient_bench [--cache DIR] [--peers] [--face-threshold S] [--word-threshold S]
                                   [--min-face PX]
 
 The set is built at run time, nothing of it is in the repository:
@@ -42,16 +42,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from plic.codec import fileformat, pack, salient
+from plic.codec.salient import Candidate
+from plic.deps import require
+from plic.image import load_rgb, to_working
+from plic.salient import detect
 
-from plic.codec import fileformat
-from plic.codec import pack
-from plic.codec import salient
-from plic.codec.salient import Candidate  # noqa: E402
-from plic.deps import require  # noqa: E402
-from plic.image import load_rgb, to_working  # noqa: E402
-from plic.salient import detect  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "images"
 #: ../shared/images with neither a face nor text (motorcycle and rocket carry lettering).

@@ -1,7 +1,7 @@
 """Salient regions on every shared image: what each detector found, and the salient bytes and
 total bpp of the .plic file without a budget (only the raw-size cap) and with the default one.
 
-    python bench/salient_table.py [--sources faces,text] [--models-dir DIR] [--budget BPP]
+    python -m bench.salient_table [--sources faces,text] [--models-dir DIR] [--budget BPP]
 
 Prints a Markdown table. bpp counts the whole file over the working image's pixels.
 """
@@ -9,18 +9,14 @@ Prints a Markdown table. bpp counts the whole file over the working image's pixe
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from plic.codec import fileformat, pack, salient
+from plic.image import load_rgb, to_working
+from plic.salient import detect
 
-from plic.codec import fileformat
-from plic.codec import pack
-from plic.codec import salient
-from plic.image import load_rgb, to_working  # noqa: E402
-from plic.salient import detect  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGES = REPO.parent / "shared" / "images"
 

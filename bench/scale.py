@@ -3,7 +3,7 @@ cluster of two nodes started here (``ray.cluster_utils.Cluster``, one CPU each),
 ``--jobs 1`` in the same run, the outputs checked to be the same bytes; then what each way of
 running adds per file, from a file that takes no time (:class:`Touch`).
 
-    python bench/scale.py                 # --copies N (the test images N times, default 4)
+    python -m bench.scale                 # --copies N (the test images N times, default 4)
                                           # --touch N (files of the overhead runs, default 400)
                                           # --rounds N (default 3)
 
@@ -28,10 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from plic import runner
+
+REPO = Path(__file__).resolve().parents[1]
 
 IMAGES = REPO / "tests" / "data"
 NODE = {"num_cpus": 1, "object_store_memory": 150 * 2**20}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from plic.codec import control_images
-from plic.codec.pack import DEFAULT_DECODE_HINTS
+from plic.codec.pack import DEFAULT_DECODE_SETTINGS
 from plic.decode.reconstruct import DEFAULT_GUIDANCE, DecodeSettings
 from plic.errors import PlicInputError
 
@@ -94,11 +94,11 @@ class PlicDecodeSettings:
     FUNCTION = "run"
     RETURN_TYPES = ("INT", "INT", "STRING", "FLOAT", "FLOAT")
     RETURN_NAMES = ("seed", "steps", "negative_prompt", "controlnet_strength", "cfg")
-    OUTPUT_TOOLTIPS = (f"The seed (the file's, default {DEFAULT_DECODE_HINTS['seed']}).",
-                       f"The step count (the file's, default {DEFAULT_DECODE_HINTS['steps']}).",
+    OUTPUT_TOOLTIPS = (f"The seed (the file's, default {DEFAULT_DECODE_SETTINGS['seed']}).",
+                       f"The step count (the file's, default {DEFAULT_DECODE_SETTINGS['steps']}).",
                        "The file's negative prompt.",
                        "The ControlNet strength (the file's, default "
-                       f"{DEFAULT_DECODE_HINTS['controlnet_scale']}).",
+                       f"{DEFAULT_DECODE_SETTINGS['controlnet_scale']}).",
                        f"Classifier-free guidance for KSampler (default {DEFAULT_GUIDANCE:g}).")
 
     @classmethod
@@ -109,14 +109,14 @@ class PlicDecodeSettings:
         }, "optional": {
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                               "tooltip": "Denoising steps; 0 takes the file's (default "
-                                         f"{DEFAULT_DECODE_HINTS['steps']})."}),
+                                         f"{DEFAULT_DECODE_SETTINGS['steps']})."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
                              "tooltip": "Random seed; -1 takes the file's (default "
-                                        f"{DEFAULT_DECODE_HINTS['seed']})."}),
+                                        f"{DEFAULT_DECODE_SETTINGS['seed']})."}),
             "controlnet_strength": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.05,
                                               "tooltip": "Strength of both ControlNets; -1 takes the "
                                                          "file's (default "
-                                                         f"{DEFAULT_DECODE_HINTS['controlnet_scale']})."}),
+                                                         f"{DEFAULT_DECODE_SETTINGS['controlnet_scale']})."}),
             "cfg": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0, "step": 0.1,
                               "tooltip": f"Classifier-free guidance (default {DEFAULT_GUIDANCE:g})."}),
         }}
@@ -126,7 +126,7 @@ class PlicDecodeSettings:
             raise PlicInputError("PLIC Decode Settings: the payload is empty")
         chosen = DecodeSettings(steps=steps or None, seed=None if seed < 0 else seed,
                                 controlnet_scale=None if controlnet_strength < 0 else controlnet_strength,
-                                guidance_scale=cfg).resolve(plic[0].decode_hints)
+                                guidance_scale=cfg).resolve(plic[0].decode_settings)
         return (chosen.seed, chosen.steps, chosen.negative_prompt, chosen.controlnet_scale,
                 chosen.guidance_scale)
 

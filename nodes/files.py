@@ -47,7 +47,7 @@ class PlicSave:
             path = write_numbered(output, filename_prefix, data)
             subfolder = path.parent.relative_to(output.resolve()).as_posix()
             saved.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder,
-                          "type": "output", **pack.size_report(len(data), payload)})
+                          "type": "output", **pack.size_breakdown(len(data), payload)})
         return {"ui": {"plic": saved}}
 
 

@@ -70,7 +70,7 @@ class PlicPack:
             sizes.append(size)
             previews.append(ratecontrol.removed_preview(edge.bitmap, after))
             notes += [f"image {index + 1}: {note}"] if note else []
-        reports = [pack.size_report(size, p) for size, p in zip(sizes, payloads)]
+        reports = [pack.size_breakdown(size, p) for size, p in zip(sizes, payloads)]
         return {"ui": {"plic": reports, "text": ["\n".join(notes)] if notes else []},
                 "result": (payloads, rgb_list_to_image(previews))}
 

@@ -159,10 +159,10 @@ class PlicReconstruct:
             "plic": (PAYLOAD, {"tooltip": "Payloads from PLIC Load (or PLIC Pack); all of one size."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                               "tooltip": "Denoising steps; 0 takes the file's (default "
-                                         f"{pack.DEFAULT_DECODE_HINTS['steps']})."}),
+                                         f"{pack.DEFAULT_DECODE_SETTINGS['steps']})."}),
             "seed": ("INT", {"default": -1, "min": -1, "max": 2**63 - 1,
                              "tooltip": "Random seed; -1 takes the file's (default "
-                                        f"{pack.DEFAULT_DECODE_HINTS['seed']})."}),
+                                        f"{pack.DEFAULT_DECODE_SETTINGS['seed']})."}),
             "guidance_scale": ("FLOAT", {"default": core.DEFAULT_GUIDANCE, "min": 0.0, "max": 30.0,
                                          "step": 0.1,
                                          "tooltip": "Classifier-free guidance (default "
@@ -173,7 +173,7 @@ class PlicReconstruct:
         }, "optional": {  # the fast paths: optional, so workflows saved before them still queue
             "scheduler": (["file", *core.SCHEDULERS], {
                 "default": "file",
-                "tooltip": f"Sampler; file takes the file's (default {pack.DEFAULT_DECODE_HINTS['scheduler']}). "
+                "tooltip": f"Sampler; file takes the file's (default {pack.DEFAULT_DECODE_SETTINGS['scheduler']}). "
                            "Another sampler, like fewer steps, changes the image (e.g. dpmpp_2m or unipc "
                            "at 20 steps). "
                            "lcm (LCM-LoRA) and tcd (TCD, Hyper-SD LoRAs) are for a few-step LoRA "
@@ -196,7 +196,7 @@ class PlicReconstruct:
                                        vae_tiling=bool(vae_tiling))
         _load_managed(pipeline)
         groups = core.batches(parts, settings, batch_size, pipeline.family)
-        progress = _Progress(sum(settings.resolve(g[0].decode_hints, pipeline.family).steps for g in groups))
+        progress = _Progress(sum(settings.resolve(g[0].decode_settings, pipeline.family).steps for g in groups))
         images = [image for g in groups for image in pipeline.reconstruct_batch(g, settings, progress.step)]
         if not keep_loaded:
             core.release()  # the loader's output stays valid: the next run loads again

@@ -245,7 +245,7 @@ def widget_orders() -> dict[str, list[str]]:
     """Each node class's widget names in the editor's order (ComfyUI's schemas and ours)."""
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
     import nodes
-    from workflow_schema import load_schemas, widget_slots
+    from tests.support.workflow_schema import load_schemas, widget_slots
 
     schemas = load_schemas(REPO / "tests" / "data" / "comfyui_object_info.json", nodes.NODE_CLASS_MAPPINGS)
     return {name: [slot[0] for slot in widget_slots(schema)] for name, schema in schemas.items()}

@@ -90,7 +90,7 @@ def test_export_writes_standard_files(encoded, tmp_path):
     plic("export", out / "astronaut.plic", "-o", tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     # the face the default salient step finds is stored as one region
-    parts = ["decode_hints.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
+    parts = ["decode_settings.json", "edges.jb2", "edges.png", "hint.png", "palette.webp", "prompt.txt",
              "salient_000_167_50.webp", "salient_mask.png", "salient_pixels.png"]
     assert names == sorted([".plic-export.json", *parts])
     assert json.loads((tmp_path / ".plic-export.json").read_text()) == parts  # what a re-export may remove
@@ -288,14 +288,14 @@ def test_a_mask_alone_is_kept_losslessly_beyond_the_default_budget(tmp_path, cap
     assert "stored as webp" in capsys.readouterr().out
 
 
-def test_encode_stores_decode_hints_only_when_asked(tmp_path):
+def test_encode_stores_decode_settings_only_when_asked(tmp_path):
     image = image_path("chelsea.png")
     plic("encode", image, "-o", tmp_path / "default", "--prompt", "a cat", "--salient", "none")
     plic("encode", image, "-o", tmp_path / "cpu", "--prompt", "a cat", "--salient", "none",
          "--decode-steps", "3", "--decode-seed", "7")
     default = fileformat.load(tmp_path / "default" / "chelsea.plic")
     cpu = fileformat.load(tmp_path / "cpu" / "chelsea.plic")
-    assert default.decode_hints == {}  # the reference's settings cost no bytes
-    assert cpu.decode_hints == {"steps": 3, "seed": 7}
+    assert default.decode_settings == {}  # the reference's settings cost no bytes
+    assert cpu.decode_settings == {"steps": 3, "seed": 7}
     bad = plic("encode", image, "-o", tmp_path / "bad", "--decode-steps", "0", check=False)
     assert bad.returncode == 2 and "argument --decode-steps: 0 is outside 1..1000" in bad.stderr

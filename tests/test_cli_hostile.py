@@ -196,7 +196,7 @@ def test_info_export_and_preview_take_several_files(tmp_path, capsys):
     (parts / "notes.txt").write_text("mine")
     assert cli.main(["export", files[1], "-o", str(parts), "--overwrite"]) == 0
     assert sorted(p.name for p in parts.iterdir()) == sorted(
-        [".plic-export.json", "decode_hints.json", "edges.jb2", "edges.png", "hint.png", "notes.txt",
+        [".plic-export.json", "decode_settings.json", "edges.jb2", "edges.png", "hint.png", "notes.txt",
          "palette.webp", "prompt.txt"])
 
 

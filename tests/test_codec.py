@@ -1,4 +1,4 @@
-"""Encoding pipeline pieces on real images: working size, edges, palette, hints, salient storage."""
+"""Encoding pipeline pieces on real images: working size, edges, palette, control images, salient storage."""
 
 import io
 
@@ -90,20 +90,20 @@ def test_encode_and_unpack_a_large_image():
     plic = pack.encode_image(rgb, prompt="cups of coffee")
     assert plic.original_size == (rgb.shape[1], rgb.shape[0])
     assert max(plic.working_size) == 1024
-    assert plic.decode_hints == {}  # defaults are not stored
+    assert plic.decode_settings == {}  # defaults are not stored
     parts = pack.unpack(fileformat.loads(fileformat.dumps(plic)))
     work = to_working(rgb)
     np.testing.assert_array_equal(parts.edges, edges.canny(work))
     assert parts.color_canny_hint.shape == work.shape
     assert parts.salient_mask is None
-    assert parts.decode_hints["seed"] == 786 and parts.decode_hints["steps"] == 60
+    assert parts.decode_settings["seed"] == 786 and parts.decode_settings["steps"] == 60
     assert (parts.inpaint_hint() == -1).all()
 
 
-def test_non_default_decode_hints_are_stored():
-    plic = pack.encode_image(load_shared("rocket.jpg"), decode_hints={"seed": 1, "steps": 60})
-    assert plic.decode_hints == {"seed": 1}
-    assert pack.unpack(plic).decode_hints["seed"] == 1
+def test_non_default_decode_settings_are_stored():
+    plic = pack.encode_image(load_shared("rocket.jpg"), decode_settings={"seed": 1, "steps": 60})
+    assert plic.decode_settings == {"seed": 1}
+    assert pack.unpack(plic).decode_settings["seed"] == 1
 
 
 def test_salient_pixels_are_kept_exactly():

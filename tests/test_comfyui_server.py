@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
 from test_caption_local import save_tiny_blip
-from tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
 
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
 
@@ -53,7 +53,7 @@ def _tiny_plic(steps: int = 2) -> bytes:
     mask[8:30, 20:44] = True
     plic = pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
                               settings=pack.EncodeSettings(max_side=64),
-                              decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": steps, "seed": 3})
+                              decode_settings={**pack.DEFAULT_DECODE_SETTINGS, "steps": steps, "seed": 3})
     return fileformat.dumps(plic)
 
 

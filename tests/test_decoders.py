@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, load_shared, needs_shared
-from tiny_models import (  # noqa: F401
+from tests.support.tiny_models import (  # noqa: F401
     COLOR_CANNY,
     INPAINT,
     LORAS,
@@ -35,7 +35,7 @@ from plic.errors import ModelNotFoundError, PlicInputError
 
 @pytest.fixture(scope="module")
 def plic_file() -> fileformat.PlicFile:
-    """A small real image with a rectangle of salient pixels, no decode hints."""
+    """A small real image with a rectangle of salient pixels, no decode settings."""
     return astronaut_plic(64, np.s_[8:30, 20:44])
 
 
@@ -79,27 +79,27 @@ def test_a_familys_record_gives_the_defaults_a_file_does_not_override():
     chosen = core.DecodeSettings().resolve({}, fast)
     assert (chosen.steps, chosen.scheduler, chosen.guidance_scale) == (8, "dpmpp_2m", 3.0)
     assert core.DecodeSettings().resolve({"steps": 12}, fast).steps == 12
-    assert core.DecodeSettings().resolve({"steps": 60}, fast).steps == 8  # the format's default: no hint
+    assert core.DecodeSettings().resolve({"steps": 60}, fast).steps == 8  # the format's default: no setting
 
 
 def test_hints_name_the_family_and_sampler_and_plic_info_shows_them(unpacked, tmp_path):
     plic = pack.encode_image(load_shared("astronaut.png", max_side=32), prompt="x",
                               settings=pack.EncodeSettings(max_side=32),
-                              decode_hints={"family": "sd15", "scheduler": "tcd", "steps": 6})
+                              decode_settings={"family": "sd15", "scheduler": "tcd", "steps": 6})
     again = fileformat.loads(fileformat.dumps(plic))
-    assert again.decode_hints == {"family": "sd15", "scheduler": "tcd", "steps": 6}
-    with pytest.raises(ValueError, match="decode hint 'family' is 3; it must be a string"):
-        fileformat.dumps(dataclasses.replace(plic, decode_hints={"family": 3}))
+    assert again.decode_settings == {"family": "sd15", "scheduler": "tcd", "steps": 6}
+    with pytest.raises(ValueError, match="decode setting 'family' is 3; it must be a string"):
+        fileformat.dumps(dataclasses.replace(plic, decode_settings={"family": 3}))
     path = fileformat.save(plic, tmp_path / "hinted.plic")
     result = subprocess.run([sys.executable, "-m", "plic", "info", path], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "decode hints: family sd15, scheduler tcd, steps 6" in result.stdout
+    assert "decode settings: family sd15, scheduler tcd, steps 6" in result.stdout
 
 
 def test_a_hint_naming_an_unknown_family_falls_back_with_a_warning(models_env, unpacked, caplog):
     decoder = load_node()
-    other = dataclasses.replace(unpacked, decode_hints={**unpacked.decode_hints, "family": "sdxl"})
+    other = dataclasses.replace(unpacked, decode_settings={**unpacked.decode_settings, "family": "sdxl"})
     with caplog.at_level(logging.WARNING, logger="plic.decode.families"):
         image = decoder.reconstruct(other, core.DecodeSettings(steps=1))
     assert "tuned for the decoder family 'sdxl' (a family this decoder does not know); decoding it with 'sd15'" \

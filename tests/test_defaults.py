@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import OBJECT_INFO, REPO
-from workflow_schema import load_schemas, widget_entries
+from tests.support.workflow_schema import load_schemas, widget_entries
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -114,7 +114,7 @@ def _docs_defaults() -> dict:
     from plic.codec import edges, palette, ratecontrol
     from plic.codec import salient
     from plic.codec.fileformat import MAX_WORKING_PIXELS
-    from plic.codec.pack import DEFAULT_DECODE_HINTS as HINTS
+    from plic.codec.pack import DEFAULT_DECODE_SETTINGS as HINTS
     from plic.codec.pack import EncodeSettings
     from plic.codec.prompt import MAX_PROMPT_CHARS
     from plic.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE

@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import REPO
-from metric_models import metric_models_dir  # noqa: F401  (fixture)
+from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 from PIL import Image
 from test_cli import plic  # the `plic` command as a subprocess
 

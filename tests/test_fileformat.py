@@ -25,7 +25,7 @@ def sample() -> PlicFile:
         edges=b"\x00\x01edges", palette=b"RIFFpalette",
         salient_mask=b"mask", salient_regions=[SalientRegion(10, 20, 30, 40, "png", b"png-bytes"),
                                                SalientRegion(0, 100, 600, 300, "webp", b"")],
-        decode_hints={"seed": 7, "base_model": "epicrealism"},
+        decode_settings={"seed": 7, "base_model": "epicrealism"},
     )
 
 
@@ -182,8 +182,8 @@ def test_writer_refuses_what_the_reader_would_reject():
 
 @pytest.mark.parametrize("change, problem", [
     ({"prompt": "x" * 5000}, "prompt of 5000 bytes"),
-    ({"decode_hints": {"note": "x" * 20000}}, "decode hints of"),
-    ({"decode_hints": {"seeds": {1, 2}}}, "JSON"),
+    ({"decode_settings": {"note": "x" * 20000}}, "decode settings of"),
+    ({"decode_settings": {"seeds": {1, 2}}}, "JSON"),
     ({"salient_regions": [SalientRegion(5, 5, 10, 10, "png", b"")]}, "outside"),
     ({"salient_regions": [SalientRegion(0, 0, 0, 1, "png", b"")]}, "outside"),
     ({"salient_regions": [SalientRegion(0, 0, 1, 1, "png", b"")] * 5000}, "5000 regions"),
@@ -307,35 +307,35 @@ assert len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.parametrize("payload, problem", [
-    (b'{"seed": "abc"}', "decode hint 'seed' is \"abc\"; it must be an integer in 0..18446744073709551615"),
-    (b'{"seed": NaN}', "decode hints hold NaN, which is not JSON"),
-    (b'{"seed": -1}', "decode hint 'seed' is -1"),
-    (b'{"steps": 1e9}', "decode hint 'steps' is 1000000000.0; it must be an integer in 1..1000"),
-    (b'{"steps": true}', "decode hint 'steps' is true"),
-    (b'{"controlnet_scale": 1e308}', "decode hint 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
-    (b'{"controlnet_scale": Infinity}', "decode hints hold Infinity, which is not JSON"),
-    (b'{"negative_prompt": 5}', "decode hint 'negative_prompt' is 5; it must be a string"),
-    (b'{"scheduler": "ddim"}', "decode hint 'scheduler' is \"ddim\"; it must be one of \\['unipc', 'dpmpp_2m', 'lcm', 'tcd'\\]"),
+    (b'{"seed": "abc"}', "decode setting 'seed' is \"abc\"; it must be an integer in 0..18446744073709551615"),
+    (b'{"seed": NaN}', "decode settings hold NaN, which is not JSON"),
+    (b'{"seed": -1}', "decode setting 'seed' is -1"),
+    (b'{"steps": 1e9}', "decode setting 'steps' is 1000000000.0; it must be an integer in 1..1000"),
+    (b'{"steps": true}', "decode setting 'steps' is true"),
+    (b'{"controlnet_scale": 1e308}', "decode setting 'controlnet_scale' is 1e\\+308; it must be a number in 0..10"),
+    (b'{"controlnet_scale": Infinity}', "decode settings hold Infinity, which is not JSON"),
+    (b'{"negative_prompt": 5}', "decode setting 'negative_prompt' is 5; it must be a string"),
+    (b'{"scheduler": "ddim"}', "decode setting 'scheduler' is \"ddim\"; it must be one of \\['unipc', 'dpmpp_2m', 'lcm', 'tcd'\\]"),
 ])
-def test_decode_hints_are_validated_when_read(payload, problem):
-    """Issue 11 item 8: a hint the decoder cannot use fails at read time, naming file and hint."""
+def test_decode_settings_are_validated_when_read(payload, problem):
+    """Issue 11 item 8: a decode setting the decoder cannot use fails at read time, naming file and setting."""
     with pytest.raises(PlicFormatError, match=f"^x.plic: not a valid .plic file: section 'HINT': {problem}"):
         fileformat.loads(rebuilt(sections=[(b"HINT", payload)]), "x.plic")
-    hints = json.loads(payload, parse_constant=float)
-    with pytest.raises(ValueError, match="decode hint"):  # the writer refuses it too
-        fileformat.dumps(PlicFile((10, 10), (10, 10), decode_hints=hints))
+    values = json.loads(payload, parse_constant=float)
+    with pytest.raises(ValueError, match="decode setting"):  # the writer refuses it too
+        fileformat.dumps(PlicFile((10, 10), (10, 10), decode_settings=values))
 
 
 def test_a_negative_prompt_that_is_not_unicode_is_refused():
     """Issue 23 item 6: JSON's escapes spell a lone surrogate, which the tokenizer met as a TypeError."""
-    with pytest.raises(PlicFormatError, match="decode hint 'negative_prompt' is .*; it must be a string of valid Unicode"):
+    with pytest.raises(PlicFormatError, match="decode setting 'negative_prompt' is .*; it must be a string of valid Unicode"):
         fileformat.loads(rebuilt(sections=[(b"HINT", b'{"negative_prompt": "bad \\ud800"}')]))
 
 
-def test_usable_and_unknown_decode_hints_are_kept():
-    hints = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
+def test_usable_and_unknown_decode_settings_are_kept():
+    values = {"seed": 2**64 - 1, "steps": 1000, "controlnet_scale": 0, "scheduler": "unipc",
              "negative_prompt": "", "base_model": "any value"}
-    assert fileformat.loads(rebuilt(sections=[(b"HINT", json.dumps(hints).encode())])).decode_hints == hints
+    assert fileformat.loads(rebuilt(sections=[(b"HINT", json.dumps(values).encode())])).decode_settings == values
 
 
 def test_a_reader_allocates_only_what_the_file_holds():

@@ -119,13 +119,13 @@ def mutate(payload: bytes, rng: random.Random) -> bytes:
 @pytest.fixture(scope="module")
 def full_plic() -> bytes:
     """A file with every section: edges, palette, salient mask and regions (two codecs), a
-    prompt and decode hints."""
+    prompt and decode settings."""
     rgb = load_shared("astronaut.png", 192)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[20:60, 40:90] = True
     mask[120:150, 10:40] = True
     plic = pack.encode_image(rgb, prompt="an astronaut", salient_mask=mask,
-                              decode_hints={"seed": 5, "negative_prompt": "blur"})
+                              decode_settings={"seed": 5, "negative_prompt": "blur"})
     regions = plic.salient_regions
     buffer = io.BytesIO()
     Image.fromarray(rgb[regions[-1].y:regions[-1].y + regions[-1].height,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.signal
 from conftest import DATA, SHARED_IMAGES, needs_shared
-from metric_models import metric_models_dir  # noqa: F401  (fixture)
+from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 from PIL import Image, ImageFilter
 
 from plic import model_files

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, load_shared, needs_shared
-from tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
+from tests.support.tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
 
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
@@ -30,7 +30,7 @@ STEPS = 2
 def plic_file() -> fileformat.PlicFile:
     """A small real image (not a multiple of 8) with a rectangle of salient pixels."""
     return astronaut_plic(90, np.s_[10:40, 30:60], "an astronaut in a white suit",
-                          {**pack.DEFAULT_DECODE_HINTS, "steps": STEPS, "seed": 5})
+                          {**pack.DEFAULT_DECODE_SETTINGS, "steps": STEPS, "seed": 5})
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_steps_and_seed_come_from_the_file_and_cancel_stops(loaded, plic_file):
     with pytest.raises(Cancelled):
         loaded.reconstruct(pack.unpack(plic_file), on_step=on_step)
     assert seen == [(1, STEPS)]
-    assert core.DecodeSettings().resolve(plic_file.decode_hints).seed == 5
+    assert core.DecodeSettings().resolve(plic_file.decode_settings).seed == 5
 
 
 def test_pipeline_is_cached_and_uses_the_reference_setup(loaded, models_env):
@@ -150,7 +150,7 @@ def test_scheduler_option_switches_sampler_and_back(loaded, plic_file):
 
 def test_a_batch_matches_each_file_decoded_alone(loaded, plic_file):
     first = pack.unpack(plic_file)
-    second = dataclasses.replace(first, decode_hints={**first.decode_hints, "seed": 6})
+    second = dataclasses.replace(first, decode_settings={**first.decode_settings, "seed": 6})
     batch = loaded.reconstruct_batch([first, second])
     alone = [loaded.reconstruct(first), loaded.reconstruct(second)]
     # each file keeps its seed; batched kernels round differently (measured: at most 1 level)
@@ -162,7 +162,7 @@ def test_a_batch_matches_each_file_decoded_alone(loaded, plic_file):
 
 def test_batches_hold_neighbours_that_can_share_a_call(plic_file, small_file):
     big = pack.unpack(plic_file)
-    other_steps = dataclasses.replace(big, decode_hints={**big.decode_hints, "steps": 9})
+    other_steps = dataclasses.replace(big, decode_settings={**big.decode_settings, "steps": 9})
     parts = [big, big, big, small_file, big, other_steps]
     groups = core.batches(parts, core.DecodeSettings(), 2)
     assert [[parts.index(p) if p is not big else "big" for p in g] for g in groups] == [
@@ -279,14 +279,14 @@ def test_inpaint_hint_node_marks_pixels_to_regenerate(plic_file):
 def test_decode_settings_node_reads_the_file(plic_file):
     seed, steps, negative, strength, cfg = PlicDecodeSettings().run([plic_file])
     assert (seed, steps, strength, cfg) == (5, STEPS, 1.0, core.DEFAULT_GUIDANCE)
-    assert negative == pack.DEFAULT_DECODE_HINTS["negative_prompt"]
+    assert negative == pack.DEFAULT_DECODE_SETTINGS["negative_prompt"]
 
 
 def test_decode_settings_node_overrides_what_is_set(plic_file):
     seed, steps, negative, strength, cfg = PlicDecodeSettings().run(
         [plic_file], steps=3, seed=11, controlnet_strength=0.6, cfg=4.0)
     assert (seed, steps, strength, cfg) == (11, 3, 0.6, 4.0)
-    assert negative == pack.DEFAULT_DECODE_HINTS["negative_prompt"]
+    assert negative == pack.DEFAULT_DECODE_SETTINGS["negative_prompt"]
     assert PlicDecodeSettings().run([plic_file], steps=3)[:2] == (5, 3)  # the rest stays the file's
 
 
@@ -359,7 +359,7 @@ def test_reconstruct_node_batches_with_the_chosen_sampler(loaded, plic_file):
 
 def test_bench_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/decode_gpu.py", "--models", "tiny", "--steps", "1", "--repeats", "2",
+    command = [sys.executable, "-m", "bench.decode_gpu", "--models", "tiny", "--steps", "1", "--repeats", "2",
                "--variants", "unipc20", "batch2", "lcm4", "--sizes", "64x64", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -383,7 +383,7 @@ def test_bench_times_the_shipped_decode_workflow_through_comfyui(tmp_path):
     only ones ComfyUI recognises), after the paper's configuration; one model set at a time, in
     bf16 (--low-memory: both fp32 sets held 15.5 GB)."""
     out = tmp_path / "bench.json"
-    command = [sys.executable, "bench/decode_gpu.py", "--models", "sd15", "--steps", "2", "--repeats",
+    command = [sys.executable, "-m", "bench.decode_gpu", "--models", "sd15", "--steps", "2", "--repeats",
                "1", "--variants", "comfyui", "--sizes", "64x64", "--low-memory", "--json", str(out)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]

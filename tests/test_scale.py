@@ -20,7 +20,7 @@ import psutil
 import pytest
 from conftest import CORE_IMAGES, DATA, REPO, load_shared
 from PIL import Image
-from tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
 
 from plic import runner
 from plic.codec import fileformat
@@ -233,7 +233,7 @@ def _plic_folder(folder) -> None:
     for index, (name, side) in enumerate((("astronaut.png", 48), ("coffee.png", 64), ("chelsea.png", 48))):
         work = load_shared(name, max_side=side)
         fileformat.save(pack.encode_image(work, prompt=f"image {index}", settings=pack.EncodeSettings(max_side=side),
-                                           decode_hints={**pack.DEFAULT_DECODE_HINTS, "steps": 1, "seed": 3 + index}),
+                                           decode_settings={**pack.DEFAULT_DECODE_SETTINGS, "steps": 1, "seed": 3 + index}),
                         folder / f"{index}.plic")
 
 

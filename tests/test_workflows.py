@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import OBJECT_INFO, REPO, SHARED_OBJECT_INFO, needs_shared
-from workflow_schema import load_schemas, trim, validate_api, validate_ui
+from tests.support.workflow_schema import load_schemas, trim, validate_api, validate_ui
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 API_WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.json"))
@@ -23,7 +23,7 @@ def schemas():
 @needs_shared
 def test_the_trimmed_schemas_are_comfyuis_own_and_cover_every_workflow():
     """tests/data holds ComfyUI's schemas for exactly the classes the workflows and tests use;
-    refresh it with `python tests/workflow_schema.py ../shared/comfyui/object_info.json
+    refresh it with `python tests/support/workflow_schema.py ../shared/comfyui/object_info.json
     tests/data/comfyui_object_info.json` when a workflow starts using another ComfyUI node."""
     workflows = [json.loads(p.read_text()) for p in UI_WORKFLOWS + API_WORKFLOWS]
     expected = trim(json.loads(SHARED_OBJECT_INFO.read_text()), workflows)

@@ -67,9 +67,9 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, metavar="MODELS",
                    help=f"ComfyUI-style models folder for names (default: ${model_files.MODELS_ENV})")
     p.add_argument("--steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
-                   help=f"denoising steps (default: the file's, {pack.DEFAULT_DECODE_HINTS['steps']})")
+                   help=f"denoising steps (default: the file's, {pack.DEFAULT_DECODE_SETTINGS['steps']})")
     p.add_argument("--seed", type=int_in(0, fileformat.MAX_SEED), metavar="S",
-                   help=f"random seed (default: the file's, {pack.DEFAULT_DECODE_HINTS['seed']})")
+                   help=f"random seed (default: the file's, {pack.DEFAULT_DECODE_SETTINGS['seed']})")
     p.add_argument("--cfg", "--guidance", dest="guidance", type=float_in(0, core.MAX_GUIDANCE), metavar="G",
                    help=f"classifier-free guidance scale (default: 1 with lcm and tcd, which is none and "
                         f"halves the work; else the family's, {core.DEFAULT_GUIDANCE:g} for sd15)")
@@ -85,7 +85,7 @@ def add_decode_parser(subparsers) -> argparse.ArgumentParser:
                         "for the compilation (output: rounding only; not with --cpu-offload; max-autotune "
                         "tunes for many minutes)")
     p.add_argument("--scheduler", choices=core.SCHEDULERS,
-                   help=f"sampler (default: the file's, {pack.DEFAULT_DECODE_HINTS['scheduler']}); another sampler "
+                   help=f"sampler (default: the file's, {pack.DEFAULT_DECODE_SETTINGS['scheduler']}); another sampler "
                         "or --steps changes the image; "
                         "lcm and tcd are for few-step LoRAs (default 4 steps)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=1, metavar="N",
@@ -168,7 +168,7 @@ def read_one(settings: core.DecodeSettings, source: Path, target: Path, args) ->
                         f"{args.max_pixels} pixels --max-pixels allows (no encoder with that limit "
                         "read such an image); decode it at --size working, or raise --max-pixels")
     unpacked = pack.unpack(plic, str(source))
-    chosen = settings.resolve(unpacked.decode_hints, families.get(args.family))
+    chosen = settings.resolve(unpacked.decode_settings, families.get(args.family))
     print(f"{printable(str(source))}: {chosen.scheduler} {chosen.steps} steps, cfg "
           f"{chosen.guidance_scale:g}, seed {chosen.seed}, {unpacked.width}x{unpacked.height}",
           file=sys.stderr)

@@ -152,7 +152,7 @@ def run_eval(args) -> int:
                                     evaluate_pair(evaluator, original, recon, plics[original], args)))
     if not results:
         return 1
-    written = summary.write_report(results, args.output, overwrite=args.overwrite)
+    written = summary.write_summary(results, args.output, overwrite=args.overwrite)
     print(f"wrote {', '.join(str(p) for p in written[:3])} and {len(written) - 3} plots")
     return status
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing .plic files")
     add_target_arguments(p)
     add_pixel_limits(p)
-    add_decode_hint_arguments(p)
+    add_decode_setting_arguments(p)
     add_caption_arguments(p)
     add_salient_arguments(p)
     cli_scale.add_scale_arguments(p)
@@ -153,40 +153,40 @@ def run_encode(args) -> int:
     captioner = None if args.prompt is not None else captioner_from_args(args)
     images = batch.expand(args.images, IMAGE_SUFFIXES, "images")
     jobs = [(path, output_path(args.output, path.stem, fileformat.SUFFIX)) for path in images]
-    hints = decode_hints_from_args(args)
+    stored = decode_settings_from_args(args)
     if cli_scale.requested(args):
-        return cli_scale.run(cli_scale.EncodeWork(args, settings, hints), jobs, args, args.output)[1]
+        return cli_scale.run(cli_scale.EncodeWork(args, settings, stored), jobs, args, args.output)[1]
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
-                                                                shown_notes, hints))
+                                                                shown_notes, stored))
 
 
-def add_decode_hint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_decode_setting_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decode settings stored in the file (a decoder uses them "
                                       "unless told otherwise; nothing is stored for the defaults)")
     group.add_argument("--decode-steps", type=int_in(1, fileformat.MAX_STEPS), metavar="N",
-                       help=f"denoising steps (default {pack.DEFAULT_DECODE_HINTS['steps']}, the reference's)")
+                       help=f"denoising steps (default {pack.DEFAULT_DECODE_SETTINGS['steps']}, the reference's)")
     group.add_argument("--decode-seed", type=int_in(0, fileformat.MAX_SEED), metavar="N",
-                       help=f"random seed (default {pack.DEFAULT_DECODE_HINTS['seed']}, the reference's)")
+                       help=f"random seed (default {pack.DEFAULT_DECODE_SETTINGS['seed']}, the reference's)")
     group.add_argument("--decode-scheduler", choices=fileformat.SCHEDULERS,
-                       help=f"sampler (default {pack.DEFAULT_DECODE_HINTS['scheduler']}, the reference's; "
+                       help=f"sampler (default {pack.DEFAULT_DECODE_SETTINGS['scheduler']}, the reference's; "
                             "lcm or tcd for a file tuned with a few-step LoRA)")
     group.add_argument("--decode-family", metavar="NAME",
                        help="the decoder family the file was tuned for (plic.decode.families; a decoder "
                             "of another family decodes it with a warning)")
 
 
-def decode_hints_from_args(args) -> dict:
-    """The decode hints --decode-steps / --decode-seed / --decode-scheduler / --decode-family
+def decode_settings_from_args(args) -> dict:
+    """The decode settings --decode-steps / --decode-seed / --decode-scheduler / --decode-family
     ask to store."""
-    hints = {"steps": args.decode_steps, "seed": args.decode_seed, "scheduler": args.decode_scheduler,
+    values = {"steps": args.decode_steps, "seed": args.decode_seed, "scheduler": args.decode_scheduler,
              "family": args.decode_family}
-    return {key: value for key, value in hints.items() if value is not None}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def encode_one(path: Path, target: Path, args, settings: pack.EncodeSettings, captioner,
-               shown_notes: set[str] | None = None, decode_hints: dict | None = None) -> None:
-    """Compress the image ``path`` to ``target`` (storing ``decode_hints``) and print its sizes
+               shown_notes: set[str] | None = None, decode_settings: dict | None = None) -> None:
+    """Compress the image ``path`` to ``target`` (storing ``decode_settings``) and print its sizes
     and what the salient step kept; a note in ``shown_notes`` (such as a detector that cannot
     run) is not repeated."""
     batch.refuse_existing(target, args.overwrite)
@@ -207,7 +207,7 @@ def encode_one(path: Path, target: Path, args, settings: pack.EncodeSettings, ca
             encoded = ratecontrol.encode_to(work, original_size, goal, prompt=prompt, settings=settings,
                                             how=f"--target-bpp {ratecontrol.SUGGESTED_BPP}",
                                             parts=parts and parts.result(), salient=salient,
-                                            decode_hints=decode_hints)
+                                            decode_settings=decode_settings)
         except ValueError as exc:  # beyond what the format holds (e.g. a blank image at a huge max side)
             raise _fail(path, str(exc)) from None
     plic, data, notes = encoded.plic, encoded.data, [encoded.note] if encoded.note else []
@@ -254,7 +254,7 @@ def describe(plic: fileformat.PlicFile, total_bytes: int) -> dict:
         "unknown_sections": [kind.decode("latin-1") for kind, _ in plic.extra_sections],
         "total_bytes": total_bytes,
         "total_bpp": pack.bits_per_pixel(total_bytes, size),
-        "decode_hints": plic.decode_hints,
+        "decode_settings": plic.decode_settings,
     }
 
 
@@ -290,9 +290,9 @@ def print_info(source: Path, info: dict) -> None:
     print(f"  {'total (file)':<16}{info['total_bytes']:>10}{info['total_bpp']:>10.4f}")
     if info["prompt"]:
         print(f"  prompt: {printable(info['prompt'])}")
-    if info["decode_hints"]:
-        print("  decode hints: " + printable(", ".join(f"{key} {value}" for key, value in
-                                                     sorted(info["decode_hints"].items()))))
+    if info["decode_settings"]:
+        print("  decode settings: " + printable(", ".join(f"{key} {value}" for key, value in
+                                                     sorted(info["decode_settings"].items()))))
 
 
 # -- export and preview ------------------------------------------------------------------------

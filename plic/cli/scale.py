@@ -93,8 +93,8 @@ def _plic_size(path: Path) -> tuple[int, float, None]:
 class EncodeWork(runner.Work):
     """``plic encode``: :func:`plic.cli.main.encode_one` per image."""
 
-    def __init__(self, args, settings: pack.EncodeSettings, decode_hints: dict):
-        self.args, self.settings, self.decode_hints = args, settings, decode_hints
+    def __init__(self, args, settings: pack.EncodeSettings, decode_settings: dict):
+        self.args, self.settings, self.decode_settings = args, settings, decode_settings
 
     def open(self, device):
         from plic.cli.encode import captioner_from_args
@@ -106,7 +106,7 @@ class EncodeWork(runner.Work):
 
         captioner, shown_notes = opened
         encode_one(task.source, task.target, self.args, self.settings, captioner, shown_notes,
-                   self.decode_hints)
+                   self.decode_settings)
         return self.check(task)
 
     def check(self, task):

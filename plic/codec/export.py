@@ -21,7 +21,7 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
     parts = pack.unpack(plic, source)
     files = {"prompt.txt": (parts.prompt + "\n").encode("utf-8"),
              "hint.png": encode_crop(parts.color_canny_hint),
-             "decode_hints.json": json.dumps(parts.decode_hints, indent=2).encode("utf-8")}
+             "decode_settings.json": json.dumps(parts.decode_settings, indent=2).encode("utf-8")}
     if plic.edges is not None:
         files["edges.jb2"] = jbig2.embedded_to_file(plic.edges)
         files["edges.png"] = encode_crop((1 - parts.edges) * 255)  # black edges on white, as JBIG2 shows
@@ -37,7 +37,7 @@ def export_files(plic: fileformat.PlicFile, source: str) -> dict[str, bytes]:
 
 
 #: Names export_files gives; only such names are ever removed from an export's folder.
-EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_hints\.json|edges\.(jb2|png)|palette\.webp|"
+EXPORTED_NAME = re.compile(r"prompt\.txt|hint\.png|decode_settings\.json|edges\.(jb2|png)|palette\.webp|"
                            r"salient_(mask|pixels)\.png|salient_\d{3}_\d+_\d+\.(png|webp)")
 #: The file in an export's folder listing the parts that export wrote (a JSON list of names).
 EXPORT_LISTING = ".plic-export.json"

@@ -51,7 +51,7 @@ PIXELS_PER_BYTE = 4096
 #: (4096x4096): decoding a file costs about 30 bytes of memory per working pixel.
 MAX_WORKING_PIXELS = 1 << 24
 
-#: Decode hints a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
+#: Decode settings a version-1 decoder understands (docs/format.md, ``HINT``): what each must be.
 #: Other keys are kept and may be ignored. Seeds are those torch takes; steps at most the
 #: diffusion schedule's 1000; the ControlNet scale 0..10 as ComfyUI's strength.
 MAX_SEED = 2**64 - 1
@@ -90,7 +90,7 @@ class PlicFile:
     palette: bytes | None = None  # WebP
     salient_mask: bytes | None = None  # JBIG2 embedded stream, working size, 1 = kept
     salient_regions: list[SalientRegion] = field(default_factory=list)
-    decode_hints: dict = field(default_factory=dict)
+    decode_settings: dict = field(default_factory=dict)
     extra_sections: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def section_sizes(self) -> dict[str, int]:
@@ -111,12 +111,12 @@ def _sections(plic: PlicFile) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _hints_json(hints: dict, _working_size=None) -> bytes:
+def _settings_json(values: dict, _working_size=None) -> bytes:
     try:
-        return json.dumps(check_decode_hints(hints), sort_keys=True, separators=(",", ":"),
+        return json.dumps(check_decode_settings(values), sort_keys=True, separators=(",", ":"),
                           allow_nan=False).encode("utf-8")
     except TypeError as exc:
-        raise ValueError(f"decode hints must be JSON values: {exc}") from None
+        raise ValueError(f"decode settings must be JSON values: {exc}") from None
 
 
 def _is_int(value) -> bool:
@@ -132,7 +132,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-_HINT_RULES = {
+_SETTING_RULES = {
     "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}"),
     "steps": (lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in 1..{MAX_STEPS}"),
     "negative_prompt": (lambda v: isinstance(v, str) and _is_unicode(v), "a string of valid Unicode"),
@@ -143,29 +143,29 @@ _HINT_RULES = {
 }
 
 
-def check_decode_hints(hints: dict, name: str = "decode hint") -> dict:
-    """``hints`` unless a key a version-1 decoder understands has a value it cannot use
+def check_decode_settings(values: dict, name: str = "decode setting") -> dict:
+    """``values`` unless a key a version-1 decoder understands has a value it cannot use
     (ValueError naming the ``name`` and what it must be); other keys pass as they are."""
-    if not isinstance(hints, dict):
-        raise ValueError("decode hints must be a JSON object")
-    for key, (valid, what) in _HINT_RULES.items():
-        if key in hints and not valid(hints[key]):
-            raise ValueError(f"{name} {key!r} is {_shown(hints[key])}; it must be {what}")
-    return hints
+    if not isinstance(values, dict):
+        raise ValueError("decode settings must be a JSON object")
+    for key, (valid, what) in _SETTING_RULES.items():
+        if key in values and not valid(values[key]):
+            raise ValueError(f"{name} {key!r} is {_shown(values[key])}; it must be {what}")
+    return values
 
 
 def _shown(value) -> str:
-    """A hint's value for an error message, cut short."""
+    """A setting's value for an error message, cut short."""
     text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _hints_from_json(payload: bytes, _working_size=None) -> dict:
-    return check_decode_hints(json.loads(payload.decode("utf-8"), parse_constant=_no_constant))
+def _settings_from_json(payload: bytes, _working_size=None) -> dict:
+    return check_decode_settings(json.loads(payload.decode("utf-8"), parse_constant=_no_constant))
 
 
 def _no_constant(name: str):
-    raise ValueError(f"decode hints hold {name}, which is not JSON")
+    raise ValueError(f"decode settings hold {name}, which is not JSON")
 
 
 # Checks of section contents, shared by the writer and the reader (docs/format.md, "Limits").
@@ -399,7 +399,7 @@ SECTIONS = (
     Section(b"PALT", "palette", "palette", _as_is, _as_is),
     Section(b"SMSK", "salient_mask", "salient_mask", _as_is, _as_is),
     Section(b"SPIX", "salient_pixels", "salient_regions", _pack_regions, _unpack_regions),
-    Section(b"HINT", "decode_hints", "decode_hints", _hints_json, _hints_from_json, max_bytes=16384),
+    Section(b"HINT", "decode_settings", "decode_settings", _settings_json, _settings_from_json, max_bytes=16384),
 )
 KNOWN_SECTIONS = tuple(section.tag for section in SECTIONS)
 _BY_TAG = {section.tag: section for section in SECTIONS}

@@ -1,7 +1,7 @@
 """Encoding an image to a :class:`~plic.fileformat.PlicFile` and unpacking one for the decoder.
 
 This is the pipeline without a diffusion model: working image, Canny edges (JBIG2), palette
-(WebP), optional salient regions, prompt and decode hints. Everything is a parameter whose
+(WebP), optional salient regions, prompt and decode settings. Everything is a parameter whose
 default reproduces the reference settings (shared reference, "Encoding").
 """
 
@@ -29,8 +29,8 @@ from plic.errors import PlicFormatError, PlicInputError
 from plic.image import DEFAULT_MAX_SIDE, check_rgb, to_working, working_size
 
 #: How the reference decoded. These are the format's version-1 defaults (docs/format.md): a file
-#: stores only the hints that differ from them, so the usual file carries no HINT section.
-DEFAULT_DECODE_HINTS = {
+#: stores only the settings that differ from them, so the usual file carries no HINT section.
+DEFAULT_DECODE_SETTINGS = {
     "seed": 786,
     "steps": 60,
     "negative_prompt": "lowres, bad anatomy, worst quality, low quality",
@@ -119,7 +119,7 @@ def salient_part(work: np.ndarray, mask: np.ndarray, *, codec: str = salient_mod
 
 
 def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = None,
-               salient: SalientPart | None = None, decode_hints: dict | None = None) -> PlicFile:
+               salient: SalientPart | None = None, decode_settings: dict | None = None) -> PlicFile:
     """Assemble one file from its parts. ``prompt`` is cleaned (:func:`plic.codec.prompt.clean_prompt`);
     the palette and a salient part must be made from a working image of the edges' size
     (PlicInputError otherwise)."""
@@ -138,7 +138,7 @@ def pack_parts(*, prompt: str, edges: EdgesPart, palette: PalettePart | None = N
         palette=None if palette is None else palette.data,
         salient_mask=None if salient is None else salient.mask_stream,
         salient_regions=[] if salient is None or salient.mask_stream is None else list(salient.regions),
-        decode_hints=non_default_hints(decode_hints or {}),
+        decode_settings=non_default_settings(decode_settings or {}),
     )
 
 
@@ -160,7 +160,7 @@ def check_salient_fits(part: SalientPart, size: tuple[int, int]) -> None:
 
 def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings = EncodeSettings(),
                  salient_mask: np.ndarray | None = None,
-                 decode_hints: dict | None = None) -> PlicFile:
+                 decode_settings: dict | None = None) -> PlicFile:
     """Compress an RGB uint8 image. ``salient_mask`` is a mask of the *working* image."""
     original_size, work = working_image(rgb, settings.max_side,
                                         max_working_pixels=settings.max_working_pixels)
@@ -169,15 +169,15 @@ def encode_image(rgb: np.ndarray, *, prompt: str = "", settings: EncodeSettings 
         kept = salient_part(work, salient_mask, codec=settings.salient_codec,
                             quality=settings.salient_quality)
     return encode_working(work, original_size, prompt=prompt, settings=settings, salient=kept,
-                          decode_hints=decode_hints)
+                          decode_settings=decode_settings)
 
 
 def encode_working(work: np.ndarray, original_size: tuple[int, int], *, prompt: str = "",
                    settings: EncodeSettings = EncodeSettings(), salient: SalientPart | None = None,
-                   decode_hints: dict | None = None) -> PlicFile:
+                   decode_settings: dict | None = None) -> PlicFile:
     """Compress a working image (see :func:`working_image`) with an already packed salient part."""
     edges, palette = image_parts(work, original_size, settings)
-    return pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient, decode_hints=decode_hints)
+    return pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient, decode_settings=decode_settings)
 
 
 def image_parts(work: np.ndarray, original_size: tuple[int, int],
@@ -187,7 +187,7 @@ def image_parts(work: np.ndarray, original_size: tuple[int, int],
             palette_part(work, settings.palette_size, settings.palette_quality))
 
 
-def size_report(n_bytes: int, plic: PlicFile) -> dict:
+def size_breakdown(n_bytes: int, plic: PlicFile) -> dict:
     """What a file of ``n_bytes`` costs: ``bytes``, ``bpp`` over the working image (reference
     accounting) and ``ratio``, the uncompressed 24-bit RGB original's size over ``n_bytes``."""
     width, height = plic.original_size
@@ -195,9 +195,9 @@ def size_report(n_bytes: int, plic: PlicFile) -> dict:
             "ratio": width * height * 3 / n_bytes}
 
 
-def non_default_hints(hints: dict) -> dict:
-    """The entries of ``hints`` that differ from :data:`DEFAULT_DECODE_HINTS`."""
-    return {key: value for key, value in hints.items() if DEFAULT_DECODE_HINTS.get(key) != value}
+def non_default_settings(values: dict) -> dict:
+    """The entries of ``values`` that differ from :data:`DEFAULT_DECODE_SETTINGS`."""
+    return {key: value for key, value in values.items() if DEFAULT_DECODE_SETTINGS.get(key) != value}
 
 
 @dataclass
@@ -213,7 +213,7 @@ class Unpacked:
     color_canny_hint: np.ndarray  # (H, W, 3) uint8
     salient_mask: np.ndarray | None  # (H, W) bool, None when nothing is kept
     salient_pixels: np.ndarray  # (H, W, 3) uint8, zero outside the mask
-    decode_hints: dict = field(default_factory=dict)
+    decode_settings: dict = field(default_factory=dict)
 
     def keep_mask(self) -> np.ndarray:
         """(H, W) bool: the salient mask, all False when nothing is kept."""
@@ -245,7 +245,7 @@ def unpack(plic: PlicFile, source: str = "<plic>") -> Unpacked:
         prompt=plic.prompt, width=width, height=height, edges=edge_map, palette=small,
         palette_full=full, color_canny_hint=control_images.color_canny(full, edge_map),
         salient_mask=mask, salient_pixels=kept,
-        decode_hints={**DEFAULT_DECODE_HINTS, **plic.decode_hints},
+        decode_settings={**DEFAULT_DECODE_SETTINGS, **plic.decode_settings},
     )
 
 

@@ -150,11 +150,11 @@ class _Pricer:
     """Bytes of the file for an edge map, with everything else of a step fixed. The edges
     section's framing is constant, so a step's other bytes are measured once."""
 
-    def __init__(self, work, original_size, prompt, decode_hints):
+    def __init__(self, work, original_size, prompt, decode_settings):
         self.size = (work.shape[1], work.shape[0])
         self.original_size = original_size
         self.prompt = prompt
-        self.decode_hints = decode_hints
+        self.decode_settings = decode_settings
         self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._overhead: dict[tuple, int] = {}
         self._streams: dict[tuple[tuple[int, int], int], bytes] = {}
@@ -185,7 +185,7 @@ class _Pricer:
         stream = stream or self.stream(step.canny, min_length)
         edges = pack.EdgesPart(self.original_size, self.size, stream, bitmap, self.work, step.canny)
         plic = pack.pack_parts(prompt=self.prompt, edges=edges, palette=step.palette,
-                                salient=step.salient, decode_hints=self.decode_hints)
+                                salient=step.salient, decode_settings=self.decode_settings)
         return plic, fileformat.dumps(plic)
 
     def price(self, step: _Step, min_length: int) -> int:
@@ -198,7 +198,7 @@ class _Pricer:
 
 def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt: str = "",
         settings: pack.EncodeSettings = pack.EncodeSettings(),
-        salient: pack.SalientPart | None = None, decode_hints: dict | None = None,
+        salient: pack.SalientPart | None = None, decode_settings: dict | None = None,
         palette: pack.PalettePart | None = None) -> Result:
     """Encode the working image ``work`` (with its packed ``salient`` part) at most ``target``
     bytes long, as the module's docstring says. ``palette`` is the palette at the starting
@@ -208,7 +208,7 @@ def fit(work: np.ndarray, original_size: tuple[int, int], target: int, *, prompt
         raise PlicInputError(f"the target must be at least 1 byte, got {target}")
     if salient is not None:
         pack.check_salient_fits(salient, (work.shape[1], work.shape[0]))
-    pricer = _Pricer(work, original_size, prompt, decode_hints)
+    pricer = _Pricer(work, original_size, prompt, decode_settings)
     start_canny = (settings.canny_low, settings.canny_high)
     palette = palette or pack.palette_part(work, settings.palette_size, settings.palette_quality)
     structure = max(2, round(max(pricer.size) * STRUCTURE_SHARE))
@@ -398,7 +398,7 @@ class Encoded:
 def encode_to(work: np.ndarray, original_size: tuple[int, int], target: int | None, *,
               prompt: str, settings: pack.EncodeSettings, how: str,
               parts: tuple[pack.EdgesPart, pack.PalettePart | None] | None = None,
-              salient: pack.SalientPart | None = None, decode_hints: dict | None = None) -> Encoded:
+              salient: pack.SalientPart | None = None, decode_settings: dict | None = None) -> Encoded:
     """The file of the working image ``work`` at the paper's settings (``target`` None; then
     with a note when it is larger than the image as WebP at quality 0, ``how`` naming the
     option that sets a target), or brought to at most ``target`` bytes by :func:`fit`.
@@ -406,11 +406,11 @@ def encode_to(work: np.ndarray, original_size: tuple[int, int], target: int | No
     here when needed otherwise). What ``plic encode`` and PLIC Pack both do."""
     if target is not None:
         fitted = fit(work, original_size, target, prompt=prompt, settings=settings, salient=salient,
-                     decode_hints=decode_hints, palette=parts[1] if parts else None)
+                     decode_settings=decode_settings, palette=parts[1] if parts else None)
         return Encoded(fitted.plic, fitted.data, fitted.summary(), fitted.after)
     edges, palette = parts or pack.image_parts(work, original_size, settings)
     plic = pack.pack_parts(prompt=prompt, edges=edges, palette=palette, salient=salient,
-                            decode_hints=decode_hints)
+                            decode_settings=decode_settings)
     data = fileformat.dumps(plic)
     return Encoded(plic, data, webp_warning(len(data), work, how), edges.bitmap)
 

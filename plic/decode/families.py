@@ -9,8 +9,8 @@ and colour+canny ControlNets (the paper's decoder) is the default record; an SD1
 (the paper also tried epiCRealism) decodes through the same record, from its diffusers folder or
 its single checkpoint file. Adding a family is adding a record to :data:`FAMILIES` and its tests.
 
-A file's decode hints may name the family it was tuned for (``family``); a decoder of another
-family decodes it all the same and says so (:func:`check_hint`).
+A file's decode settings may name the family it was tuned for (``family``); a decoder of another
+family decodes it all the same and says so (:func:`check_family`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from plic import model_files
-from plic.codec.pack import DEFAULT_DECODE_HINTS, Unpacked
+from plic.codec.pack import DEFAULT_DECODE_SETTINGS, Unpacked
 from plic.decode import sd15_configs
 from plic.errors import PlicInputError
 
@@ -52,8 +52,8 @@ class Control:
 
 @dataclass(frozen=True)
 class Family:
-    """A decoder family (see the module's docstring). ``defaults`` are decode hints (steps,
-    scheduler, negative prompt) a file's own hints override; ``guidance`` is the default
+    """A decoder family (see the module's docstring). ``defaults`` are decode settings (steps,
+    scheduler, negative prompt) a file's own decode settings override; ``guidance`` is the default
     classifier-free guidance; images are generated at multiples of ``size_multiple`` pixels."""
 
     name: str
@@ -88,7 +88,7 @@ SD15 = Family(
         Control("color_canny", "color+canny ControlNet",
                 "the color+canny ControlNet (ghoskno/Color-Canny-Controlnet-model)", _color_canny_image),
     ),
-    defaults={key: DEFAULT_DECODE_HINTS[key] for key in ("steps", "scheduler", "negative_prompt")},
+    defaults={key: DEFAULT_DECODE_SETTINGS[key] for key in ("steps", "scheduler", "negative_prompt")},
     guidance=7.5,
 )
 
@@ -115,10 +115,10 @@ def control_roles() -> list[Control]:
     return list(seen.values())
 
 
-def check_hint(hints: dict, family: Family, name: str = "the file") -> None:
-    """Warn when ``hints`` name a family other than ``family``, the one decoding: unknown here,
+def check_family(stored: dict, family: Family, name: str = "the file") -> None:
+    """Warn when ``stored`` name a family other than ``family``, the one decoding: unknown here,
     or not the one loaded. The file is decoded by ``family`` all the same."""
-    wanted = hints.get("family")
+    wanted = stored.get("family")
     if wanted is None or wanted == family.name:
         return
     why = "a family this decoder does not know" if wanted not in FAMILIES else "another family"

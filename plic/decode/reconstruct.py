@@ -45,8 +45,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from plic.codec.fileformat import SCHEDULERS, check_decode_hints
-from plic.codec.pack import DEFAULT_DECODE_HINTS, Unpacked, non_default_hints
+from plic.codec.fileformat import SCHEDULERS, check_decode_settings
+from plic.codec.pack import DEFAULT_DECODE_SETTINGS, Unpacked, non_default_settings
 from plic.decode import families, lora
 from plic.decode.families import Family
 from plic.deps import require, resolve_device
@@ -133,7 +133,7 @@ def _first(*values):
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """Sampling knobs; None takes the value from the file's decode hints, else from the few-step
+    """Sampling knobs; None takes the value from the file's decode settings, else from the few-step
     sampler's defaults (:data:`FEW_STEP_SAMPLERS`: steps and guidance), else from the decoder
     family's record (the reference's for SD1.5). ``scheduler`` is one of :data:`SCHEDULERS`;
     ``vae_tiling`` decodes in tiles."""
@@ -146,11 +146,11 @@ class DecodeSettings:
     scheduler: str | None = None
     vae_tiling: bool = False
 
-    def resolve(self, hints: dict, family: Family = families.DEFAULT) -> "DecodeSettings":
-        """Every None filled: from what ``hints`` say (a hint equal to the format's default says
+    def resolve(self, stored: dict, family: Family = families.DEFAULT) -> "DecodeSettings":
+        """Every None filled: from what ``stored`` says (a setting equal to the format's default says
         nothing, as encoders never write one), the sampler's and ``family``'s defaults."""
-        said = non_default_hints(hints or {})
-        base = {**DEFAULT_DECODE_HINTS, **family.defaults}
+        said = non_default_settings(stored or {})
+        base = {**DEFAULT_DECODE_SETTINGS, **family.defaults}
         scheduler = _first(self.scheduler, said.get("scheduler"), base["scheduler"])
         sampler = FEW_STEP_SAMPLERS.get(scheduler)
         settings = DecodeSettings(
@@ -165,7 +165,7 @@ class DecodeSettings:
             vae_tiling=bool(self.vae_tiling),
         )
         try:
-            check_decode_hints({key: getattr(settings, key) for key in DEFAULT_DECODE_HINTS},
+            check_decode_settings({key: getattr(settings, key) for key in DEFAULT_DECODE_SETTINGS},
                                "decode setting")
         except ValueError as exc:
             raise PlicInputError(str(exc)) from None
@@ -355,7 +355,7 @@ def pipeline_inputs(parts: Sequence[Unpacked], size: tuple[int, int],
 def batch_key(unpacked: Unpacked, settings: DecodeSettings, family: Family = families.DEFAULT) -> tuple:
     """What files decoded in one call must share: working size, steps, ControlNet scale and
     sampler (seeds and negative prompts may differ)."""
-    return _resolved_key(unpacked, settings.resolve(unpacked.decode_hints, family))
+    return _resolved_key(unpacked, settings.resolve(unpacked.decode_settings, family))
 
 
 def _resolved_key(unpacked: Unpacked, chosen: DecodeSettings) -> tuple:
@@ -408,12 +408,12 @@ def generate(pipe, parts: Sequence[Unpacked], settings: DecodeSettings = DecodeS
     """Run ``pipe`` (``family``'s ControlNet inpaint pipeline with its ControlNets) on ``parts``
     as one batch, each with its own seed and negative prompt: one RGB uint8 image per part at
     the working size, salient pixels not yet restored. The parts must share a :func:`batch_key`.
-    A part whose hints name another family is decoded all the same, with a warning."""
+    A part whose decode settings name another family is decoded all the same, with a warning."""
     import torch
 
     for unpacked in parts:
-        families.check_hint(unpacked.decode_hints, family)
-    chosen = [settings.resolve(unpacked.decode_hints, family) for unpacked in parts]
+        families.check_family(unpacked.decode_settings, family)
+    chosen = [settings.resolve(unpacked.decode_settings, family) for unpacked in parts]
     if len({_resolved_key(unpacked, c) for unpacked, c in zip(parts, chosen)}) != 1:
         raise PlicInputError("files decoded as one batch must share the working size, steps, "
                              "ControlNet scale and scheduler; decode them separately")

@@ -162,7 +162,7 @@ def html_page(results: list[Result], pngs: dict[str, bytes]) -> str:
     return "".join(parts)
 
 
-def write_report(results: list[Result], out: Path, overwrite: bool = False) -> list[Path]:
+def write_summary(results: list[Result], out: Path, overwrite: bool = False) -> list[Path]:
     """results.csv, results.json, plots/<metric>.png and report.html in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     write_tables(results, out, overwrite)

@@ -291,7 +291,7 @@ def trim(object_info: dict, workflows: list[dict]) -> dict:
 
 
 def main() -> None:
-    """Write the trimmed schemas: ``python tests/workflow_schema.py FULL_OBJECT_INFO OUT``."""
+    """Write the trimmed schemas: ``python -m tests.support.workflow_schema FULL_OBJECT_INFO OUT``."""
     import sys
 
     full, out = map(Path, sys.argv[1:3])

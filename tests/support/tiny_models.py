@@ -30,7 +30,7 @@ def build_models_tree(models_dir: Path) -> Path:
     """Write the tiny models under ``models_dir`` and return it."""
     from safetensors.torch import save_file
 
-    from bench import random_models
+    from tests.support import random_models
 
     components = random_models.build_sd15(models_dir.parent / "tokenizer-src", tiny=True, seed=0)
     random_models.save_models_tree(components, models_dir, PIPELINE, (INPAINT, COLOR_CANNY))
@@ -102,7 +102,7 @@ if __name__ == "__main__":
 
 
 def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an astronaut",
-                   decode_hints: dict | None = None):
+                   decode_settings: dict | None = None):
     """A small real file for the decoders: the astronaut at ``max_side`` with the pixels under
     ``keep`` (rows, columns) stored as salient."""
     import numpy as np
@@ -113,5 +113,5 @@ def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an a
     rgb = load_shared("astronaut.png", max_side=max_side)
     mask = np.zeros(rgb.shape[:2], bool)
     mask[keep] = True
-    return pack.encode_image(rgb, prompt=prompt, salient_mask=mask, decode_hints=decode_hints,
+    return pack.encode_image(rgb, prompt=prompt, salient_mask=mask, decode_settings=decode_settings,
                               settings=pack.EncodeSettings(max_side=max_side))
