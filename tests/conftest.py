@@ -1,4 +1,4 @@
-"""Shared fixtures and the two image sets.
+"""Shared fixtures, and the two image sets (tests/support/images.py) as test parameters.
 
 The core set lives in tests/data and makes the suite run from the repository alone. The
 extended set is ../shared beside the repository (14 larger images, ComfyUI's full node
@@ -13,23 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
-SHARED = REPO.parent / "shared"
-SHARED_IMAGES = SHARED / "images"
-#: ComfyUI 0.3.64's node schemas, trimmed to the classes our workflows and tests use.
-OBJECT_INFO = DATA / "comfyui_object_info.json"
-SHARED_OBJECT_INFO = SHARED / "comfyui" / "object_info.json"
+from tests.support.images import CORE_IMAGES, DATA, EXTENDED_IMAGES, SHARED, SHARED_PRESENT
 
-
-def _images(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*") if p.suffix in (".png", ".jpg"))
-
-
-CORE_IMAGES = _images(DATA)
-assert CORE_IMAGES, f"no test images in {DATA}: the repository is incomplete"
-SHARED_PRESENT = SHARED_IMAGES.is_dir() and bool(_images(SHARED_IMAGES))
-EXTENDED_IMAGES = [name for name in _images(SHARED_IMAGES) if name not in CORE_IMAGES]
 REQUIRE_SHARED = os.environ.get("PLIC_REQUIRE_SHARED") == "1"
 SHARED_REASON = f"extended set: needs {SHARED} beside the repository (absent)"
 
@@ -62,18 +47,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", f"{len(left_out)} extended tests skipped: {SHARED_REASON}")
         for nodeid in left_out:
             terminalreporter.write_line(nodeid)
-
-
-def image_path(name: str) -> Path:
-    """A test image: from tests/data when it is there, else from ../shared/images."""
-    return DATA / name if name in CORE_IMAGES else SHARED_IMAGES / name
-
-
-def load_shared(name: str, max_side: int = 1024) -> np.ndarray:
-    """A test image (see image_path) as the working RGB uint8 array."""
-    from plic.image import load_rgb, to_working
-
-    return to_working(load_rgb(image_path(name)), max_side)
 
 
 def large_image() -> np.ndarray:

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import REPO, image_path, load_shared
 from PIL import Image
 
 from plic import caption as cap
@@ -25,6 +24,7 @@ from plic.cli import encode as cli_encode
 from plic.codec import fileformat
 from plic.codec.prompt import split_prompts
 from plic.errors import CaptionError, PlicError, PlicInputError
+from tests.support.images import REPO, image_path, load_shared
 
 KEY = "sk-test-7f3a9c1e5b2d4f6a8c0e"
 KEY_ENV = "PLIC_TEST_CAPTION_KEY"

@@ -19,8 +19,7 @@ def save_tiny_blip(folder, eos_bias: float) -> None:
     end-of-text logit: very negative makes it talk until max_new_tokens, very positive makes it
     stop at once (an empty caption)."""
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipImageProcessor, BlipProcessor)
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     folder.mkdir(parents=True)
     vocab = folder / "vocab.txt"
@@ -105,6 +104,7 @@ def test_unusable_folders_name_the_setting(models_env, image, name, match):
 
 def test_node_local_backend_outside_comfyui(models_env, image):
     import torch
+
     from nodes.caption import PlicCaption
 
     batch = torch.from_numpy(np.stack([image, image[:, ::-1]]).astype(np.float32) / 255.0)

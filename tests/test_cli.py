@@ -7,24 +7,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import (
-    CORE_IMAGES,
-    DATA,
-    EXTENDED_IMAGES,
-    REPO,
-    SHARED_IMAGES,
-    image_path,
-    load_shared,
-    needs_shared,
-    read_pbm,
-    require_tool,
-)
 from PIL import Image
 
+from conftest import needs_shared, read_pbm, require_tool
 from plic import batch
 from plic.cli import decode as cli_decode
 from plic.cli import main as cli
 from plic.codec import edges, fileformat
+from tests.support.images import CORE_IMAGES, DATA, EXTENDED_IMAGES, REPO, SHARED_IMAGES, image_path, load_shared
 
 
 def plic(*args, check=True):

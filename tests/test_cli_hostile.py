@@ -7,12 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from plic.cli import main as cli
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
+from tests.support.images import REPO
 
 
 def run_plic(*args, **kwargs):

@@ -5,15 +5,13 @@ import io
 import cv2
 import numpy as np
 import pytest
-from conftest import EVERY_IMAGE, large_image, load_shared
 from PIL import Image
 
-from plic.codec import control_images
-from plic.codec import edges, fileformat, palette, prompt
-from plic.codec import pack
-from plic.codec import salient
+from conftest import EVERY_IMAGE, large_image
+from plic.codec import control_images, edges, fileformat, pack, palette, prompt, salient
 from plic.errors import PlicFormatError, PlicInputError
 from plic.image import load_rgb, to_working, working_size
+from tests.support.images import load_shared
 
 
 @pytest.mark.parametrize("size, max_side, expected", [

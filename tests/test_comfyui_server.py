@@ -17,11 +17,12 @@ import urllib.error
 
 import numpy as np
 import pytest
-from conftest import REPO, REQUIRE_SHARED, load_shared, rss_mb
 from test_caption_local import save_tiny_blip
-from tests.support.tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
 
+from conftest import REQUIRE_SHARED, rss_mb
 from scripts.comfy_server import COMFYUI, PACK_NAME, RUN_TIMEOUT, ComfyServer
+from tests.support.images import REPO, load_shared
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, LORAS, PIPELINE, build_models_tree
 
 if not (COMFYUI / "main.py").is_file():
     _MISSING = f"{COMFYUI} is missing: the real-ComfyUI tests need the repository beside shared/"
@@ -45,8 +46,7 @@ def server(tmp_path_factory):
 
 def _tiny_plic(steps: int = 2) -> bytes:
     """A small real image with a rectangle of salient pixels, decoded in ``steps`` steps."""
-    from plic.codec import fileformat
-    from plic.codec import pack
+    from plic.codec import fileformat, pack
 
     rgb = load_shared("astronaut.png", max_side=64)
     mask = np.zeros(rgb.shape[:2], bool)
@@ -149,8 +149,7 @@ def test_the_reference_template_runs_with_the_tiny_models(server):
     Evaluate scores it against the example's original."""
     from PIL import Image
 
-    from plic.codec import fileformat
-    from plic.codec import pack
+    from plic.codec import fileformat, pack
 
     workflow = _load_api("plic_decompress_reference.json")
     ids = {node["class_type"]: key for key, node in workflow.items()}
@@ -196,8 +195,7 @@ async def _collect_messages(server: ComfyServer, client_id: str, prompt: dict, u
 def test_decode_through_loader_and_reconstruct_restores_salient_pixels(server):
     from PIL import Image
 
-    from plic.codec import fileformat
-    from plic.codec import pack
+    from plic.codec import fileformat, pack
 
     data = _tiny_plic(steps=3)
     name = server.upload("decode_me.plic", data)["name"]

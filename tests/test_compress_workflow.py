@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import torch
-from conftest import REPO, image_path, load_shared
 
 import nodes
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.image import load_rgb
+from tests.support.images import REPO, image_path, load_shared
 
 
 def load_image(image: str):

@@ -12,7 +12,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_shared, needs_shared
+
+from conftest import needs_shared
+from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
+from plic import model_files
+from plic.codec import fileformat, pack
+from plic.decode import families, lora
+from plic.decode import reconstruct as core
+from plic.errors import ModelNotFoundError, PlicInputError
+from tests.support.images import REPO, load_shared
 from tests.support.tiny_models import (  # noqa: F401
     COLOR_CANNY,
     INPAINT,
@@ -23,14 +31,6 @@ from tests.support.tiny_models import (  # noqa: F401
     save_a1111_checkpoint,
     tiny_models_dir,
 )
-
-from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
-from plic import model_files
-from plic.codec import fileformat
-from plic.codec import pack
-from plic.decode import families, lora
-from plic.decode import reconstruct as core
-from plic.errors import ModelNotFoundError, PlicInputError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ against object_info.json is checked with every other workflow in test_workflows.
 
 import json
 
-from conftest import REPO
+from tests.support.images import REPO
 
 API = json.loads((REPO / "workflows" / "api" / "plic_decompress.json").read_text())
 UI = json.loads((REPO / "workflows" / "plic_decompress.json").read_text())

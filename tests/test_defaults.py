@@ -6,7 +6,8 @@ then fails here until the workflows follow it (or the difference is given its re
 import json
 
 import pytest
-from conftest import OBJECT_INFO, REPO
+
+from tests.support.images import OBJECT_INFO, REPO
 from tests.support.workflow_schema import load_schemas, widget_entries
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -111,8 +112,7 @@ def _docs_defaults() -> dict:
     from math import isqrt
 
     from plic import caption
-    from plic.codec import edges, palette, ratecontrol
-    from plic.codec import salient
+    from plic.codec import edges, palette, ratecontrol, salient
     from plic.codec.fileformat import MAX_WORKING_PIXELS
     from plic.codec.pack import DEFAULT_DECODE_SETTINGS as HINTS
     from plic.codec.pack import EncodeSettings

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_shared, needs_shared, require_tool, rss_mb
 
+from conftest import needs_shared, require_tool, rss_mb
 from plic.codec.salient import Candidate
 from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
 from plic.salient import detect
 from plic.salient.detect import SalientSettings
+from tests.support.images import load_shared
 
 
 @pytest.fixture

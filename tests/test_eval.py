@@ -12,15 +12,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO
-from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 from PIL import Image
 from test_cli import plic  # the `plic` command as a subprocess
 
 from plic.codec import fileformat
-from plic.eval import compare
-from plic.eval import summary
+from plic.eval import compare, summary
 from plic.image import load_rgb
+from tests.support.images import REPO
+from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 
 EXAMPLE = REPO / "plic" / "data" / "example.png"
 METHODS = ["original", "plic", "jpeg", "webp", "avif"]

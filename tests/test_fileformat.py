@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plic.atomic import write_atomic
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.codec.fileformat import PlicFile, SalientRegion
 from plic.errors import OutputExistsError, PlicError, PlicFormatError, PlicOutputError
 

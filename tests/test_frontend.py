@@ -13,8 +13,9 @@ import json
 
 import pytest
 
-from conftest import REPO, REQUIRE_SHARED, require_tool
+from conftest import REQUIRE_SHARED, require_tool
 from scripts.comfy_server import COMFYUI
+from tests.support.images import REPO
 
 if not (COMFYUI / "main.py").is_file():
     _MISSING = f"{COMFYUI} is missing: the real-frontend tests need the repository beside shared/"

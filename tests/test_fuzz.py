@@ -14,11 +14,10 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import REPO, load_shared
 from PIL import Image, features
 
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
+from tests.support.images import REPO, load_shared
 
 #: What one file may cost: CPU seconds (an alarm, far above the milliseconds these take) and
 #: bytes of address space for the whole reading process.

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORE_IMAGES, EVERY_IMAGE, EXTENDED_IMAGES, image_path, needs_shared, read_pbm, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import EVERY_IMAGE, needs_shared, read_pbm, require_tool
 from plic.codec import jbig2
 from plic.codec.jbig2 import JBIG2Error
+from tests.support.images import CORE_IMAGES, EXTENDED_IMAGES, image_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
-from conftest import DATA, SHARED_IMAGES, needs_shared
-from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 from PIL import Image, ImageFilter
 
+from conftest import needs_shared
 from plic import model_files
 from plic.errors import ModelNotFoundError
-from plic.eval import metrics
-from plic.eval import no_reference
+from plic.eval import metrics, no_reference
 from plic.image import load_rgb, to_working
+from tests.support.images import DATA, SHARED_IMAGES
+from tests.support.metric_models import metric_models_dir  # noqa: F401  (fixture)
 
 SHARED_REFERENCE = SHARED_IMAGES / "metric_reference.json"
 #: Flat graphics, text and JPEG quality 5-15 photos, made by scripts/make_metric_reference.py.

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_shared
 
 import nodes
 from nodes.edges import PlicCannyEdges
@@ -18,11 +17,11 @@ from nodes.files import PlicLoad, PlicSave, input_files
 from nodes.pack import PlicPack
 from nodes.palette import PlicPalette
 from nodes.unpack import PlicUnpack
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.codec.prompt import MAX_PROMPT_CHARS
 from plic.errors import PlicError, PlicInputError
 from plic.image import resize
+from tests.support.images import REPO, load_shared
 
 
 def as_image(*arrays) -> torch.Tensor:

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, image_path
+from tests.support.images import REPO, image_path
 
 PLIC_BYTES = b"\x89PLIC\r\n\x1a-not-really"
 

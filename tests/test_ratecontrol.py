@@ -6,12 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import EVERY_IMAGE, REPO, image_path, load_shared, read_pbm
 
-from plic.codec import edges, fileformat, jbig2, ratecontrol
-from plic.codec import pack
-from plic.codec import salient
+from conftest import EVERY_IMAGE, read_pbm
+from plic.codec import edges, fileformat, jbig2, pack, ratecontrol, salient
 from plic.errors import PlicInputError
+from tests.support.images import REPO, image_path, load_shared
 
 #: Photos and a drawing of the core set, all well over 0.05 bpp at the paper's settings.
 HEAVY = ("chelsea.png", "coffee.png", "rocket.jpg", "page.png")

@@ -12,16 +12,24 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_shared, needs_shared
-from tests.support.tiny_models import COLOR_CANNY, COLOR_CANNY_FILE, INPAINT, PIPELINE, astronaut_plic, load_node, tiny_models_dir  # noqa: F401
 
+from conftest import needs_shared
 from nodes.decode_graph import PlicDecodeSettings, PlicInpaintHint, PlicRestoreSalient
 from nodes.reconstruct import PlicDiffusersLoader, PlicReconstruct
 from plic import model_files
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.decode import reconstruct as core
 from plic.errors import ModelNotFoundError, PlicInputError
+from tests.support.images import REPO, load_shared
+from tests.support.tiny_models import (  # noqa: F401
+    COLOR_CANNY,
+    COLOR_CANNY_FILE,
+    INPAINT,
+    PIPELINE,
+    astronaut_plic,
+    load_node,
+    tiny_models_dir,
+)
 
 STEPS = 2
 

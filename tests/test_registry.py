@@ -4,11 +4,12 @@ and `comfy node validate` (comfy-cli, which scripts/setup.sh's full mode install
 import os
 import subprocess
 import sys
-import tomllib
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-from conftest import REPO
+import tomllib
+
+from tests.support.images import REPO
 
 
 def _pyproject() -> dict:

@@ -5,13 +5,13 @@ import argparse
 
 import numpy as np
 import pytest
-from conftest import EVERY_IMAGE, image_path, load_shared
 
+from conftest import EVERY_IMAGE
 from plic.cli import encode as cli_encode
-from plic.codec import fileformat
-from plic.codec import salient
+from plic.codec import fileformat, salient
 from plic.codec.salient import Candidate
 from plic.errors import PlicInputError
+from tests.support.images import image_path, load_shared
 
 
 def box_candidate(box, score=0.9, source="faces"):

@@ -18,14 +18,13 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import CORE_IMAGES, DATA, REPO, load_shared
 from PIL import Image
-from tests.support.tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
 
 from plic import runner
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.errors import MissingDependencyError
+from tests.support.images import CORE_IMAGES, DATA, REPO, load_shared
+from tests.support.tiny_models import COLOR_CANNY, INPAINT, PIPELINE, tiny_models_dir  # noqa: F401
 
 PROMPT = "a test prompt"
 IMAGES = [DATA / name for name in CORE_IMAGES]

@@ -10,13 +10,12 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from plic import safefs
 from plic.cli import main as cli
-from plic.codec import fileformat, jbig2
-from plic.codec import pack
+from plic.codec import fileformat, jbig2, pack
+from tests.support.images import REPO
 
 #: Input names that must never lead an output out of -o: dots, dashes, separators' look-alikes
 #: and control characters (a newline, an escape sequence).

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, require_tool
+from conftest import require_tool
+from tests.support.images import REPO
 
 WEB_FILES = sorted((REPO / "web").glob("*.js"))
 JS_TESTS = sorted((REPO / "tests" / "js").glob("*.test.mjs"))

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from conftest import REPO
 from scripts import workflow_layout as layout
+from tests.support.images import REPO
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 

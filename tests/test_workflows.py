@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from conftest import OBJECT_INFO, REPO, SHARED_OBJECT_INFO, needs_shared
+from conftest import needs_shared
+from tests.support.images import OBJECT_INFO, REPO, SHARED_OBJECT_INFO
 from tests.support.workflow_schema import load_schemas, trim, validate_api, validate_ui
 
 UI_WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

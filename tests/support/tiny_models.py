@@ -106,7 +106,7 @@ def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an a
     """A small real file for the decoders: the astronaut at ``max_side`` with the pixels under
     ``keep`` (rows, columns) stored as salient."""
     import numpy as np
-    from conftest import load_shared
+    from tests.support.images import load_shared
 
     from plic.codec import pack
 
