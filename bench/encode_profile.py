@@ -39,8 +39,8 @@ MODES = {"default": [], "--salient none": ["--salient", "none"]}
 STEPS = (
     ("load", "plic.cli.main", "load_rgb"),
     ("working image", "plic.codec.pack", "working_image"),
-    ("faces", "plic.salient.detect", "detect_faces"),
-    ("text", "plic.salient.detect", "detect_text"),
+    ("faces", "plic.salient.faces", "detect_faces"),
+    ("text", "plic.salient.text", "detect_text"),
     ("salient pixels", "plic.codec.salient", "store"),
     ("edges + JBIG2", "plic.codec.pack", "edges_part"),
     ("palette", "plic.codec.pack", "palette_part"),

@@ -46,7 +46,7 @@ from plic.codec import fileformat, pack, salient
 from plic.codec.salient import Candidate
 from plic.deps import require
 from plic.image import load_rgb, to_working
-from plic.salient import detect
+from plic.salient import detect, faces, text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def _haar_cascade(name: str):
 def haar_faces(rgb: np.ndarray) -> list[Candidate]:
     """PLIC's earlier face detector, for comparison: frontal + profile cascades, profile also on
     the mirrored image, minimum side 5 % of the image, minNeighbors 5, boxes grown by the same
-    margin the current detector uses (detect.FACE_MARGIN)."""
+    margin the current detector uses (faces.FACE_MARGIN)."""
     import cv2
 
     gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
@@ -195,7 +195,7 @@ def haar_faces(rgb: np.ndarray) -> list[Candidate]:
                                                                   minSize=(side, side), outputRejectLevels=True)
         for (x, y, w, h), weight in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel()):
             x, y, w, h = int(width - x - w if flipped else x), int(y), int(w), int(h)
-            box = detect._grown((x, y, w, h), round(w * detect.FACE_MARGIN), round(h * detect.FACE_MARGIN),
+            box = salient.grow_box((x, y, w, h), round(w * faces.FACE_MARGIN), round(h * faces.FACE_MARGIN),
                                 width, height)
             found.append(Candidate("faces", "face", box, 1 - float(np.exp(-max(float(weight), 0) / 3))))
     return found
@@ -302,9 +302,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "plic-bench",
                         help="where Debian packages that are not installed are unpacked")
     parser.add_argument("--peers", action="store_true", help="also measure the earlier detectors")
-    parser.add_argument("--face-threshold", type=float, default=detect.DEFAULT_FACE_THRESHOLD)
-    parser.add_argument("--min-face", type=int, default=detect.DEFAULT_MIN_FACE)
-    parser.add_argument("--word-threshold", type=float, default=detect.DEFAULT_WORD_THRESHOLD)
+    parser.add_argument("--face-threshold", type=float, default=faces.DEFAULT_FACE_THRESHOLD)
+    parser.add_argument("--min-face", type=int, default=faces.DEFAULT_MIN_FACE)
+    parser.add_argument("--word-threshold", type=float, default=text.DEFAULT_WORD_THRESHOLD)
     args = parser.parse_args(argv)
     if shutil.which("apt-get") is None and not Path("/usr/share/backgrounds/mate/nature").is_dir():
         sys.exit("salient_bench: needs Debian's opencv-doc and mate-backgrounds (apt-get)")
@@ -313,9 +313,9 @@ def main(argv=None) -> None:
     print(f"{len(samples)} images: {len(plain)} with neither face nor text, "
           f"{sum(len(s.labels.get('faces', [])) for s in samples)} labelled faces, "
           f"{sum(len(s.labels.get('text', [])) for s in samples)} labelled words\n")
-    detectors = [("faces: libfacedetection", functools.partial(detect.detect_faces, min_face=args.min_face),
+    detectors = [("faces: libfacedetection", functools.partial(faces.detect_faces, min_face=args.min_face),
                   args.face_threshold),
-                 ("text: text_lines + Tesseract", detect.detect_text, args.word_threshold)]
+                 ("text: text_lines + Tesseract", text.detect_text, args.word_threshold)]
     if args.peers:
         detectors += [("faces: Haar cascades (before)", haar_faces, 0.0),
                       ("text: pytesseract, whole image (before)", pytesseract_text, 0.6)]

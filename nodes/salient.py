@@ -11,7 +11,7 @@ from plic.codec import pack as codec_mod
 from plic.codec import salient as salient_mod
 from plic.codec.fileformat import MAX_WORKING_SIDE
 from plic.image import DEFAULT_MAX_SIDE
-from plic.salient import detect
+from plic.salient import detect, dino_sam
 
 from . import memory
 from .common import (
@@ -38,7 +38,7 @@ def model_folders():
 
     dino = comfy_model_dirs(DINO_FOLDER)
     if dino is None:
-        return detect.model_folders()
+        return dino_sam.model_folders()
     # the BERT text encoder: models/bert-base-uncased, or inside a grounding-dino folder
     models_root = comfy_module("folder_paths").models_dir
     text = (Path(models_root) / TEXT_ENCODER_FOLDER,) + tuple(p / TEXT_ENCODER_FOLDER for p in dino)

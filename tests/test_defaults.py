@@ -118,7 +118,7 @@ def _docs_defaults() -> dict:
     from plic.codec.pack import EncodeSettings
     from plic.codec.prompt import MAX_PROMPT_CHARS
     from plic.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-    from plic.salient import detect
+    from plic.salient import detect, dino_sam, faces, text
 
     side, size, quality = isqrt(MAX_WORKING_PIXELS), palette.DEFAULT_SIZE, palette.DEFAULT_QUALITY
     low, high = edges.DEFAULT_LOW, edges.DEFAULT_HIGH
@@ -139,12 +139,12 @@ def _docs_defaults() -> dict:
             f"The image is sent as a JPEG of at most {caption.DEFAULT_MAX_SIDE} px",
             f"| `--salient` / faces, text, dino_sam | `{detect.AUTO}` |",
             f"| `--face-threshold`, `--word-threshold` / face_threshold, word_threshold | "
-            f"{detect.DEFAULT_FACE_THRESHOLD}, {detect.DEFAULT_WORD_THRESHOLD} |",
-            f"| `--min-face PX` / min_face | {detect.DEFAULT_MIN_FACE} |",
+            f"{faces.DEFAULT_FACE_THRESHOLD}, {text.DEFAULT_WORD_THRESHOLD} |",
+            f"| `--min-face PX` / min_face | {faces.DEFAULT_MIN_FACE} |",
             f"| `--salient-budget BPP` / budget_bpp | {salient.DEFAULT_MAX_BPP} |",
             f"| `--salient-codec` / codec | {EncodeSettings.salient_codec} |",
-            f'| `--dino-prompt`, `--box-threshold`, `--text-threshold` | "{detect.DEFAULT_DINO_PROMPT}", '
-            f"{detect.DEFAULT_BOX_THRESHOLD}, {detect.DEFAULT_TEXT_THRESHOLD} |",
+            f'| `--dino-prompt`, `--box-threshold`, `--text-threshold` | "{dino_sam.DEFAULT_DINO_PROMPT}", '
+            f"{dino_sam.DEFAULT_BOX_THRESHOLD}, {dino_sam.DEFAULT_TEXT_THRESHOLD} |",
         ],
         "docs/method.md": [
             f"`--max-side` ({DEFAULT_MAX_SIDE})",

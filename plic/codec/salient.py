@@ -263,6 +263,13 @@ def _group_boxes(mask: np.ndarray, pad: int, merge_gap: int) -> list[tuple[int, 
     return merge_overlaps([tuple(int(v) for v in b) for b in boxes])
 
 
+def grow_box(box, dx: int, dy: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` (x, y, w, h) grown by ``dx`` / ``dy`` on each side, clipped to the image."""
+    x, y, w, h = box
+    x0, y0 = max(0, x - dx), max(0, y - dy)
+    return x0, y0, min(width, x + w + dx) - x0, min(height, y + h + dy) - y0
+
+
 def merge_overlaps(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) boxes merged until no two overlap."""
     merged = True
