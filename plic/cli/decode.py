@@ -20,21 +20,23 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
-from plic import batch
-from plic import model_files
+from plic import batch, model_files, runner
 from plic.atomic import write_atomic
 from plic.cli import scale as cli_scale
 from plic.cli.args import add_pixel_limits, device, float_in, int_in
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.decode import families, lora
 from plic.decode import reconstruct as core
+from plic.deps import resolve_device
 from plic.errors import PlicError, one_line, printable
 from plic.image import resize
+from plic.runner import FAILED
 from plic.safefs import output_path
 
 
@@ -141,7 +143,7 @@ def run_decode(args) -> int:
                                    scheduler=args.scheduler, vae_tiling=args.vae_tiling)
     if cli_scale.requested(args):
         folder = args.output.parent if jobs[0][1] == args.output else args.output
-        return cli_scale.run(cli_scale.DecodeWork(args, model_paths(args), settings), jobs, args, folder,
+        return cli_scale.run(DecodeWork(args, model_paths(args), settings), jobs, args, folder,
                              cli_scale.decode_devices(args))[1]
     for _, target in jobs:
         batch.refuse_existing(target, args.overwrite)
@@ -200,3 +202,76 @@ def write_png(rgb, item: tuple, args) -> None:
     Image.fromarray(rgb).save(buffer, format="PNG")
     write_atomic(target, buffer.getvalue(), overwrite=args.overwrite)
     print(f"{target}: {rgb.shape[1]}x{rgb.shape[0]}")
+
+
+class DecodeWork(runner.Work):
+    """``plic decode``: one pipeline per worker (on its device), ``--batch-size`` files at a time
+    through :func:`read_one`, one pipeline call per run of one size
+    (:func:`plic.decode.reconstruct.batches`) and :func:`write_png`. Workers on the
+    CPU compute with as many threads as this process (the same images, at the price of sharing
+    the cores when several run on one machine)."""
+
+    on_devices = True
+
+    def __init__(self, args, paths, settings):
+        import torch
+
+        self.args, self.paths, self.settings = args, paths, settings
+        self.batch_size = args.batch_size
+        self.on_gpus = not args.device.startswith("cpu")
+        self.cpu_threads = torch.get_num_threads()
+
+    def open(self, device):
+        from plic.decode import reconstruct as core
+
+        a = self.args
+        if resolve_device(device or a.device).startswith("cpu"):
+            import torch
+
+            # the threads of one process here (Ray gives its workers one): another count
+            # changes the image by rounding; on a GPU it does not matter
+            torch.set_num_threads(self.cpu_threads)
+        reconstructor = core.Reconstructor(self.paths, core.LoadOptions(
+            device or a.device, a.precision, a.cpu_offload, a.channels_last, a.compile))
+        reconstructor.pipeline  # noqa: B018 - loaded once, here; a model that cannot load ends the run
+        return reconstructor
+
+    def run(self, reconstructor, tasks):
+        from plic.decode import reconstruct as core
+
+        rows, read = {}, {}  # read: id(unpacked) -> (task, item of read_one, its row)
+        for task in tasks:
+            row = runner.attempt(task, lambda task=task: (None, None, read_one(self.settings, task.source,
+                                                                               task.target, self.args)))
+            if row.status == FAILED:
+                rows[task] = row
+            else:
+                read[id(row.value[0])] = (task, row.value, row)
+        for group in core.batches([item[0] for _, item, _ in read.values()], self.settings, self.batch_size):
+            start = time.perf_counter()
+            try:
+                images = reconstructor.reconstruct_batch(group, self.settings)
+            except Exception as exc:  # out of GPU memory included: this batch's files fail, not the run
+                images = [exc] * len(group)
+            share = (time.perf_counter() - start) / len(group)
+            for rgb, unpacked in zip(images, group):
+                task, item, first = read[id(unpacked)]
+                row = runner.attempt(task, partial(self._write, rgb, task, item), share + first.seconds)
+                row.out, row.err = first.out + row.out, first.err + row.err
+                rows[task] = row
+        return [rows[task] for task in tasks]
+
+    def _write(self, rgb, task, item):
+        """Write the PNG of ``item`` (from :func:`read_one`), or raise what its batch raised."""
+        if isinstance(rgb, Exception):
+            raise rgb
+        write_png(rgb, item, self.args)
+        return self.check(task)
+
+    def check(self, task):
+        try:
+            with Image.open(task.target) as image:
+                image.load()
+        except Exception as exc:  # Pillow raises many kinds for a broken file
+            raise PlicError(f"{task.target}: not an image that opens ({one_line(exc)})") from None
+        return cli_scale.plic_size(task.source)

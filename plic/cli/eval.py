@@ -12,18 +12,18 @@ is downloaded. Leave a metric out with ``--metrics`` when its model is not at ha
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from plic import batch, image
-from plic import model_files
+from plic import batch, image, model_files, runner
 from plic.atomic import write_atomic
 from plic.cli import scale as cli_scale
 from plic.cli.args import MAX_SIDE, add_pixel_limits, device, int_in
 from plic.codec import fileformat
-from plic.errors import ModelNotFoundError, PlicInputError, printable
-from plic.eval import compare, evaluation, metrics
-from plic.eval import summary
+from plic.errors import ModelNotFoundError, PlicError, PlicInputError, one_line, printable
+from plic.eval import compare, evaluation, metrics, summary
 from plic.image import load_rgb, resize, to_working
+from plic.runner import Task
 from plic.safefs import output_path
 
 #: What ``plic encode`` reads, plus AVIF (a reconstruction or codec output may be one).
@@ -142,7 +142,7 @@ def run_eval(args) -> int:
         batch.refuse_existing(args.output / name, args.overwrite)
     status = 0
     if cli_scale.requested(args):
-        work = cli_scale.EvalWork(args)
+        work = EvalWork(args)
         rows, status = cli_scale.run(work, work.tasks(pairs), args, args.output)
         results = [result for row in rows if row.value for result in row.value]
     else:  # one image a metric cannot take is one failed line; the others go on
@@ -186,3 +186,42 @@ def evaluate_pair(evaluator: metrics.Evaluator, original: Path, reconstruction: 
         print(f"{printable(original.name)} {row.method}: " + (row.note or ", ".join(
             f"{k} {v:.4f}" for k, v in row.scores.items())))
     return rows
+
+
+#: Where ``plic eval`` keeps each image's scores (see :class:`EvalWork`).
+RESULTS_FOLDER = "images"
+
+
+class EvalWork(runner.Work):
+    """``plic eval``: one evaluator per worker, :func:`evaluate_pair` per
+    original, its rows (without pictures) kept as ``<output>/images/<name>.json``: what a
+    rerun reads back instead of evaluating the image again (its thumbnails are then left out
+    of report.html). The rows go back to the command for the report."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def tasks(self, pairs: list) -> list[Task]:
+        """A task per (original, reconstruction, .plic or None) of :func:`pair_files`."""
+        scores = self.args.output / RESULTS_FOLDER
+        return [Task(original, output_path(scores, original.stem, ".json"), (recon, plic))
+                for original, recon, plic in pairs]
+
+    def open(self, device):
+        return load_evaluator(self.args)
+
+    def run_one(self, evaluator, task):
+        reconstruction, plic = task.extra
+        results = evaluate_pair(evaluator, task.source, reconstruction, plic, self.args)
+        rows = [{key: value for key, value in vars(r).items() if key != "picture"} for r in results]
+        write_atomic(task.target, json.dumps(rows).encode("utf-8"), overwrite=self.args.overwrite)
+        return results[1].bytes, results[1].bpp, results
+
+    def check(self, task):
+        from plic.eval.evaluation import Result
+
+        try:
+            results = [Result(**row) for row in json.loads(task.target.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError) as exc:
+            raise PlicError(f"{task.target}: not the scores of an earlier run ({one_line(exc)})") from None
+        return results[1].bytes, results[1].bpp, results

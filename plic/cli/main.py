@@ -18,15 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from plic import __version__, batch
+from plic import __version__, batch, runner
 from plic.atomic import write_atomic, write_atomic_all
 from plic.cli import scale as cli_scale
 from plic.cli.args import BPP, CANNY, MAX_SIDE, add_pixel_limits, int_in
 from plic.cli.decode import add_decode_parser, targets
 from plic.cli.encode import add_caption_arguments, add_salient_arguments, captioner_from_args, salient_from_args
 from plic.cli.eval import add_eval_parsers
-from plic.codec import fileformat, palette, ratecontrol
-from plic.codec import pack
+from plic.codec import fileformat, pack, palette, ratecontrol
 from plic.codec.edges import canny as canny_map
 from plic.codec.export import EXPORT_LISTING, export_files, exported_before, preview_image
 from plic.codec.prompt import MAX_PROMPT_CHARS
@@ -155,7 +154,7 @@ def run_encode(args) -> int:
     jobs = [(path, output_path(args.output, path.stem, fileformat.SUFFIX)) for path in images]
     stored = decode_settings_from_args(args)
     if cli_scale.requested(args):
-        return cli_scale.run(cli_scale.EncodeWork(args, settings, stored), jobs, args, args.output)[1]
+        return cli_scale.run(EncodeWork(args, settings, stored), jobs, args, args.output)[1]
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
                                                                 shown_notes, stored))
@@ -396,3 +395,22 @@ def run_bench(args) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class EncodeWork(runner.Work):
+    """``plic encode`` on many files (plic.cli.scale): :func:`encode_one` per image."""
+
+    def __init__(self, args, settings: pack.EncodeSettings, decode_settings: dict):
+        self.args, self.settings, self.decode_settings = args, settings, decode_settings
+
+    def open(self, device):
+        return (None if self.args.prompt is not None else captioner_from_args(self.args)), set()
+
+    def run_one(self, opened, task):
+        captioner, shown_notes = opened
+        encode_one(task.source, task.target, self.args, self.settings, captioner, shown_notes,
+                   self.decode_settings)
+        return self.check(task)
+
+    def check(self, task):
+        return cli_scale.plic_size(task.target)

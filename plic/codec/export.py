@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from plic.codec import fileformat, jbig2, ratecontrol
-from plic.codec import pack
+from plic.codec import fileformat, jbig2, pack, ratecontrol
 from plic.codec.salient import encode_crop  # PNG by default, as salient regions are stored
 
 

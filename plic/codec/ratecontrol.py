@@ -27,8 +27,7 @@ import numpy as np
 from PIL import Image, features
 
 from plic.codec import edges as edges_mod
-from plic.codec import fileformat
-from plic.codec import pack
+from plic.codec import fileformat, pack
 from plic.codec import salient as salient_mod
 from plic.errors import PlicInputError
 

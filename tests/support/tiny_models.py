@@ -106,9 +106,9 @@ def astronaut_plic(max_side: int, keep: tuple[slice, slice], prompt: str = "an a
     """A small real file for the decoders: the astronaut at ``max_side`` with the pixels under
     ``keep`` (rows, columns) stored as salient."""
     import numpy as np
-    from tests.support.images import load_shared
 
     from plic.codec import pack
+    from tests.support.images import load_shared
 
     rgb = load_shared("astronaut.png", max_side=max_side)
     mask = np.zeros(rgb.shape[:2], bool)
