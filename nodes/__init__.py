@@ -33,7 +33,7 @@ def _bind_plic() -> None:
 _bind_plic()
 
 # One entry per node module; each defines NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS.
-_MODULES = ("caption", "edges", "palette", "salient", "pack", "files", "unpack", "reconstruct",
+_MODULES = ("caption", "edges", "palette", "salient", "pack", "files", "unpack", "preview", "reconstruct",
             "decode_graph", "evaluate")
 
 NODE_CLASS_MAPPINGS = {}

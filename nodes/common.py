@@ -152,12 +152,12 @@ def map_batch(items: list[T], fn: Callable[[T], R]) -> list[R]:
 
 
 def comfy_directory(kind: str) -> Path:
-    """ComfyUI's ``"input"`` or ``"output"`` folder; outside ComfyUI the folder named by
-    PLIC_INPUT_DIR / PLIC_OUTPUT_DIR, else ``input/`` / ``output/`` of the current directory."""
+    """ComfyUI's ``"input"``, ``"output"`` or ``"temp"`` folder; outside ComfyUI the folder named
+    by PLIC_INPUT_DIR / PLIC_OUTPUT_DIR / PLIC_TEMP_DIR, else ``input/``, ``output/`` or ``temp/``
+    of the current directory."""
     folder_paths = comfy_module("folder_paths")
     if folder_paths is not None:
-        return Path(folder_paths.get_input_directory() if kind == "input"
-                    else folder_paths.get_output_directory())
+        return Path(getattr(folder_paths, f"get_{kind}_directory")())
     return Path(os.environ.get(f"PLIC_{kind.upper()}_DIR") or Path.cwd() / kind)
 
 

@@ -128,6 +128,13 @@ def test_the_compress_api_workflow_runs_as_shipped(server):
     assert fileformat.loads(data).prompt == caption["inputs"]["manual_text"]
 
 
+def test_preview_parts_shows_the_example_file_on_the_node(server):
+    entry = server.run({"1": {"class_type": "PlicLoad", "inputs": {"file": "plic_example.plic"}},
+                        "2": {"class_type": "PlicPreviewParts", "inputs": {"plic": ["1", 0]}}})
+    (shown,) = entry["outputs"]["2"]["images"]
+    assert shown["type"] == "temp" and server.view(shown)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("name, loaders", [
     ("plic_decompress.json", {"CheckpointLoaderSimple", "ControlNetLoader"}),
     ("plic_decompress_fast.json", {"CheckpointLoaderSimple", "ControlNetLoader", "LoraLoader"}),

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import nodes
 from nodes.edges import PlicCannyEdges
@@ -354,3 +355,21 @@ def test_example_inputs_are_installed_once_and_never_over_a_users_file(tmp_path)
     assert (tmp_path / "plic_example.png").read_bytes() == b"the user's own file"
     assert (tmp_path / "plic_example.plic").read_bytes() == EXAMPLE_INPUTS["plic_example.plic"].read_bytes()
     assert install_example_inputs(tmp_path) == []
+
+
+def test_preview_parts_shows_each_file_on_the_node_and_as_an_image(tmp_path, monkeypatch, batch, astronaut):
+    from nodes.preview import PlicPreviewParts
+    from plic.codec.export import preview_image
+
+    monkeypatch.setenv("PLIC_TEMP_DIR", str(tmp_path))
+    two = compress(batch)[-1]["result"][0]
+    small = compress(as_image(astronaut), max_side=128)[-1]["result"][0]
+    out = PlicPreviewParts().run(two + small)
+    (pictures,) = out["result"]
+    shown = [np.asarray(Image.open(tmp_path / entry["filename"])) for entry in out["ui"]["images"]]
+    assert [entry["type"] for entry in out["ui"]["images"]] == ["temp"] * 3
+    expected = np.asarray(preview_image(two[1], "x", len(fileformat.dumps(two[1]))))
+    np.testing.assert_array_equal(shown[1], expected)
+    assert pictures.shape == (3, *expected.shape) and shown[2].shape[0] < expected.shape[0]
+    np.testing.assert_array_equal(np.rint(pictures[1].numpy() * 255).astype(np.uint8), expected)
+    assert (pictures[2, shown[2].shape[0]:] == 1).all()  # the smaller file's picture, padded white
