@@ -88,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_scale.add_scale_arguments(p)
     p.set_defaults(run=run_encode)
 
-    p = sub.add_parser("info", help="list the sections of .plic files with their sizes")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    p = add_files_parser(sub, "info", "list the sections of .plic files with their sizes")
     p.add_argument("--json", action="store_true",
                    help="print JSON instead of a table (a list of objects with their file for several)")
     p.add_argument("--no-check", action="store_true",
@@ -98,19 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_pixel_limits(p, images=False)
     p.set_defaults(run=run_info)
 
-    p = sub.add_parser("export", help="write the parts of .plic files as standard files")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
-                   help="the folder for one file; for several, DIR/<name>/ each")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in DIR")
+    p = add_files_parser(sub, "export", "write the parts of .plic files as standard files",
+                         ("DIR", "the folder for one file; for several, DIR/<name>/ each",
+                          "replace existing files in DIR"))
     add_pixel_limits(p, images=False)
     p.set_defaults(run=run_export)
 
-    p = sub.add_parser("preview", help="draw the parts of .plic files side by side, one PNG each")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.png|DIR",
-                   help="the PNG for one file; a folder (written as DIR/<name>.png) for several")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT.png if it exists")
+    p = add_files_parser(sub, "preview", "draw the parts of .plic files side by side, one PNG each",
+                         ("OUT.png|DIR", "the PNG for one file; a folder (written as DIR/<name>.png) for several",
+                          "replace OUT.png if it exists"))
     p.add_argument("--image", type=Path, metavar="IMAGE",
                    help="the image the file was made from: adds a panel of the edges rate control "
                         "removed (red) from the Canny map at --canny")
@@ -158,6 +153,18 @@ def run_encode(args) -> int:
     shown_notes: set[str] = set()
     return batch.run_each(jobs, lambda path, target: encode_one(path, target, args, settings, captioner,
                                                                 shown_notes, stored))
+
+
+def add_files_parser(sub, name: str, help: str, output: tuple[str, str, str] | None = None):
+    """A command that reads .plic files (``files``) and, given ``output`` (its metavar, its help,
+    the help of ``--overwrite``), writes what it makes of them (``-o``)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
+    if output is not None:
+        metavar, output_help, overwrite_help = output
+        p.add_argument("-o", "--output", type=Path, required=True, metavar=metavar, help=output_help)
+        p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return p
 
 
 def add_decode_setting_arguments(parser: argparse.ArgumentParser) -> None:
