@@ -155,10 +155,11 @@ def run_encode(args) -> int:
                                                                 shown_notes, stored))
 
 
-def add_files_parser(sub, name: str, help: str, output: tuple[str, str, str] | None = None):
-    """A command that reads .plic files (``files``) and, given ``output`` (its metavar, its help,
-    the help of ``--overwrite``), writes what it makes of them (``-o``)."""
-    p = sub.add_parser(name, help=help)
+def add_files_parser(sub, name: str, summary: str, output: tuple[str, str, str] | None = None):
+    """A command (``summary``: its help line) that reads .plic files (``files``) and, given
+    ``output`` (its metavar, its help, the help of ``--overwrite``), writes what it makes of them
+    (``-o``)."""
+    p = sub.add_parser(name, help=summary)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.plic", help=".plic files or folders of them")
     if output is not None:
         metavar, output_help, overwrite_help = output
