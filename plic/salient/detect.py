@@ -215,11 +215,10 @@ def find_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
     """Run the detectors ``settings`` names on the working image ``rgb`` and add ``user_mask``.
 
     A candidate scoring under its detector's ``threshold``, or refused by its detector's own rule
-    (:func:`rejection`), is rejected with its reason. A detector that cannot
-    run (Tesseract not installed, model missing) raises if ``strict`` is True or names it
-    (default: every detector, unless the sources are AUTO); otherwise it is skipped and the
-    reason is recorded in ``notes``. ``folders`` wins over ``settings.models_dir`` for
-    dino+sam."""
+    (:func:`rejection`), is rejected with its reason. A detector that cannot run (Tesseract not
+    installed, model missing) raises if ``strict`` is True or names it (default: every detector,
+    unless the sources are AUTO); otherwise it is skipped and the reason is recorded in
+    ``notes``. ``folders`` wins over ``settings.models_dir`` for dino+sam."""
     rgb = check_rgb(rgb)
     size = (rgb.shape[1], rgb.shape[0])
     result = SalientResult(np.zeros(rgb.shape[:2], bool), [])
