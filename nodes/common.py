@@ -76,6 +76,14 @@ def image_to_rgb_list(image) -> list[np.ndarray]:
     return [np.ascontiguousarray(item) for item in rgb]
 
 
+def padded_to_one_size(images: list[np.ndarray], fill: int = 0) -> list[np.ndarray]:
+    """RGB pictures padded with ``fill`` on the right and below to the largest one (an IMAGE
+    batch holds one size)."""
+    height, width = (max(image.shape[i] for image in images) for i in (0, 1))
+    return [np.pad(image, ((0, height - image.shape[0]), (0, width - image.shape[1]), (0, 0)), constant_values=fill)
+            for image in images]
+
+
 def rgb_list_to_image(images: Iterable[np.ndarray]):
     """List of RGB (H,W,3) or gray (H,W) uint8/float arrays of one size to an IMAGE tensor."""
     import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from plic.codec import fileformat
 from plic.errors import PlicInputError
@@ -13,7 +12,8 @@ from plic.eval import compare, evaluation, metrics
 from plic.eval.evaluation import Result
 from plic.image import resize
 
-from .common import CATEGORY, PAYLOAD, comfy_device, image_to_rgb_list, model_dirs, per_image, rgb_list_to_image
+from .common import (CATEGORY, PAYLOAD, comfy_device, image_to_rgb_list, model_dirs, padded_to_one_size, per_image,
+                     rgb_list_to_image)
 
 #: First entry of the model lists: leave that metric out.
 NO_MODEL = "(none)"
@@ -99,13 +99,7 @@ class PlicEvaluate:
             results.extend(mine)
             rows.append(evaluation.side_by_side(mine))
         text = summary_text(results)
-        return {"ui": {"text": [text]}, "result": (text, rgb_list_to_image(_same_width(rows)))}
-
-
-def _same_width(rows: list[np.ndarray]) -> list[np.ndarray]:
-    """Rows padded on the right to the widest one (an IMAGE batch holds one size)."""
-    width = max(r.shape[1] for r in rows)
-    return [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+        return {"ui": {"text": [text]}, "result": (text, rgb_list_to_image(padded_to_one_size(rows)))}
 
 
 class PlicSameSizeCodecs:
@@ -151,7 +145,7 @@ class PlicSameSizeCodecs:
                 for f in found]
             rows.append(evaluation.side_by_side(shown))
         text = "\n".join(lines)
-        return {"ui": {"text": [text]}, "result": (rgb_list_to_image(_same_width(rows)), text)}
+        return {"ui": {"text": [text]}, "result": (rgb_list_to_image(padded_to_one_size(rows)), text)}
 
 
 NODE_CLASS_MAPPINGS = {"PlicEvaluate": PlicEvaluate, "PlicSameSizeCodecs": PlicSameSizeCodecs}

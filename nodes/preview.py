@@ -10,7 +10,7 @@ from PIL import Image
 
 from plic.codec import export, fileformat
 
-from .common import CATEGORY, PAYLOAD, comfy_directory, map_batch, rgb_list_to_image
+from .common import CATEGORY, PAYLOAD, comfy_directory, map_batch, padded_to_one_size, rgb_list_to_image
 
 
 class PlicPreviewParts:
@@ -35,7 +35,7 @@ class PlicPreviewParts:
         pictures = map_batch(list(plic), lambda item: np.asarray(
             export.preview_image(item, "PLIC Preview Parts", len(fileformat.dumps(item)))))
         return {"ui": {"images": [save_temporary(picture) for picture in pictures]},
-                "result": (rgb_list_to_image(padded(pictures)),)}
+                "result": (rgb_list_to_image(padded_to_one_size(pictures, fill=255)),)}
 
 
 def save_temporary(picture: np.ndarray) -> dict:
@@ -45,14 +45,6 @@ def save_temporary(picture: np.ndarray) -> dict:
     with tempfile.NamedTemporaryFile(dir=folder, prefix="plic_parts_", suffix=".png", delete=False) as file:
         Image.fromarray(picture).save(file, "PNG", compress_level=1)
     return {"filename": Path(file.name).name, "subfolder": "", "type": "temp"}
-
-
-def padded(pictures: list[np.ndarray]) -> list[np.ndarray]:
-    """The pictures padded with white on the right and below to the largest (an IMAGE batch
-    holds one size; files of other working sizes give pictures of other sizes)."""
-    height, width = (max(p.shape[i] for p in pictures) for i in (0, 1))
-    return [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0)), constant_values=255)
-            for p in pictures]
 
 
 NODE_CLASS_MAPPINGS = {"PlicPreviewParts": PlicPreviewParts}
