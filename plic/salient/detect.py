@@ -48,11 +48,12 @@ DEFAULT_SOURCES = ("faces", "text")
 @dataclass
 class SalientResult:
     """What :func:`find_salient` found: the union mask of the kept candidates, the kept and
-    the rejected ones (with the reason), what ran (with its time) and notes (skipped
-    detectors and why)."""
+    the rejected ones (with the reason), the detectors asked for, what ran (with its time) and
+    notes (skipped detectors and why)."""
 
     mask: np.ndarray  # (H, W) bool
     candidates: list[Candidate]
+    sources: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     rejected: list[tuple[Candidate, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # per detector that ran
@@ -224,7 +225,7 @@ def find_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
     result = SalientResult(np.zeros(rgb.shape[:2], bool), [])
     if user_mask is not None:
         result.candidates += user_candidates(check_mask(user_mask, size, "user mask"))
-    sources = settings.detectors()
+    sources = result.sources = settings.detectors()
     strict = not settings.auto if strict is None else strict
     must_run = set(sources) if strict is True else set(strict or ())
 
@@ -280,8 +281,7 @@ def run_salient(rgb: np.ndarray, settings: SalientSettings = SalientSettings(),
     lists which detectors ran, what each found, what was rejected and why, what was kept, and
     the detectors skipped."""
     found = find_salient(rgb, settings, user_mask, folders=folders, strict=strict)
-    no_detector = not settings.auto and not parse_sources(settings.sources)
-    mask_alone = user_mask is not None and no_detector and settings.max_bpp is None
+    mask_alone = user_mask is not None and not found.sources and settings.max_bpp is None
     budget = salient.Budget(
         max_bpp=None if mask_alone else (salient.DEFAULT_MAX_BPP if settings.max_bpp is None else settings.max_bpp),
         max_fraction=settings.max_fraction, max_bytes=None if mask_alone else max_bytes)
